@@ -1,0 +1,878 @@
+//! The VFS as SQLite sees it: the `sqlite3_vfs` and `sqlite3_io_methods` tables and their
+//! callbacks. Each callback has the same shape: recover the Rust object from the pointer
+//! SQLite hands back, run safe code under `catch_unwind` (a panic never unwinds into C), and
+//! flatten the result into a SQLite result code in one place ([`result_code`]).
+//!
+//! # Ownership of a file allocation
+//! SQLite allocates `szOsFile` bytes per open file and passes the pointer to `xOpen`.
+//! - Native mode: the base `unix` VFS's `xOpen` fills the whole allocation with its own file
+//!   object and its own method table; the shim is not involved in that file's I/O at all.
+//! - Network mode: the allocation holds a [`NetworkShimFile`]: SQLite's `sqlite3_file` header
+//!   first (the "subclass" layout SQLite expects) and a `Box<OpenDatabase>` pointer, which
+//!   `xClose` takes back and drops.
+//! - Refused open: a [`RefusedShimFile`] with a `Box<Refusal>`; its methods fail, and the
+//!   auto-extension turns the refusal into `sqlite3_open`'s error message.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::ptr;
+use std::sync::Once;
+
+use parking_lot::Mutex;
+use rusqlite::ffi;
+
+use crate::network_file::{FileError, IoOp};
+use crate::opening::{OpenDatabase, OpenPlan, OpenRequest, Refusal, Refused};
+use crate::protocol::Level;
+use crate::{Error, Options};
+
+/// Private file-control opcodes (SQLite's own are small numbers).
+const NETFS_FCNTL_OPEN_ERROR: c_int = 0x4e46_5301;
+const NETFS_FCNTL_NETWORK_MODE: c_int = 0x4e46_5302;
+
+/// Returned by `PRAGMA journal_mode=<anything else>` in network mode: the pinned mode.
+const PINNED_JOURNAL_MODE: &str = "delete";
+
+/// The state of one registered VFS, leaked: SQLite keeps pointers to it forever.
+struct VfsState {
+    base: *mut ffi::sqlite3_vfs,
+    options: Options,
+}
+
+#[repr(C)]
+struct NetworkShimFile {
+    /// Must be first: SQLite sees only this header.
+    header: ffi::sqlite3_file,
+    db: *mut OpenDatabase,
+}
+
+#[repr(C)]
+struct RefusedShimFile {
+    header: ffi::sqlite3_file,
+    refusal: *mut Refusal,
+}
+
+/// Filled by the refused file's `xFileControl(NETFS_FCNTL_OPEN_ERROR)`.
+#[repr(C)]
+struct OpenErrorReport {
+    code: c_int,
+    message: *mut c_char,
+}
+
+/// Addresses of the `sqlite3_vfs` structs this crate registered, with their options.
+static REGISTERED: Mutex<Vec<(usize, Options)>> = Mutex::new(Vec::new());
+
+fn guarded(fallback: c_int, f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!("panic inside a VFS callback; reported to SQLite as an error");
+        fallback
+    })
+}
+
+/// The one place where errors become SQLite result codes.
+fn result_code(result: Result<(), FileError>) -> c_int {
+    let error = match result {
+        Ok(()) => return ffi::SQLITE_OK,
+        Err(e) => e,
+    };
+    match error {
+        FileError::Busy => ffi::SQLITE_BUSY,
+        FileError::ShortRead => ffi::SQLITE_IOERR_SHORT_READ,
+        FileError::Full => ffi::SQLITE_FULL,
+        FileError::LeaseExpired => ffi::SQLITE_IOERR_LOCK,
+        FileError::Lock(e) => {
+            tracing::error!(error = %e, "lock files unusable");
+            ffi::SQLITE_IOERR_LOCK
+        }
+        FileError::Io { op, error } => {
+            tracing::error!(?op, %error, "I/O error");
+            match op {
+                IoOp::Read => ffi::SQLITE_IOERR_READ,
+                IoOp::Write => ffi::SQLITE_IOERR_WRITE,
+                IoOp::Truncate => ffi::SQLITE_IOERR_TRUNCATE,
+                IoOp::Fsync => ffi::SQLITE_IOERR_FSYNC,
+                IoOp::Fstat => ffi::SQLITE_IOERR_FSTAT,
+                IoOp::Lock => ffi::SQLITE_IOERR_LOCK,
+                IoOp::Unlock => ffi::SQLITE_IOERR_UNLOCK,
+                IoOp::CheckReserved => ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
+            }
+        }
+    }
+}
+
+/// A copy of `s` in SQLite's allocator (SQLite frees it with `sqlite3_free`).
+fn sqlite_string(s: &str) -> *mut c_char {
+    let bytes = s.as_bytes();
+    // SAFETY: sqlite3_malloc64 returns null or a block of the requested size.
+    let p = unsafe { ffi::sqlite3_malloc64(bytes.len() as u64 + 1) } as *mut u8;
+    if !p.is_null() {
+        // SAFETY: `p` has room for the bytes and the terminating NUL; the regions are distinct.
+        unsafe {
+            ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            *p.add(bytes.len()) = 0;
+        }
+    }
+    p as *mut c_char
+}
+
+/// Registers a VFS with `options`; see `crate::Builder`.
+pub fn register(options: Options, make_default: bool) -> Result<(), Error> {
+    let mut registered = REGISTERED.lock();
+    let name = CString::new(options.vfs_name.clone())
+        .map_err(|_| Error::InvalidName(options.vfs_name.clone()))?;
+    // SAFETY: a NUL-terminated name; sqlite3_vfs_find initialises SQLite if needed.
+    let existing = unsafe { ffi::sqlite3_vfs_find(name.as_ptr()) };
+    if !existing.is_null() {
+        let Some((_, opts)) = registered.iter().find(|(addr, _)| *addr == existing as usize) else {
+            return Err(Error::NameTaken(options.vfs_name));
+        };
+        if *opts != options {
+            return Err(Error::AlreadyRegistered(options.vfs_name));
+        }
+        if make_default {
+            // SAFETY: `existing` is our leaked, registered VFS; re-registering moves it to
+            // the head of SQLite's list, which makes it the default.
+            let rc = unsafe { ffi::sqlite3_vfs_register(existing, 1) };
+            if rc != ffi::SQLITE_OK {
+                return Err(Error::Sqlite(rc));
+            }
+        }
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let base = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
+    if base.is_null() {
+        return Err(Error::NoBaseVfs);
+    }
+    // SAFETY: `base` is SQLite's own registered unix VFS, valid for the life of the process.
+    let (base_version, base_size, base_path) =
+        unsafe { ((*base).iVersion, (*base).szOsFile, (*base).mxPathname) };
+    let size = base_size
+        .max(std::mem::size_of::<NetworkShimFile>() as c_int)
+        .max(std::mem::size_of::<RefusedShimFile>() as c_int);
+    let state = Box::leak(Box::new(VfsState {
+        base,
+        options: options.clone(),
+    }));
+    let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
+        iVersion: base_version.min(3),
+        szOsFile: size,
+        mxPathname: base_path,
+        pNext: ptr::null_mut(),
+        zName: name.into_raw(),
+        pAppData: state as *mut VfsState as *mut c_void,
+        xOpen: Some(x_open),
+        xDelete: Some(x_delete),
+        xAccess: Some(x_access),
+        xFullPathname: Some(x_full_pathname),
+        xDlOpen: Some(x_dl_open),
+        xDlError: Some(x_dl_error),
+        xDlSym: Some(x_dl_sym),
+        xDlClose: Some(x_dl_close),
+        xRandomness: Some(x_randomness),
+        xSleep: Some(x_sleep),
+        xCurrentTime: Some(x_current_time),
+        xGetLastError: Some(x_get_last_error),
+        xCurrentTimeInt64: Some(x_current_time_int64),
+        xSetSystemCall: Some(x_set_system_call),
+        xGetSystemCall: Some(x_get_system_call),
+        xNextSystemCall: Some(x_next_system_call),
+    }));
+    // SAFETY: `vfs` is leaked and fully initialised; SQLite may keep it forever.
+    let rc = unsafe { ffi::sqlite3_vfs_register(vfs, c_int::from(make_default)) };
+    if rc != ffi::SQLITE_OK {
+        return Err(Error::Sqlite(rc));
+    }
+    registered.push((vfs as *mut ffi::sqlite3_vfs as usize, options));
+    install_open_error_reporter();
+    Ok(())
+}
+
+fn install_open_error_reporter() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the entry point has the signature SQLite expects and lives forever.
+        let rc = unsafe { ffi::sqlite3_auto_extension(Some(report_refused_open)) };
+        if rc != ffi::SQLITE_OK {
+            tracing::warn!(rc, "cannot install the open-error reporter; refused opens will say only 'unable to open database file'");
+        }
+    });
+}
+
+/// Runs at the end of every successful `sqlite3_open`: if our VFS refused the main database,
+/// fail the open with the refusal's message and code.
+unsafe extern "C" fn report_refused_open(
+    db: *mut ffi::sqlite3,
+    err_msg: *mut *mut c_char,
+    _api: *const ffi::sqlite3_api_routines,
+) -> c_int {
+    guarded(ffi::SQLITE_OK, || {
+        let mut report = OpenErrorReport {
+            code: 0,
+            message: ptr::null_mut(),
+        };
+        // SAFETY: `db` is the connection being opened; the opcode is ours, so only a refused
+        // shim file answers it, writing into `report`, which outlives the call.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                db,
+                c"main".as_ptr(),
+                NETFS_FCNTL_OPEN_ERROR,
+                &mut report as *mut OpenErrorReport as *mut c_void,
+            )
+        };
+        if rc != ffi::SQLITE_OK || report.code == ffi::SQLITE_OK {
+            return ffi::SQLITE_OK;
+        }
+        if err_msg.is_null() {
+            // SAFETY: the message came from sqlite3_malloc64.
+            unsafe { ffi::sqlite3_free(report.message as *mut c_void) };
+        } else {
+            // SAFETY: SQLite passes a valid out-pointer and frees the message itself.
+            unsafe { *err_msg = report.message };
+        }
+        report.code
+    })
+}
+
+/// Whether the main database of `conn` is open in network mode through this shim.
+pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
+    let mut active: c_int = 0;
+    // SAFETY: the handle is valid while `conn` is borrowed; only our network files answer
+    // this opcode, writing one int.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            NETFS_FCNTL_NETWORK_MODE,
+            &mut active as *mut c_int as *mut c_void,
+        )
+    };
+    rc == ffi::SQLITE_OK && active == 1
+}
+
+/// # Safety
+/// `vfs` must be a VFS this module registered.
+unsafe fn state<'a>(vfs: *mut ffi::sqlite3_vfs) -> &'a VfsState {
+    // SAFETY: pAppData of our VFS points to a leaked VfsState (see `register`).
+    unsafe { &*((*vfs).pAppData as *const VfsState) }
+}
+
+/// The `netfs=` URI parameter of a main-database name.
+///
+/// # Safety
+/// `name` must be a filename SQLite passed to `xOpen` for a main database.
+unsafe fn uri_parameter<'a>(name: *const c_char, key: &CStr) -> Option<&'a str> {
+    // SAFETY: as required; sqlite3_uri_parameter returns null or a string inside `name`.
+    let value = unsafe { ffi::sqlite3_uri_parameter(name, key.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated, alive as long as the filename.
+    Some(unsafe { CStr::from_ptr(value) }.to_str().unwrap_or("<not UTF-8>"))
+}
+
+unsafe extern "C" fn x_open(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    // SAFETY: SQLite calls xOpen on the VFS we registered.
+    let st = unsafe { state(vfs) };
+    let base = st.base;
+    let pass_through = || {
+        // SAFETY: forwarding SQLite's own arguments to the base VFS, which then owns `file`.
+        unsafe { (*base).xOpen.expect("unix VFS has xOpen")(base, name, file, flags, out_flags) }
+    };
+    if name.is_null() || flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
+        return pass_through();
+    }
+    let plan = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `name` is a main-database filename from SQLite, valid during xOpen.
+        let name_bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
+        let request = OpenRequest {
+            name: name_bytes,
+            // SAFETY: as above.
+            netfs: unsafe { uri_parameter(name, c"netfs") },
+            read_write: flags & ffi::SQLITE_OPEN_READWRITE != 0,
+            create: flags & ffi::SQLITE_OPEN_CREATE != 0,
+            // SAFETY: as above.
+            powersafe_overwrite: unsafe { ffi::sqlite3_uri_boolean(name, c"psow".as_ptr(), 1) } != 0,
+        };
+        crate::opening::plan(&st.options, &request)
+    }));
+    match plan {
+        Ok(OpenPlan::Native) => pass_through(),
+        Ok(OpenPlan::Network(db)) => {
+            let writable = db.file.writable();
+            // SAFETY: `file` points to szOsFile bytes, enough for a NetworkShimFile; SQLite
+            // hands ownership of the Box to us until xClose.
+            unsafe {
+                ptr::write(
+                    file as *mut NetworkShimFile,
+                    NetworkShimFile {
+                        header: ffi::sqlite3_file {
+                            pMethods: &NETWORK_METHODS,
+                        },
+                        db: Box::into_raw(db),
+                    },
+                );
+                if !out_flags.is_null() {
+                    *out_flags = if writable {
+                        flags
+                    } else {
+                        (flags & !(ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE))
+                            | ffi::SQLITE_OPEN_READONLY
+                    };
+                }
+            }
+            ffi::SQLITE_OK
+        }
+        Ok(OpenPlan::Refused(refusal)) => {
+            // SAFETY: as above, for a RefusedShimFile.
+            unsafe {
+                ptr::write(
+                    file as *mut RefusedShimFile,
+                    RefusedShimFile {
+                        header: ffi::sqlite3_file {
+                            pMethods: &REFUSED_METHODS,
+                        },
+                        refusal: Box::into_raw(Box::new(refusal)),
+                    },
+                );
+                if !out_flags.is_null() {
+                    *out_flags = flags;
+                }
+            }
+            ffi::SQLITE_OK
+        }
+        Err(_) => {
+            tracing::error!("panic while opening a database; reported as SQLITE_CANTOPEN");
+            // SAFETY: a null method table tells SQLite there is nothing to close.
+            unsafe { (*file).pMethods = ptr::null() };
+            ffi::SQLITE_CANTOPEN
+        }
+    }
+}
+
+/// The journal or WAL of a network-mode database, by the name SQLite uses.
+///
+/// # Safety
+/// `name` must be null or a NUL-terminated string.
+unsafe fn companion(name: *const c_char) -> Option<(crate::journal::Companion, &'static Path)> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: as required; the string outlives the callback in which we use it.
+    let text: &'static CStr = unsafe { CStr::from_ptr(name) };
+    let text = text.to_str().ok()?;
+    crate::journal::companion_of_network_database(text).map(|kind| (kind, Path::new(text)))
+}
+
+unsafe extern "C" fn x_delete(vfs: *mut ffi::sqlite3_vfs, name: *const c_char, sync_dir: c_int) -> c_int {
+    // SAFETY: our registered VFS.
+    let base = unsafe { state(vfs) }.base;
+    // SAFETY: SQLite passes a NUL-terminated name.
+    if let Some((crate::journal::Companion::Journal, path)) = unsafe { companion(name) } {
+        return guarded(ffi::SQLITE_IOERR_DELETE, || match crate::journal::discard(path, sync_dir != 0) {
+            Ok(()) => ffi::SQLITE_OK,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot empty the journal");
+                ffi::SQLITE_IOERR_DELETE
+            }
+        });
+    }
+    // SAFETY: forwarding to the base VFS.
+    unsafe { (*base).xDelete.expect("unix VFS has xDelete")(base, name, sync_dir) }
+}
+
+unsafe extern "C" fn x_access(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    flags: c_int,
+    res_out: *mut c_int,
+) -> c_int {
+    // SAFETY: our registered VFS.
+    let base = unsafe { state(vfs) }.base;
+    if flags == ffi::SQLITE_ACCESS_EXISTS
+        // SAFETY: SQLite passes a NUL-terminated name.
+        && let Some((_, path)) = unsafe { companion(name) }
+    {
+        return guarded(ffi::SQLITE_IOERR_ACCESS, || match crate::journal::has_content(path) {
+            Ok(exists) => {
+                // SAFETY: SQLite passes a valid out-pointer.
+                unsafe { *res_out = c_int::from(exists) };
+                ffi::SQLITE_OK
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot check the journal");
+                ffi::SQLITE_IOERR_ACCESS
+            }
+        });
+    }
+    // SAFETY: forwarding to the base VFS.
+    unsafe { (*base).xAccess.expect("unix VFS has xAccess")(base, name, flags, res_out) }
+}
+
+// The remaining VFS methods belong to the base VFS; SQLite calls them with our pointer, and
+// they are forwarded with the base's own.
+
+unsafe extern "C" fn x_full_pathname(vfs: *mut ffi::sqlite3_vfs, name: *const c_char, n: c_int, out: *mut c_char) -> c_int {
+    // SAFETY: our registered VFS; arguments forwarded unchanged to the base.
+    unsafe {
+        let base = state(vfs).base;
+        (*base).xFullPathname.expect("unix VFS has xFullPathname")(base, name, n, out)
+    }
+}
+
+unsafe extern "C" fn x_dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        match (*base).xDlOpen {
+            Some(f) => f(base, name),
+            None => ptr::null_mut(),
+        }
+    }
+}
+
+unsafe extern "C" fn x_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        if let Some(f) = (*base).xDlError {
+            f(base, n, out)
+        }
+    }
+}
+
+type DlSym = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char);
+
+unsafe extern "C" fn x_dl_sym(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void, symbol: *const c_char) -> Option<DlSym> {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        (*base).xDlSym.and_then(|f| f(base, handle, symbol))
+    }
+}
+
+unsafe extern "C" fn x_dl_close(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        if let Some(f) = (*base).xDlClose {
+            f(base, handle)
+        }
+    }
+}
+
+unsafe extern "C" fn x_randomness(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        (*base).xRandomness.expect("unix VFS has xRandomness")(base, n, out)
+    }
+}
+
+unsafe extern "C" fn x_sleep(vfs: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        (*base).xSleep.expect("unix VFS has xSleep")(base, micros)
+    }
+}
+
+unsafe extern "C" fn x_current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        (*base).xCurrentTime.expect("unix VFS has xCurrentTime")(base, out)
+    }
+}
+
+unsafe extern "C" fn x_get_last_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        match (*base).xGetLastError {
+            Some(f) => f(base, n, out),
+            None => 0,
+        }
+    }
+}
+
+unsafe extern "C" fn x_current_time_int64(vfs: *mut ffi::sqlite3_vfs, out: *mut ffi::sqlite3_int64) -> c_int {
+    // SAFETY: as for x_full_pathname; our iVersion is never above the base's.
+    unsafe {
+        let base = state(vfs).base;
+        (*base).xCurrentTimeInt64.expect("unix VFS has xCurrentTimeInt64")(base, out)
+    }
+}
+
+unsafe extern "C" fn x_set_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char, f: ffi::sqlite3_syscall_ptr) -> c_int {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        match (*base).xSetSystemCall {
+            Some(set) => set(base, name, f),
+            None => ffi::SQLITE_NOTFOUND,
+        }
+    }
+}
+
+unsafe extern "C" fn x_get_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> ffi::sqlite3_syscall_ptr {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        (*base).xGetSystemCall.and_then(|get| get(base, name))
+    }
+}
+
+unsafe extern "C" fn x_next_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *const c_char {
+    // SAFETY: as for x_full_pathname.
+    unsafe {
+        let base = state(vfs).base;
+        match (*base).xNextSystemCall {
+            Some(next) => next(base, name),
+            None => ptr::null(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network-mode files. Version 1 of the method table: no xShm* (so SQLite will not use WAL) and
+// no xFetch (no memory-mapped I/O, which would bypass the coherency reopen).
+
+static NETWORK_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(net_close),
+    xRead: Some(net_read),
+    xWrite: Some(net_write),
+    xTruncate: Some(net_truncate),
+    xSync: Some(net_sync),
+    xFileSize: Some(net_file_size),
+    xLock: Some(net_lock),
+    xUnlock: Some(net_unlock),
+    xCheckReservedLock: Some(net_check_reserved_lock),
+    xFileControl: Some(net_file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(net_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+/// # Safety
+/// `file` must be a file opened by `x_open` in network mode and not yet closed.
+unsafe fn open_db<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut OpenDatabase> {
+    // SAFETY: as required, the allocation holds a NetworkShimFile whose `db` is a live Box
+    // (or null after close); SQLite serialises calls on one file.
+    unsafe { (*(file as *mut NetworkShimFile)).db.as_mut() }
+}
+
+/// Runs `f` on the open database behind `file`, guarded.
+///
+/// # Safety
+/// As for [`open_db`].
+unsafe fn with_db(file: *mut ffi::sqlite3_file, fallback: c_int, f: impl FnOnce(&mut OpenDatabase) -> c_int) -> c_int {
+    // SAFETY: as required.
+    match unsafe { open_db(file) } {
+        Some(db) => guarded(fallback, || f(db)),
+        None => ffi::SQLITE_MISUSE,
+    }
+}
+
+unsafe extern "C" fn net_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: SQLite calls xClose once on a file x_open set up; we take the Box back and
+    // clear the pointer so nothing can use it again.
+    let db = unsafe {
+        let shim = file as *mut NetworkShimFile;
+        let db = (*shim).db;
+        (*shim).db = ptr::null_mut();
+        db
+    };
+    if db.is_null() {
+        return ffi::SQLITE_OK;
+    }
+    // SAFETY: `db` came from Box::into_raw in x_open and is dropped exactly once.
+    guarded(ffi::SQLITE_IOERR_CLOSE, || {
+        drop(unsafe { Box::from_raw(db) });
+        ffi::SQLITE_OK
+    })
+}
+
+unsafe extern "C" fn net_read(file: *mut ffi::sqlite3_file, buf: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int {
+    // SAFETY: SQLite passes a buffer of `amount` writable bytes; `file` is ours.
+    unsafe {
+        let buf = std::slice::from_raw_parts_mut(buf as *mut u8, amount.max(0) as usize);
+        with_db(file, ffi::SQLITE_IOERR_READ, |db| result_code(db.file.read_at(buf, offset as u64)))
+    }
+}
+
+unsafe extern "C" fn net_write(file: *mut ffi::sqlite3_file, buf: *const c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int {
+    // SAFETY: SQLite passes `amount` readable bytes; `file` is ours.
+    unsafe {
+        let buf = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
+        with_db(file, ffi::SQLITE_IOERR_WRITE, |db| result_code(db.file.write_at(buf, offset as u64)))
+    }
+}
+
+unsafe extern "C" fn net_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
+    // SAFETY: `file` is ours.
+    unsafe { with_db(file, ffi::SQLITE_IOERR_TRUNCATE, |db| result_code(db.file.truncate(size.max(0) as u64))) }
+}
+
+unsafe extern "C" fn net_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    let data_only = flags & ffi::SQLITE_SYNC_DATAONLY != 0;
+    // SAFETY: `file` is ours.
+    unsafe { with_db(file, ffi::SQLITE_IOERR_FSYNC, |db| result_code(db.file.sync(data_only))) }
+}
+
+unsafe extern "C" fn net_file_size(file: *mut ffi::sqlite3_file, size: *mut ffi::sqlite3_int64) -> c_int {
+    // SAFETY: `file` is ours; SQLite passes a valid out-pointer.
+    unsafe {
+        with_db(file, ffi::SQLITE_IOERR_FSTAT, |db| match db.file.size() {
+            Ok(n) => {
+                *size = n as ffi::sqlite3_int64;
+                ffi::SQLITE_OK
+            }
+            Err(e) => result_code(Err(e)),
+        })
+    }
+}
+
+unsafe extern "C" fn net_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: `file` is ours.
+    unsafe {
+        with_db(file, ffi::SQLITE_IOERR_LOCK, |db| match Level::from_sqlite(level) {
+            Some(level) => result_code(db.file.lock(level)),
+            None => ffi::SQLITE_MISUSE,
+        })
+    }
+}
+
+unsafe extern "C" fn net_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: `file` is ours.
+    unsafe {
+        with_db(file, ffi::SQLITE_IOERR_UNLOCK, |db| match Level::from_sqlite(level) {
+            Some(level) => result_code(db.file.unlock(level)),
+            None => ffi::SQLITE_MISUSE,
+        })
+    }
+}
+
+unsafe extern "C" fn net_check_reserved_lock(file: *mut ffi::sqlite3_file, res_out: *mut c_int) -> c_int {
+    // SAFETY: `file` is ours; SQLite passes a valid out-pointer.
+    unsafe {
+        with_db(file, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, |db| match db.file.reserved_held() {
+            Ok(held) => {
+                *res_out = c_int::from(held);
+                ffi::SQLITE_OK
+            }
+            Err(e) => result_code(Err(e)),
+        })
+    }
+}
+
+unsafe extern "C" fn net_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    // SAFETY: `file` is ours; for each opcode SQLite documents the type `arg` points to, and
+    // we write only that type.
+    unsafe {
+        with_db(file, ffi::SQLITE_NOTFOUND, |db| match op {
+            ffi::SQLITE_FCNTL_LOCKSTATE => {
+                *(arg as *mut c_int) = db.file.level() as c_int;
+                ffi::SQLITE_OK
+            }
+            ffi::SQLITE_FCNTL_VFSNAME => {
+                *(arg as *mut *mut c_char) = sqlite_string("netfs(network)/unix");
+                ffi::SQLITE_OK
+            }
+            ffi::SQLITE_FCNTL_HAS_MOVED => {
+                *(arg as *mut c_int) = c_int::from(db.file.has_moved());
+                ffi::SQLITE_OK
+            }
+            ffi::SQLITE_FCNTL_POWERSAFE_OVERWRITE => {
+                let v = arg as *mut c_int;
+                if *v < 0 {
+                    *v = c_int::from(db.file.powersafe_overwrite());
+                } else {
+                    db.file.set_powersafe_overwrite(*v != 0);
+                }
+                ffi::SQLITE_OK
+            }
+            ffi::SQLITE_FCNTL_PRAGMA => pin_journal_mode(arg as *mut *mut c_char),
+            NETFS_FCNTL_NETWORK_MODE => {
+                *(arg as *mut c_int) = 1;
+                ffi::SQLITE_OK
+            }
+            _ => ffi::SQLITE_NOTFOUND,
+        })
+    }
+}
+
+/// `PRAGMA journal_mode=X` in network mode: any mode but the pinned one is answered with the
+/// pinned one and not applied (WAL needs shared memory; TRUNCATE and PERSIST would keep a
+/// journal descriptor open across transactions, whose cached bytes can go stale; MEMORY and
+/// OFF lose atomicity on a crash).
+///
+/// # Safety
+/// `args` is SQLite's `SQLITE_FCNTL_PRAGMA` argument array: [result, name, value-or-null].
+unsafe fn pin_journal_mode(args: *mut *mut c_char) -> c_int {
+    // SAFETY: as required.
+    let (name, value) = unsafe { (*args.add(1), *args.add(2)) };
+    // SAFETY: SQLite passes NUL-terminated strings (the value may be null).
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    if !name.eq_ignore_ascii_case("journal_mode") || value.is_null() {
+        return ffi::SQLITE_NOTFOUND;
+    }
+    // SAFETY: non-null and NUL-terminated.
+    let value = unsafe { CStr::from_ptr(value) }.to_string_lossy().to_ascii_lowercase();
+    if value == PINNED_JOURNAL_MODE {
+        return ffi::SQLITE_NOTFOUND;
+    }
+    tracing::info!(requested = %value, kept = PINNED_JOURNAL_MODE, "journal_mode change ignored in network mode");
+    // SAFETY: SQLite frees a result string placed in args[0] with sqlite3_free.
+    unsafe { *args = sqlite_string(PINNED_JOURNAL_MODE) };
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn sector_size(_file: *mut ffi::sqlite3_file) -> c_int {
+    // The unix VFS's default; SQLite pads journal records to it.
+    4096
+}
+
+unsafe extern "C" fn net_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: `file` is ours.
+    unsafe {
+        with_db(file, 0, |db| {
+            if db.file.powersafe_overwrite() {
+                ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
+            } else {
+                0
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refused opens: every method fails with the refusal's code, except the header read SQLite
+// makes inside sqlite3_open (zeros, so the open gets as far as the auto-extension that reports
+// the refusal) and xClose.
+
+static REFUSED_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(refused_close),
+    xRead: Some(refused_read),
+    xWrite: Some(refused_write),
+    xTruncate: Some(refused_truncate),
+    xSync: Some(refused_sync),
+    xFileSize: Some(refused_file_size),
+    xLock: Some(refused_lock),
+    xUnlock: Some(refused_unlock),
+    xCheckReservedLock: Some(refused_check_reserved_lock),
+    xFileControl: Some(refused_file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(refused_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+/// # Safety
+/// `file` must be a refused file set up by `x_open` and not yet closed.
+unsafe fn refusal<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a Refusal> {
+    // SAFETY: as required.
+    unsafe { (*(file as *mut RefusedShimFile)).refusal.as_ref() }
+}
+
+fn refusal_code(r: Option<&Refusal>) -> c_int {
+    match r.map(|r| r.code) {
+        Some(Refused::ReadOnly) => ffi::SQLITE_READONLY,
+        _ => ffi::SQLITE_CANTOPEN,
+    }
+}
+
+unsafe extern "C" fn refused_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: called once by SQLite; the Box came from x_open.
+    unsafe {
+        let shim = file as *mut RefusedShimFile;
+        let r = (*shim).refusal;
+        (*shim).refusal = ptr::null_mut();
+        if !r.is_null() {
+            drop(Box::from_raw(r));
+        }
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn refused_read(_file: *mut ffi::sqlite3_file, buf: *mut c_void, amount: c_int, _offset: ffi::sqlite3_int64) -> c_int {
+    // SAFETY: SQLite passes `amount` writable bytes.
+    unsafe { ptr::write_bytes(buf as *mut u8, 0, amount.max(0) as usize) };
+    ffi::SQLITE_IOERR_SHORT_READ
+}
+
+unsafe extern "C" fn refused_write(file: *mut ffi::sqlite3_file, _b: *const c_void, _n: c_int, _o: ffi::sqlite3_int64) -> c_int {
+    // SAFETY: `file` is a refused file.
+    refusal_code(unsafe { refusal(file) })
+}
+
+unsafe extern "C" fn refused_truncate(file: *mut ffi::sqlite3_file, _size: ffi::sqlite3_int64) -> c_int {
+    // SAFETY: `file` is a refused file.
+    refusal_code(unsafe { refusal(file) })
+}
+
+unsafe extern "C" fn refused_sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
+    // SAFETY: `file` is a refused file.
+    refusal_code(unsafe { refusal(file) })
+}
+
+unsafe extern "C" fn refused_file_size(_file: *mut ffi::sqlite3_file, size: *mut ffi::sqlite3_int64) -> c_int {
+    // SAFETY: SQLite passes a valid out-pointer.
+    unsafe { *size = 0 };
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn refused_lock(file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
+    // SAFETY: `file` is a refused file.
+    refusal_code(unsafe { refusal(file) })
+}
+
+unsafe extern "C" fn refused_unlock(_file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn refused_check_reserved_lock(_file: *mut ffi::sqlite3_file, res_out: *mut c_int) -> c_int {
+    // SAFETY: SQLite passes a valid out-pointer.
+    unsafe { *res_out = 0 };
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn refused_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    if op != NETFS_FCNTL_OPEN_ERROR {
+        return ffi::SQLITE_NOTFOUND;
+    }
+    // SAFETY: `file` is a refused file; the opcode is ours and its argument is the report
+    // struct of `report_refused_open`.
+    unsafe {
+        let Some(r) = refusal(file) else {
+            return ffi::SQLITE_NOTFOUND;
+        };
+        let report = arg as *mut OpenErrorReport;
+        (*report).code = refusal_code(Some(r));
+        (*report).message = sqlite_string(&r.message);
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn refused_device_characteristics(_file: *mut ffi::sqlite3_file) -> c_int {
+    0
+}

@@ -1,0 +1,48 @@
+//! The lease heartbeat: one background thread per process that rewrites the table entry of
+//! every lock held longer than a quarter lease, so other hosts can tell a long transaction
+//! from a dead one.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::network_file::{ConnectionLock, SharedLock};
+
+/// How often the thread looks; renewal itself happens only when a lock is due.
+const TICK: Duration = Duration::from_millis(100);
+
+static WATCHED: Mutex<Vec<Weak<ConnectionLock>>> = Mutex::new(Vec::new());
+
+/// Keeps `lock` renewed while it is held, for as long as it exists.
+pub fn watch(lock: &SharedLock) {
+    static THREAD: OnceLock<()> = OnceLock::new();
+    WATCHED.lock().push(Arc::downgrade(lock));
+    THREAD.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("sqlite-netfs-lease".into())
+            .spawn(beat_forever);
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the lease heartbeat; long transactions will lose their locks");
+        }
+    });
+}
+
+fn beat_forever() {
+    loop {
+        std::thread::sleep(TICK);
+        let live: Vec<SharedLock> = {
+            let mut watched = WATCHED.lock();
+            watched.retain(|w| w.strong_count() > 0);
+            watched.iter().filter_map(Weak::upgrade).collect()
+        };
+        for lock in live {
+            let mut lock = lock.lock();
+            if lock.renewal_due()
+                && let Err(e) = lock.renew()
+            {
+                tracing::warn!(owner = %lock.owner(), error = %e, "lease renewal failed");
+            }
+        }
+    }
+}

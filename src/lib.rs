@@ -1,0 +1,182 @@
+//! # sqlite-netfs
+//!
+//! A SQLite VFS shim that keeps databases correct on network filesystems (NFS, SMB, sshfs,
+//! virtiofs, 9p, ...), where SQLite's defaults lose commits: kernel locks do not cross hosts,
+//! WAL's shared memory cannot be shared, and client caches serve stale pages.
+//!
+//! Register it once at process start, then open databases as usual:
+//!
+//! ```no_run
+//! use sqlite_netfs::rusqlite::Connection;
+//!
+//! sqlite_netfs::register().unwrap();
+//! let conn = Connection::open("file:/home/me/.local/share/tool/tool.db?vfs=netfs").unwrap();
+//! conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+//! ```
+//!
+//! On a local disk the shim hands the file to SQLite's own `unix` VFS untouched (WAL and all).
+//! On a network filesystem it switches to *network mode*: lockfile-based locking with leases,
+//! a rollback journal, and cache revalidation at every lock. `DESIGN.md` states the protocol.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `detect` | classifying a path's filesystem as local or network |
+//! | `mode` | the per-database decision (URI `netfs=`, `SQLITE_NETFS`, detection) |
+//! | `protocol` | the lock table and its transitions (pure) |
+//! | `lockfile` | the lock files and the filesystem operations trusted across hosts |
+//! | `lock` | one connection's lock: latch, stale recovery, lease |
+//! | `heartbeat` | renewing leases of long-held locks |
+//! | `network_file` | a database file in network mode: I/O, locking, coherency |
+//! | `journal` | the never-deleted rollback journal of network mode |
+//! | `wal` | converting WAL databases for network mode |
+//! | `opening` | assembling all of the above when SQLite opens a database |
+//! | `owner` | host, process and connection identity; liveness |
+//! | `ffi` | the unsafe core: VFS callbacks and system calls |
+#![deny(unsafe_code)]
+
+mod detect;
+mod ffi;
+mod heartbeat;
+mod journal;
+mod lock;
+mod lockfile;
+mod mode;
+mod network_file;
+mod opening;
+mod owner;
+mod protocol;
+mod wal;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use detect::FsClass;
+pub use mode::{DecisionSource, Detection, Mode};
+pub use owner::HOST_ID_ENV;
+pub use rusqlite;
+
+/// The VFS name [`register`] uses.
+pub const DEFAULT_VFS_NAME: &str = "netfs";
+/// The default lease: how long a holder on another host may stay silent before its locks are
+/// broken. Live holders renew every quarter lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// Settings of one registered VFS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub(crate) vfs_name: String,
+    pub(crate) lease: Duration,
+}
+
+/// Registration failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The VFS name contains a NUL byte or is empty.
+    InvalidName(String),
+    /// Another (not this crate's) VFS is registered under the name.
+    NameTaken(String),
+    /// This crate registered the name already, with other options.
+    AlreadyRegistered(String),
+    /// The lease is outside what the protocol supports.
+    InvalidLease(Duration),
+    /// SQLite has no `unix` VFS to delegate to (not a Unix build).
+    NoBaseVfs,
+    /// SQLite refused the registration with this result code.
+    Sqlite(i32),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidName(n) => write!(f, "invalid VFS name {n:?}"),
+            Error::NameTaken(n) => write!(f, "a VFS named {n:?} is already registered by someone else"),
+            Error::AlreadyRegistered(n) => {
+                write!(f, "VFS {n:?} is already registered with different options")
+            }
+            Error::InvalidLease(d) => write!(f, "lease {d:?} is out of range (1 s to 1 hour)"),
+            Error::NoBaseVfs => f.write_str("SQLite has no unix VFS to build on"),
+            Error::Sqlite(rc) => write!(f, "sqlite3_vfs_register failed with code {rc}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Options for registering the VFS.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    options: Options,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            options: Options {
+                vfs_name: DEFAULT_VFS_NAME.to_owned(),
+                lease: DEFAULT_LEASE,
+            },
+        }
+    }
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The name databases select with `?vfs=NAME` (default `netfs`).
+    pub fn vfs_name(mut self, name: &str) -> Self {
+        self.options.vfs_name = name.to_owned();
+        self
+    }
+
+    /// How long a silent holder on another host keeps its locks (default 10 s). Shorter
+    /// recovers faster from crashed hosts; longer tolerates longer server stalls (a holder
+    /// that cannot renew for three quarters of a lease stops using the database).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.options.lease = lease;
+        self
+    }
+
+    fn validated(self) -> Result<Options, Error> {
+        if self.options.vfs_name.is_empty() {
+            return Err(Error::InvalidName(self.options.vfs_name));
+        }
+        if self.options.lease < Duration::from_secs(1) || self.options.lease > Duration::from_secs(3600) {
+            return Err(Error::InvalidLease(self.options.lease));
+        }
+        Ok(self.options)
+    }
+
+    /// Registers the VFS (not as the default). Registering the same options twice is fine.
+    pub fn register(self) -> Result<(), Error> {
+        ffi::vfs::register(self.validated()?, false)
+    }
+
+    /// Registers the VFS and makes it SQLite's default, so plain paths use it too.
+    pub fn register_as_default(self) -> Result<(), Error> {
+        ffi::vfs::register(self.validated()?, true)
+    }
+}
+
+/// Registers the `netfs` VFS with default options. Calling it again is fine.
+pub fn register() -> Result<(), Error> {
+    Builder::new().register()
+}
+
+/// Registers the `netfs` VFS with default options and makes it SQLite's default VFS.
+pub fn register_as_default() -> Result<(), Error> {
+    Builder::new().register_as_default()
+}
+
+/// What the shim decides for a database at `path` (with no `netfs=` URI parameter): the mode,
+/// the filesystem type, and why. The path need not exist yet.
+pub fn detect(path: &Path) -> Result<Detection, String> {
+    mode::decide(path, None)
+}
+
+/// Whether `conn`'s main database is open through this shim in network mode.
+pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
+    ffi::vfs::network_mode_active(conn)
+}

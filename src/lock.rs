@@ -1,0 +1,726 @@
+//! One connection's lock on one database in network mode: the protocol of `protocol` carried
+//! out over the files of `lockfile`, with stale-holder recovery and a lease.
+//!
+//! # Editing the table
+//! Every change follows the same four steps:
+//! 1. take the latch: create `-netfs-latch` exclusively, retrying with backoff for at most
+//!    [`LATCH_WAIT`] (the latch is held for milliseconds, never across a transaction);
+//! 2. read the table through a fresh open (a torn or short read fails its checksum and is
+//!    read again after revalidating the size);
+//! 3. drop stale holders, apply the transition, write the table back if it changed;
+//! 4. remove the latch.
+//!
+//! # Staleness
+//! | holder                      | judged dead when                                         |
+//! |-----------------------------|----------------------------------------------------------|
+//! | table entry, this host      | its pid is gone (or reused), or as below                 |
+//! | table entry, any host       | its sequence number has not changed for a whole lease    |
+//! | latch, this host            | its pid is gone                                          |
+//! | latch, other host or unreadable | its contents have not changed for a whole lease      |
+//!
+//! A live holder rewrites its entry at least every quarter lease (`heartbeat`), and stops
+//! reading and writing the database once three quarters of a lease have passed since its last
+//! successful rewrite ([`DbLock::lease_expired`]), well before anyone may judge it dead.
+//! Leases are measured on each observer's own boot-time clock, never compared across hosts.
+//!
+//! A latch is removed by a breaker only while the breaker holds `-netfs-break`, and only if
+//! it still holds the very contents that were judged dead (each acquisition writes a new
+//! number), so two breakers cannot remove a live latch taken in between.
+
+use std::io;
+use std::time::Duration;
+
+use crate::lockfile::{LockFileName, LockFiles};
+use crate::protocol::{Level, LockTable, OwnerId, ParseError, StaleTracker};
+
+/// How long one lock request may wait for the latch before reporting BUSY.
+pub const LATCH_WAIT: Duration = Duration::from_millis(500);
+/// An unlock is not allowed to fail lightly: it waits longer for the latch.
+const UNLOCK_LATCH_WAIT: Duration = Duration::from_secs(5);
+/// After waiting this long for a latch, look at who holds it.
+const LATCH_SUSPECT_AFTER: Duration = Duration::from_millis(20);
+
+/// Time, sleep and same-host liveness: the environment a lock runs in (faked in tests).
+pub trait Environment: Send + Sync {
+    /// A clock that never goes back and keeps counting through suspend.
+    fn now(&self) -> Duration;
+    fn sleep(&self, d: Duration);
+    /// Whether `owner`, recorded on this host, still runs.
+    fn process_alive(&self, owner: &OwnerId) -> bool;
+}
+
+/// The real environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemEnvironment;
+
+impl Environment for SystemEnvironment {
+    fn now(&self) -> Duration {
+        crate::ffi::os::boot_time()
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
+    fn process_alive(&self, owner: &OwnerId) -> bool {
+        crate::owner::same_host_process_alive(owner)
+    }
+}
+
+/// What a lock request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// Granted; `generation` is the table's data generation at that moment.
+    Granted { generation: u64 },
+    /// Another holder stands in the way (or the latch could not be had in time).
+    Busy,
+}
+
+#[derive(Debug)]
+pub enum LockError {
+    /// The lock files could not be used.
+    Io(io::Error),
+    /// The table file holds something this version cannot read.
+    Corrupt(String),
+    /// Our entry was removed by others (we were judged dead): whatever we held is gone.
+    LeaseLost,
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Io(e) => write!(f, "{e}"),
+            LockError::Corrupt(m) => f.write_str(m),
+            LockError::LeaseLost => f.write_str("lock lease lost: another process judged this one dead"),
+        }
+    }
+}
+
+impl From<io::Error> for LockError {
+    fn from(e: io::Error) -> Self {
+        LockError::Io(e)
+    }
+}
+
+/// The latch could not be taken in time.
+struct LatchTimeout;
+
+/// Proof of holding the latch: its contents and when it was taken.
+struct Latch {
+    contents: Vec<u8>,
+    taken_at: Duration,
+}
+
+/// Something observed unchanged since `since` (a latch or break file's contents).
+struct Watch {
+    contents: Vec<u8>,
+    since: Duration,
+}
+
+pub struct DbLock<F: LockFiles, E: Environment> {
+    files: F,
+    env: E,
+    me: OwnerId,
+    lease: Duration,
+    level: Level,
+    /// Written into our entry on every rewrite; never repeats for `me`.
+    seq: u64,
+    latch_count: u64,
+    /// Length of the table file last read, so a rewrite never shrinks it.
+    table_len: usize,
+    stale: StaleTracker,
+    latch_watch: Option<Watch>,
+    break_watch: Option<Watch>,
+    /// When our entry was last written (the latch time of that write), if we hold a lock.
+    renewed_at: Option<Duration>,
+}
+
+impl<F: LockFiles, E: Environment> DbLock<F, E> {
+    pub fn new(files: F, env: E, me: OwnerId, lease: Duration) -> Self {
+        DbLock {
+            files,
+            env,
+            me,
+            lease,
+            level: Level::None,
+            seq: 0,
+            latch_count: 0,
+            table_len: 0,
+            stale: StaleTracker::default(),
+            latch_watch: None,
+            break_watch: None,
+            renewed_at: None,
+        }
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    pub fn owner(&self) -> &OwnerId {
+        &self.me
+    }
+
+    /// True once we hold a lock whose lease may have run out: from then on the database must
+    /// be neither read nor written under it.
+    pub fn lease_expired(&self) -> bool {
+        match self.renewed_at {
+            Some(at) if self.level > Level::None => {
+                self.env.now().saturating_sub(at) >= self.lease * 3 / 4
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the heartbeat should rewrite our entry now.
+    pub fn renewal_due(&self) -> bool {
+        match self.renewed_at {
+            Some(at) if self.level > Level::None => self.env.now().saturating_sub(at) >= self.lease / 4,
+            _ => false,
+        }
+    }
+
+    /// Asks for `want` (SHARED, RESERVED, PENDING or EXCLUSIVE).
+    pub fn lock(&mut self, want: Level) -> Result<Acquired, LockError> {
+        if want <= self.level {
+            return Ok(Acquired::Granted { generation: 0 });
+        }
+        let me = self.me.clone();
+        let seq = self.seq + 1;
+        let outcome = self.edit_table(LATCH_WAIT, |table| {
+            let result = table.request(&me, want, seq);
+            (result, table.level_of(&me))
+        })?;
+        let Some(((result, level_after), generation)) = outcome else {
+            return Ok(Acquired::Busy);
+        };
+        // A refused EXCLUSIVE may still have recorded PENDING.
+        self.level = level_after;
+        match result {
+            Ok(_) => Ok(Acquired::Granted { generation }),
+            Err(busy) => {
+                tracing::trace!(want = %want, blocker = %busy.blocker, blocker_level = %busy.blocker_level, "lock busy");
+                Ok(Acquired::Busy)
+            }
+        }
+    }
+
+    /// Lowers the lock to SHARED or NONE; `changed_file` moves the data generation on.
+    /// Returns the generation after the change.
+    pub fn unlock(&mut self, to: Level, changed_file: bool) -> Result<u64, LockError> {
+        if to >= self.level && !changed_file {
+            return Ok(0);
+        }
+        let me = self.me.clone();
+        let seq = self.seq + 1;
+        let outcome = self.edit_table(UNLOCK_LATCH_WAIT, |table| {
+            table.release(&me, to, seq, changed_file);
+        });
+        // Whatever happened, we no longer act on the higher level. If the table could not be
+        // updated, our entry goes stale and others remove it after a lease.
+        self.level = self.level.min(to);
+        if self.level == Level::None {
+            self.renewed_at = None;
+        }
+        match outcome? {
+            Some(((), generation)) => Ok(generation),
+            None => Err(LockError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "could not take {} within {:?} to release a lock",
+                    self.files.describe(LockFileName::Latch),
+                    UNLOCK_LATCH_WAIT
+                ),
+            ))),
+        }
+    }
+
+    /// SQLite's `xCheckReservedLock`: does anybody hold RESERVED or above?
+    pub fn reserved_held(&mut self) -> Result<bool, LockError> {
+        if self.level >= Level::Reserved {
+            return Ok(true);
+        }
+        Ok(self
+            .edit_table(LATCH_WAIT, |table| table.reserved_held())?
+            .map(|(held, _)| held)
+            // Could not look: say "reserved", the answer that makes SQLite wait rather than
+            // roll back a journal that may be live.
+            .unwrap_or(true))
+    }
+
+    /// Rewrites our entry with a new sequence number, proving we are alive.
+    pub fn renew(&mut self) -> Result<(), LockError> {
+        if self.level == Level::None {
+            return Ok(());
+        }
+        let me = self.me.clone();
+        let seq = self.seq + 1;
+        match self.edit_table(LATCH_WAIT, |table| table.renew(&me, seq))? {
+            Some((true, _)) => Ok(()),
+            Some((false, _)) => Err(LockError::LeaseLost),
+            None => Ok(()), // latch busy: try again at the next beat
+        }
+    }
+
+    /// Runs `change` on the current table under the latch and writes the result back if it
+    /// changed. `Ok(None)`: the latch could not be had within `wait`.
+    fn edit_table<R>(
+        &mut self,
+        wait: Duration,
+        change: impl FnOnce(&mut LockTable) -> R,
+    ) -> Result<Option<(R, u64)>, LockError> {
+        let Ok(latch) = self.take_latch(wait)? else {
+            return Ok(None);
+        };
+        let result = self.edit_under_latch(&latch, change);
+        let released = self.release_latch(&latch);
+        let edited = result?;
+        released?;
+        Ok(Some(edited))
+    }
+
+    fn edit_under_latch<R>(
+        &mut self,
+        latch: &Latch,
+        change: impl FnOnce(&mut LockTable) -> R,
+    ) -> Result<(R, u64), LockError> {
+        let mut table = self.read_table()?;
+        let before = table.clone();
+        self.remove_stale_holders(&mut table);
+        self.check_own_entry(&mut table)?;
+        let result = change(&mut table);
+        if table != before {
+            // A latch held this long may have been judged stale and broken: writing now could
+            // overwrite a table that someone else has since changed.
+            if self.env.now().saturating_sub(latch.taken_at) >= self.lease / 2 {
+                return Err(LockError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "lock table edit took longer than half a lease; abandoned",
+                )));
+            }
+            let bytes = table.encode(self.table_len);
+            self.files.write(LockFileName::Table, &bytes)?;
+            self.table_len = bytes.len();
+            let mine = table.holders.iter().find(|h| h.owner == self.me);
+            if let Some(h) = mine {
+                self.seq = h.seq.max(self.seq);
+                self.renewed_at = Some(latch.taken_at);
+            }
+        } else if table.level_of(&self.me) > Level::None {
+            // Nothing changed, but reading our unchanged entry proves nothing to others;
+            // the lease still runs from the last write.
+        }
+        self.stale.retain_current(&table);
+        Ok((result, table.generation))
+    }
+
+    /// Our entry must say what we believe we hold. If it is gone while we hold a lock, others
+    /// judged us dead; if it is there while we hold nothing (an unlock that could not be
+    /// published), it is a leftover and goes now.
+    fn check_own_entry(&mut self, table: &mut LockTable) -> Result<(), LockError> {
+        let recorded = table.level_of(&self.me);
+        if recorded == Level::None && self.level > Level::None {
+            tracing::error!(owner = %self.me, level = %self.level, "lock lease lost: our entry was removed by another process");
+            self.level = Level::None;
+            self.renewed_at = None;
+            return Err(LockError::LeaseLost);
+        }
+        if recorded > Level::None && self.level == Level::None {
+            table.release(&self.me, Level::None, 0, recorded >= Level::Reserved);
+        }
+        Ok(())
+    }
+
+    fn read_table(&mut self) -> Result<LockTable, LockError> {
+        let mut revalidate = false;
+        for _ in 0..4 {
+            let bytes = if revalidate {
+                self.files.read_revalidated(LockFileName::Table)?
+            } else {
+                self.files.read(LockFileName::Table)?
+            };
+            let bytes = bytes.unwrap_or_default();
+            // An empty read may be a stale cached size of zero: confirm with the server.
+            let suspicious_empty = bytes.is_empty() && !revalidate && self.table_len > 0;
+            match LockTable::decode(&bytes) {
+                Ok(_) if suspicious_empty => revalidate = true,
+                Ok(table) => {
+                    self.table_len = self.table_len.max(bytes.len());
+                    return Ok(table);
+                }
+                Err(ParseError::Incomplete) => revalidate = true,
+                Err(ParseError::Malformed(why)) => {
+                    return Err(LockError::Corrupt(format!(
+                        "lock table {} is unreadable ({why}); remove it once no process has the database open",
+                        self.files.describe(LockFileName::Table)
+                    )));
+                }
+            }
+        }
+        Err(LockError::Corrupt(format!(
+            "lock table {} stays torn or truncated; remove it once no process has the database open",
+            self.files.describe(LockFileName::Table)
+        )))
+    }
+
+    fn remove_stale_holders(&mut self, table: &mut LockTable) {
+        let now = self.env.now();
+        let (lease, env, stale) = (self.lease, &self.env, &mut self.stale);
+        let my_host = self.me.host.clone();
+        let removed = table.remove_stale(&self.me, |h| {
+            let dead_here = h.owner.host == my_host && !env.process_alive(&h.owner);
+            // Judged on every holder, so the observation clock starts at first sight.
+            let silent = stale.unchanged_for(&h.owner, h.seq, now, lease);
+            dead_here || silent
+        });
+        for h in removed {
+            let why = if h.owner.host == my_host && !self.env.process_alive(&h.owner) {
+                "process is gone"
+            } else {
+                "lease expired"
+            };
+            tracing::warn!(holder = %h.owner, level = %h.level, reason = why, table = %self.files.describe(LockFileName::Table), "stale lock broken");
+        }
+    }
+
+    fn take_latch(&mut self, wait: Duration) -> Result<Result<Latch, LatchTimeout>, LockError> {
+        self.latch_count += 1;
+        let contents = format!("{} {}\n", self.me, self.latch_count).into_bytes();
+        let started = self.env.now();
+        let mut pause = Duration::from_micros(50);
+        let mut last_suspicion = None;
+        loop {
+            if self.files.create_exclusive(LockFileName::Latch, &contents)? {
+                self.latch_watch = None;
+                return Ok(Ok(Latch {
+                    contents,
+                    taken_at: self.env.now(),
+                }));
+            }
+            let now = self.env.now();
+            let waited = now.saturating_sub(started);
+            if waited >= LATCH_SUSPECT_AFTER
+                && last_suspicion.is_none_or(|t: Duration| now.saturating_sub(t) >= LATCH_SUSPECT_AFTER)
+            {
+                last_suspicion = Some(now);
+                self.break_latch_if_dead()?;
+            }
+            if waited >= wait {
+                return Ok(Err(LatchTimeout));
+            }
+            // Spread retries of processes that collided, without a random-number dependency.
+            let jitter = (self.me.conn ^ u64::from(self.me.pid) ^ self.latch_count) % 7;
+            self.env.sleep(pause + pause * jitter as u32 / 8);
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+
+    fn release_latch(&mut self, latch: &Latch) -> Result<(), LockError> {
+        // Held briefly, as always: nobody can have broken it, remove without looking.
+        if self.env.now().saturating_sub(latch.taken_at) < self.lease / 2 {
+            self.files.remove(LockFileName::Latch)?;
+            return Ok(());
+        }
+        // Held long enough to have been judged stale: remove it only if it is still ours.
+        if self.files.read(LockFileName::Latch)?.as_deref() == Some(&latch.contents[..]) {
+            self.files.remove(LockFileName::Latch)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a latch or break file with these contents belongs to a dead holder, given how
+    /// long we have watched it unchanged.
+    fn judged_dead(&self, contents: &[u8], watch: &mut Option<Watch>) -> bool {
+        let now = self.env.now();
+        let owner = std::str::from_utf8(contents)
+            .ok()
+            .and_then(|s| OwnerId::parse_fields(&mut s.split_whitespace()));
+        if let Some(owner) = &owner
+            && owner.host == self.me.host
+            && !self.env.process_alive(owner)
+        {
+            return true;
+        }
+        match watch {
+            Some(w) if w.contents == contents => now.saturating_sub(w.since) >= self.lease,
+            _ => {
+                *watch = Some(Watch {
+                    contents: contents.to_vec(),
+                    since: now,
+                });
+                false
+            }
+        }
+    }
+
+    fn break_latch_if_dead(&mut self) -> Result<(), LockError> {
+        let Some(contents) = self.files.read(LockFileName::Latch)? else {
+            return Ok(()); // released meanwhile
+        };
+        let mut watch = self.latch_watch.take();
+        let dead = self.judged_dead(&contents, &mut watch);
+        self.latch_watch = watch;
+        if !dead {
+            return Ok(());
+        }
+        self.latch_count += 1;
+        let mine = format!("{} {}\n", self.me, self.latch_count).into_bytes();
+        if !self.files.create_exclusive(LockFileName::Break, &mine)? {
+            // Someone else is breaking it, or died doing so.
+            if let Some(other) = self.files.read(LockFileName::Break)? {
+                let mut watch = self.break_watch.take();
+                if self.judged_dead(&other, &mut watch) {
+                    tracing::warn!(file = %self.files.describe(LockFileName::Break), "stale lock-break file removed");
+                    self.files.remove(LockFileName::Break)?;
+                    watch = None;
+                }
+                self.break_watch = watch;
+            }
+            return Ok(());
+        }
+        let result = match self.files.read(LockFileName::Latch)? {
+            Some(now) if now == contents => {
+                tracing::warn!(
+                    latch = %self.files.describe(LockFileName::Latch),
+                    holder = %String::from_utf8_lossy(&contents).trim(),
+                    "stale lock latch broken"
+                );
+                self.files.remove(LockFileName::Latch).map(|_| ())
+            }
+            _ => Ok(()),
+        };
+        self.latch_watch = None;
+        let released = self.files.remove(LockFileName::Break);
+        result?;
+        released?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+
+    /// An in-memory directory shared by several `DbLock`s, as a file server is.
+    #[derive(Clone, Default)]
+    pub struct FakeFiles {
+        files: Arc<Mutex<HashMap<LockFileName, Vec<u8>>>>,
+    }
+
+    impl LockFiles for FakeFiles {
+        fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
+            let mut files = self.files.lock();
+            if files.contains_key(&name) {
+                return Ok(false);
+            }
+            files.insert(name, contents.to_vec());
+            Ok(true)
+        }
+        fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+            Ok(self.files.lock().get(&name).cloned())
+        }
+        fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+            self.read(name)
+        }
+        fn write(&self, name: LockFileName, contents: &[u8]) -> io::Result<()> {
+            let mut files = self.files.lock();
+            let f = files.entry(name).or_default();
+            if f.len() < contents.len() {
+                f.resize(contents.len(), 0);
+            }
+            f[..contents.len()].copy_from_slice(contents);
+            Ok(())
+        }
+        fn remove(&self, name: LockFileName) -> io::Result<bool> {
+            Ok(self.files.lock().remove(&name).is_some())
+        }
+        fn describe(&self, name: LockFileName) -> String {
+            format!("fake{}", name.suffix())
+        }
+    }
+
+    /// A clock that moves only when slept on or advanced, and a set of dead pids.
+    #[derive(Clone, Default)]
+    pub struct FakeEnv {
+        now: Arc<Mutex<Duration>>,
+        dead: Arc<Mutex<HashSet<u32>>>,
+    }
+
+    impl FakeEnv {
+        fn advance(&self, d: Duration) {
+            *self.now.lock() += d;
+        }
+        fn kill(&self, pid: u32) {
+            self.dead.lock().insert(pid);
+        }
+    }
+
+    impl Environment for FakeEnv {
+        fn now(&self) -> Duration {
+            *self.now.lock()
+        }
+        fn sleep(&self, d: Duration) {
+            self.advance(d);
+        }
+        fn process_alive(&self, owner: &OwnerId) -> bool {
+            !self.dead.lock().contains(&owner.pid)
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn client(files: &FakeFiles, env: &FakeEnv, host: &str, pid: u32) -> DbLock<FakeFiles, FakeEnv> {
+        let me = OwnerId {
+            host: host.into(),
+            pid,
+            start: 1,
+            conn: u64::from(pid),
+        };
+        DbLock::new(files.clone(), env.clone(), me, LEASE)
+    }
+
+    fn granted(a: Acquired) -> bool {
+        matches!(a, Acquired::Granted { .. })
+    }
+
+    #[test]
+    fn two_clients_follow_the_protocol_through_files() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut a = client(&files, &env, "h1", 1);
+        let mut b = client(&files, &env, "h2", 2);
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        assert!(granted(b.lock(Level::Shared).unwrap()));
+        assert!(granted(a.lock(Level::Reserved).unwrap()));
+        assert_eq!(b.lock(Level::Reserved).unwrap(), Acquired::Busy);
+        assert!(b.reserved_held().unwrap());
+        assert_eq!(a.lock(Level::Exclusive).unwrap(), Acquired::Busy);
+        assert_eq!(a.level(), Level::Pending);
+        b.unlock(Level::None, false).unwrap();
+        assert!(granted(a.lock(Level::Exclusive).unwrap()));
+        let generation = a.unlock(Level::None, true).unwrap();
+        assert_eq!(generation, 1);
+        match b.lock(Level::Shared).unwrap() {
+            Acquired::Granted { generation } => assert_eq!(generation, 1),
+            Acquired::Busy => panic!("busy with no holder"),
+        }
+        // The latch is never left behind.
+        assert!(files.read(LockFileName::Latch).unwrap().is_none());
+    }
+
+    #[test]
+    fn dead_holder_on_this_host_is_removed_at_once() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut dead = client(&files, &env, "h1", 1);
+        let mut next = client(&files, &env, "h1", 2);
+        assert!(granted(dead.lock(Level::Shared).unwrap()));
+        assert!(granted(dead.lock(Level::Reserved).unwrap()));
+        assert!(granted(dead.lock(Level::Exclusive).unwrap()));
+        env.kill(1);
+        let t0 = env.now();
+        assert!(granted(next.lock(Level::Shared).unwrap()));
+        assert!(env.now() - t0 < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn holder_on_another_host_is_removed_after_a_lease_of_silence_only() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut remote = client(&files, &env, "h2", 1);
+        let mut local = client(&files, &env, "h1", 2);
+        assert!(granted(remote.lock(Level::Shared).unwrap()));
+        assert!(granted(remote.lock(Level::Reserved).unwrap()));
+        assert!(granted(remote.lock(Level::Exclusive).unwrap()));
+        assert_eq!(local.lock(Level::Shared).unwrap(), Acquired::Busy);
+        // The remote holder keeps renewing: never stale, however long.
+        for _ in 0..10 {
+            env.advance(LEASE / 4);
+            assert!(remote.renewal_due());
+            remote.renew().unwrap();
+            assert!(!remote.lease_expired());
+            assert_eq!(local.lock(Level::Shared).unwrap(), Acquired::Busy);
+        }
+        // It falls silent: its own lease runs out before others may remove it.
+        env.advance(LEASE * 3 / 4);
+        assert!(remote.lease_expired());
+        assert_eq!(local.lock(Level::Shared).unwrap(), Acquired::Busy);
+        env.advance(LEASE / 4);
+        assert!(granted(local.lock(Level::Shared).unwrap()));
+        // The remote holder finds out when it next touches the table.
+        assert!(matches!(remote.renew(), Err(LockError::LeaseLost)));
+        assert_eq!(remote.level(), Level::None);
+    }
+
+    #[test]
+    fn latch_left_by_a_dead_process_is_broken() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut next = client(&files, &env, "h1", 2);
+        files
+            .create_exclusive(LockFileName::Latch, b"h1 1 1 1 7\n")
+            .unwrap();
+        env.kill(1);
+        assert!(granted(next.lock(Level::Shared).unwrap()));
+        assert!(files.read(LockFileName::Break).unwrap().is_none());
+    }
+
+    #[test]
+    fn latch_of_another_host_or_garbage_is_broken_only_after_a_lease() {
+        for contents in [&b"h9 1 1 1 7\n"[..], b"\x00garbage", b""] {
+            let (files, env) = (FakeFiles::default(), FakeEnv::default());
+            let mut next = client(&files, &env, "h1", 2);
+            files.create_exclusive(LockFileName::Latch, contents).unwrap();
+            let t0 = env.now();
+            let mut tries = 0;
+            while !granted(next.lock(Level::Shared).unwrap()) {
+                tries += 1;
+                assert!(tries < 1000);
+            }
+            let waited = env.now() - t0;
+            assert!(waited >= LEASE, "broken after {waited:?}");
+            assert!(waited < LEASE + 2 * LATCH_WAIT, "took {waited:?}");
+        }
+    }
+
+    #[test]
+    fn latch_that_changes_hands_is_not_broken() {
+        // A breaker that judged contents X stale must not remove a latch that now holds Y.
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut breaker = client(&files, &env, "h1", 2);
+        files.create_exclusive(LockFileName::Latch, b"h9 5 1 5 1\n").unwrap();
+        let mut contents = b"h9 5 1 5 1\n".to_vec();
+        breaker.break_latch_if_dead().unwrap(); // starts watching X
+        env.advance(LEASE);
+        // X is released and a live holder takes the latch with new contents.
+        files.remove(LockFileName::Latch).unwrap();
+        let last_digit = contents.len() - 2;
+        contents[last_digit] = b'2';
+        files.create_exclusive(LockFileName::Latch, &contents).unwrap();
+        breaker.break_latch_if_dead().unwrap();
+        assert_eq!(files.read(LockFileName::Latch).unwrap(), Some(contents));
+    }
+
+    #[test]
+    fn unlock_that_could_not_be_published_is_cleaned_up_next_time() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut a = client(&files, &env, "h1", 1);
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        // Somebody else holds the latch throughout the unlock (a live remote process).
+        files.create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n").unwrap();
+        assert!(a.unlock(Level::None, false).is_err());
+        assert_eq!(a.level(), Level::None);
+        files.remove(LockFileName::Latch).unwrap();
+        // Next time the leftover entry is removed rather than mistaken for a live lock.
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        assert_eq!(table.holders.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_table_is_a_clear_error() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        files.write(LockFileName::Table, b"\xffnot a table").unwrap();
+        let mut a = client(&files, &env, "h1", 1);
+        let err = a.lock(Level::Shared).unwrap_err();
+        assert!(err.to_string().contains("fake-netfs-table"), "{err}");
+        assert!(files.read(LockFileName::Latch).unwrap().is_none(), "latch left behind");
+    }
+}

@@ -1,0 +1,237 @@
+//! The lock files beside a database, and the few filesystem operations the lock protocol is
+//! allowed to trust on a network filesystem.
+//!
+//! | operation            | why it can be trusted across hosts                                   |
+//! |----------------------|----------------------------------------------------------------------|
+//! | exclusive create     | `O_CREAT|O_EXCL` is decided by the server (NFS, SMB, SFTP alike)     |
+//! | read of a fresh open | a new open revalidates; a stale size is caught by the table checksum |
+//! | rewrite in place     | written through a new descriptor and closed, so it reaches the server|
+//! | remove               | decided by the server                                                 |
+//!
+//! Never used: `stat`/`access`/`readdir` (served from stale client caches), `flock`/`fcntl`
+//! (local to one client on sshfs, SMB and `local_lock` NFS mounts), rename (refused for open
+//! files on SMB). Every path is opened with `O_NOFOLLOW`, so a planted symlink is an error,
+//! never a redirection.
+//!
+//! The files, for a database `app.db`:
+//! - `app.db-netfs-latch`: exists while one process edits the table (milliseconds);
+//!   holds that process's owner id and a per-acquisition number.
+//! - `app.db-netfs-table`: the lock table (`protocol::LockTable`).
+//! - `app.db-netfs-break`: exists while one process removes a latch left by a dead holder.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The names of the lock files, as suffixes of the database path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockFileName {
+    Latch,
+    Table,
+    Break,
+}
+
+impl LockFileName {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            LockFileName::Latch => "-netfs-latch",
+            LockFileName::Table => "-netfs-table",
+            LockFileName::Break => "-netfs-break",
+        }
+    }
+}
+
+/// The seam between the protocol and the filesystem (a fake implements it in tests).
+pub trait LockFiles: Send {
+    /// Creates the file exclusively with `contents`. `Ok(false)`: it already exists.
+    fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool>;
+    /// The whole file, read through a fresh open; `Ok(None)` if it does not exist.
+    fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>>;
+    /// As `read`, after making the client refetch the file's size from the server.
+    fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>>;
+    /// Writes `contents` at offset 0 (creating the file if needed) and closes it.
+    fn write(&self, name: LockFileName, contents: &[u8]) -> io::Result<()>;
+    /// Removes the file; `Ok(false)` if it was not there.
+    fn remove(&self, name: LockFileName) -> io::Result<bool>;
+    /// For messages: where the files live.
+    fn describe(&self, name: LockFileName) -> String;
+}
+
+/// Lock files next to a database file.
+#[derive(Debug, Clone)]
+pub struct DirLockFiles {
+    db_path: PathBuf,
+}
+
+/// How long `remove` keeps retrying a file that SMB refuses to remove because another client
+/// has it open for a moment (EBUSY).
+const REMOVE_BUSY_RETRY: Duration = Duration::from_secs(2);
+
+impl DirLockFiles {
+    pub fn new(db_path: &Path) -> DirLockFiles {
+        DirLockFiles {
+            db_path: db_path.to_owned(),
+        }
+    }
+
+    pub fn path(&self, name: LockFileName) -> PathBuf {
+        let mut p = self.db_path.clone().into_os_string();
+        p.push(name.suffix());
+        PathBuf::from(p)
+    }
+
+    fn open_existing(&self, name: LockFileName) -> io::Result<Option<File>> {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path(name))
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.context(name, "open", e)),
+        }
+    }
+
+    fn context(&self, name: LockFileName, op: &str, e: io::Error) -> io::Error {
+        let hint = match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                " (the directory of the database must be writable for its lock files)"
+            }
+            Some(libc::EROFS) => " (read-only filesystem)",
+            Some(libc::ELOOP) => " (a symbolic link stands where a lock file belongs)",
+            _ => "",
+        };
+        io::Error::new(
+            e.kind(),
+            format!("cannot {op} lock file {}: {e}{hint}", self.path(name).display()),
+        )
+    }
+}
+
+impl LockFiles for DirLockFiles {
+    fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path(name))
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(self.context(name, "create", e)),
+        };
+        // The owner id is informational (for stale-latch recovery); if writing it fails the
+        // file still excludes others, and a holder with an unreadable id recovers by lease.
+        file.write_all(contents)
+            .map_err(|e| self.context(name, "write", e))?;
+        Ok(true)
+    }
+
+    fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+        let Some(mut file) = self.open_existing(name)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| self.context(name, "read", e))?;
+        Ok(Some(bytes))
+    }
+
+    fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+        match crate::ffi::os::server_size(&self.path(name)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.context(name, "stat", e)),
+        }
+        self.read(name)
+    }
+
+    fn write(&self, name: LockFileName, contents: &[u8]) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path(name))
+            .map_err(|e| self.context(name, "open", e))?;
+        file.write_all_at(contents, 0)
+            .map_err(|e| self.context(name, "write", e))
+        // Dropping `file` closes it: NFS and SMB clients flush on close, sshfs writes through.
+    }
+
+    fn remove(&self, name: LockFileName) -> io::Result<bool> {
+        let path = self.path(name);
+        let started = crate::ffi::os::boot_time();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match std::fs::remove_file(&path) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                // SMB refuses to remove a file another client holds open; lock files are
+                // opened only for a moment, so wait for that moment to pass.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && crate::ffi::os::boot_time() - started < REMOVE_BUSY_RETRY =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(e) => return Err(self.context(name, "remove", e)),
+            }
+        }
+    }
+
+    fn describe(&self, name: LockFileName) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_exclusive_read_write_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = DirLockFiles::new(&dir.path().join("app.db"));
+        assert!(files.create_exclusive(LockFileName::Latch, b"me 1\n").unwrap());
+        assert!(!files.create_exclusive(LockFileName::Latch, b"you 2\n").unwrap());
+        assert_eq!(files.read(LockFileName::Latch).unwrap().unwrap(), b"me 1\n");
+        assert!(files.remove(LockFileName::Latch).unwrap());
+        assert!(!files.remove(LockFileName::Latch).unwrap());
+        assert_eq!(files.read(LockFileName::Table).unwrap(), None);
+        files.write(LockFileName::Table, b"abc").unwrap();
+        assert_eq!(
+            files.read_revalidated(LockFileName::Table).unwrap().unwrap(),
+            b"abc"
+        );
+        assert!(dir.path().join("app.db-netfs-table").exists());
+    }
+
+    #[test]
+    fn planted_symlink_is_an_error_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        let files = DirLockFiles::new(&dir.path().join("app.db"));
+        std::os::unix::fs::symlink(&target, files.path(LockFileName::Table)).unwrap();
+        std::os::unix::fs::symlink(&target, files.path(LockFileName::Latch)).unwrap();
+        let err = files.write(LockFileName::Table, b"x").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(files.read(LockFileName::Table).is_err());
+        // Exclusive create refuses to go through a symlink (it "exists").
+        assert!(!files.create_exclusive(LockFileName::Latch, b"x").unwrap());
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn unwritable_directory_error_names_the_file_and_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = DirLockFiles::new(&dir.path().join("missing-dir").join("app.db"));
+        let err = files
+            .create_exclusive(LockFileName::Latch, b"x")
+            .unwrap_err();
+        assert!(err.to_string().contains("app.db-netfs-latch"), "{err}");
+    }
+}

@@ -1,0 +1,477 @@
+//! A main database file in network mode: its I/O, its lock, and the coherency rules that make
+//! a stale client cache harmless.
+//!
+//! | moment                          | what this file does                                        | why |
+//! |---------------------------------|------------------------------------------------------------|-----|
+//! | NONE -> SHARED granted          | if the table's generation moved since our last look: reopen the file and refetch its size from the server | a fresh open drops the client's cached pages (FUSE, NFS close-to-open, SMB); `statx(FORCE_SYNC)` fixes a stale cached size |
+//! | every read and write            | refuse once the lease may have run out                     | a holder others may have judged dead must not touch the file |
+//! | before a lock is lowered        | `fsync` if anything was written since the last sync        | the next holder, on another host, must find the bytes at the server |
+//! | lowering from a write           | the table's generation moves on                            | tells every other reader to drop its cache |
+//!
+//! Besides the lock files, the file takes the same byte-range locks SQLite's `unix` VFS takes,
+//! as open-file-description locks (Linux). They do nothing across hosts, but they make a
+//! plain SQLite process on the same host (without this shim) wait for us and us for it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::ffi::os::{self, RangeLock};
+use crate::lock::{Acquired, DbLock, LockError, SystemEnvironment};
+use crate::lockfile::DirLockFiles;
+use crate::protocol::Level;
+
+/// The lock of one connection in network mode.
+pub type ConnectionLock = Mutex<DbLock<DirLockFiles, SystemEnvironment>>;
+/// That lock, shared with the lease heartbeat.
+pub type SharedLock = Arc<ConnectionLock>;
+
+/// The operation that failed, for SQLite's extended error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    Read,
+    Write,
+    Truncate,
+    Fsync,
+    Fstat,
+    Lock,
+    Unlock,
+    CheckReserved,
+}
+
+/// Why an operation on the file failed, sorted by what SQLite does next.
+#[derive(Debug)]
+pub enum FileError {
+    /// Another holder stands in the way: SQLite may retry (busy handler).
+    Busy,
+    /// The read reached the end of the file; the rest of the buffer was zeroed.
+    ShortRead,
+    /// No space left on the device (or quota).
+    Full,
+    /// The lock's lease may have run out: nothing is read or written under it any more.
+    LeaseExpired,
+    /// The lock files could not be used.
+    Lock(LockError),
+    Io { op: IoOp, error: io::Error },
+}
+
+impl FileError {
+    fn io(op: IoOp, error: io::Error) -> FileError {
+        match error.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FileError::Full,
+            _ => FileError::Io { op, error },
+        }
+    }
+}
+
+// SQLite's lock bytes (os.h): the same bytes the `unix` VFS locks.
+const PENDING_BYTE: u64 = 0x4000_0000;
+const RESERVED_BYTE: u64 = PENDING_BYTE + 1;
+const SHARED_FIRST: u64 = PENDING_BYTE + 2;
+const SHARED_SIZE: u64 = 510;
+
+/// SQLite's byte-range locks, mirrored for same-host interoperability (table in os.h and
+/// `unixLock`). Disabled for the file on the first "not supported" answer.
+#[derive(Debug)]
+struct NativeRangeLocks {
+    enabled: bool,
+    level: Level,
+}
+
+impl NativeRangeLocks {
+    fn new() -> Self {
+        NativeRangeLocks {
+            enabled: cfg!(target_os = "linux"),
+            level: Level::None,
+        }
+    }
+
+    fn set(&mut self, file: &File, kind: RangeLock, start: u64, len: u64) -> io::Result<bool> {
+        if !self.enabled {
+            return Ok(true);
+        }
+        match os::set_range_lock(file.as_fd(), kind, start, len) {
+            Ok(got) => Ok(got),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)) => {
+                tracing::info!(error = %e, "byte-range locks unsupported here; same-host interop with plain SQLite is off for this file");
+                self.enabled = false;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Raises to `want`; `Ok(false)` if a same-host process holds a conflicting lock.
+    fn lock(&mut self, file: &File, want: Level) -> io::Result<bool> {
+        if want <= self.level {
+            return Ok(true);
+        }
+        let got = match want {
+            Level::None => true,
+            Level::Shared => {
+                // As unixLock: the PENDING byte is read-locked while the range is taken, so a
+                // writer holding PENDING keeps new readers out.
+                if !self.set(file, RangeLock::Read, PENDING_BYTE, 1)? {
+                    return Ok(false);
+                }
+                let got = self.set(file, RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
+                self.set(file, RangeLock::Unlock, PENDING_BYTE, 1)?;
+                got
+            }
+            Level::Reserved => self.set(file, RangeLock::Write, RESERVED_BYTE, 1)?,
+            Level::Pending => self.set(file, RangeLock::Write, PENDING_BYTE, 1)?,
+            Level::Exclusive => {
+                if self.level < Level::Pending && !self.set(file, RangeLock::Write, PENDING_BYTE, 1)? {
+                    return Ok(false);
+                }
+                self.level = self.level.max(Level::Pending);
+                self.set(file, RangeLock::Write, SHARED_FIRST, SHARED_SIZE)?
+            }
+        };
+        if got {
+            self.level = want;
+        }
+        Ok(got)
+    }
+
+    fn unlock(&mut self, file: &File, to: Level) -> io::Result<()> {
+        if to >= self.level {
+            return Ok(());
+        }
+        if to == Level::Shared {
+            if self.level >= Level::Exclusive {
+                self.set(file, RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
+            }
+            self.set(file, RangeLock::Unlock, PENDING_BYTE, 2)?;
+        } else {
+            self.set(file, RangeLock::Unlock, PENDING_BYTE, 2 + SHARED_SIZE)?;
+        }
+        self.level = to;
+        Ok(())
+    }
+
+    fn reserved_elsewhere(&self, file: &File) -> io::Result<bool> {
+        if !self.enabled {
+            return Ok(false);
+        }
+        os::range_is_locked(file.as_fd(), RESERVED_BYTE, 1)
+    }
+}
+
+pub struct NetworkFile {
+    path: PathBuf,
+    file: File,
+    writable: bool,
+    lock: SharedLock,
+    native: NativeRangeLocks,
+    /// The level SQLite believes it holds.
+    level: Level,
+    /// The table generation our cached view of the file matches.
+    synced_generation: Option<u64>,
+    /// Written since the last fsync.
+    unsynced: bool,
+    /// Written since the lock was last lowered (moves the generation on).
+    changed: bool,
+    powersafe_overwrite: bool,
+}
+
+impl NetworkFile {
+    pub fn open(
+        path: &Path,
+        writable: bool,
+        create: bool,
+        lock: SharedLock,
+        powersafe_overwrite: bool,
+    ) -> io::Result<NetworkFile> {
+        let file = Self::open_file(path, writable, create)?;
+        Ok(NetworkFile {
+            path: path.to_owned(),
+            file,
+            writable,
+            lock,
+            native: NativeRangeLocks::new(),
+            level: Level::None,
+            synced_generation: None,
+            unsynced: false,
+            changed: false,
+            powersafe_overwrite,
+        })
+    }
+
+    fn open_file(path: &Path, writable: bool, create: bool) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .create(writable && create)
+            .open(path)
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Opened for writing (a read-write request may fall back to read-only).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    pub fn powersafe_overwrite(&self) -> bool {
+        self.powersafe_overwrite
+    }
+
+    pub fn set_powersafe_overwrite(&mut self, on: bool) {
+        self.powersafe_overwrite = on;
+    }
+
+    fn check_lease(&self) -> Result<(), FileError> {
+        if self.level > Level::None && self.lock.lock().lease_expired() {
+            tracing::error!(path = %self.path.display(), "lock lease expired (file server unreachable or process stalled); refusing I/O");
+            return Err(FileError::LeaseExpired);
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`; a read past the end zero-fills and reports `ShortRead`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), FileError> {
+        self.check_lease()?;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FileError::io(IoOp::Read, e)),
+            }
+        }
+        if done < buf.len() {
+            buf[done..].fill(0);
+            return Err(FileError::ShortRead);
+        }
+        Ok(())
+    }
+
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), FileError> {
+        self.check_lease()?;
+        self.unsynced = true;
+        self.changed = true;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| FileError::io(IoOp::Write, e))
+    }
+
+    pub fn truncate(&mut self, size: u64) -> Result<(), FileError> {
+        self.check_lease()?;
+        self.unsynced = true;
+        self.changed = true;
+        self.file
+            .set_len(size)
+            .map_err(|e| FileError::io(IoOp::Truncate, e))
+    }
+
+    pub fn sync(&mut self, data_only: bool) -> Result<(), FileError> {
+        self.check_lease()?;
+        let synced = if data_only {
+            self.file.sync_data()
+        } else {
+            self.file.sync_all()
+        };
+        synced.map_err(|e| FileError::io(IoOp::Fsync, e))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    pub fn size(&self) -> Result<u64, FileError> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| FileError::io(IoOp::Fstat, e))
+    }
+
+    /// SQLite's `xLock`.
+    pub fn lock(&mut self, want: Level) -> Result<(), FileError> {
+        if want <= self.level {
+            return Ok(());
+        }
+        match want {
+            Level::Shared => self.lock_shared(),
+            Level::Reserved => self.lock_reserved(),
+            _ => self.lock_exclusive(want),
+        }
+    }
+
+    fn lock_files(&self, want: Level) -> Result<Acquired, FileError> {
+        self.lock.lock().lock(want).map_err(FileError::Lock)
+    }
+
+    fn lock_shared(&mut self) -> Result<(), FileError> {
+        let Acquired::Granted { generation } = self.lock_files(Level::Shared)? else {
+            return Err(FileError::Busy);
+        };
+        self.level = Level::Shared;
+        let native = self
+            .refresh_if_changed(generation)
+            .and_then(|()| {
+                self.native
+                    .lock(&self.file, Level::Shared)
+                    .map_err(|e| FileError::io(IoOp::Lock, e))
+            });
+        match native {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.unlock(Level::None)?;
+                Err(FileError::Busy)
+            }
+            Err(e) => {
+                let _ = self.unlock(Level::None);
+                Err(e)
+            }
+        }
+    }
+
+    fn lock_reserved(&mut self) -> Result<(), FileError> {
+        if self.lock_files(Level::Reserved)? == Acquired::Busy {
+            return Err(FileError::Busy);
+        }
+        let got = self
+            .native
+            .lock(&self.file, Level::Reserved)
+            .map_err(|e| FileError::io(IoOp::Lock, e));
+        if got.as_ref().is_ok_and(|&g| g) {
+            self.level = Level::Reserved;
+            return Ok(());
+        }
+        self.lock.lock().unlock(Level::Shared, false).map_err(FileError::Lock)?;
+        got.and(Err(FileError::Busy))
+    }
+
+    fn lock_exclusive(&mut self, want: Level) -> Result<(), FileError> {
+        let had_native_pending = self.native.level >= Level::Pending;
+        if !self
+            .native
+            .lock(&self.file, Level::Pending)
+            .map_err(|e| FileError::io(IoOp::Lock, e))?
+        {
+            return Err(FileError::Busy);
+        }
+        let outcome = self.lock_files(want)?;
+        let files_level = self.lock.lock().level();
+        if outcome == Acquired::Busy {
+            if files_level >= Level::Pending {
+                self.level = Level::Pending;
+            } else if !had_native_pending {
+                // We never got PENDING in the table: do not keep same-host readers out.
+                self.native
+                    .unlock(&self.file, self.level)
+                    .map_err(|e| FileError::io(IoOp::Unlock, e))?;
+            }
+            return Err(FileError::Busy);
+        }
+        self.level = self.level.max(Level::Pending);
+        if want == Level::Pending {
+            return Ok(());
+        }
+        if !self
+            .native
+            .lock(&self.file, Level::Exclusive)
+            .map_err(|e| FileError::io(IoOp::Lock, e))?
+        {
+            return Err(FileError::Busy);
+        }
+        self.level = Level::Exclusive;
+        Ok(())
+    }
+
+    /// Reopens the file and refetches its size when another holder may have changed it.
+    fn refresh_if_changed(&mut self, generation: u64) -> Result<(), FileError> {
+        if self.synced_generation == Some(generation) {
+            return Ok(());
+        }
+        // A new descriptor: the client drops (FUSE, SMB) or revalidates (NFS) cached pages.
+        // No byte-range lock is held at this point, so closing the old one loses nothing.
+        debug_assert_eq!(self.native.level, Level::None);
+        let fresh = Self::open_file(&self.path, self.writable, false)
+            .map_err(|e| FileError::io(IoOp::Lock, e))?;
+        os::server_size(&self.path).map_err(|e| FileError::io(IoOp::Fstat, e))?;
+        self.file = fresh;
+        self.synced_generation = Some(generation);
+        Ok(())
+    }
+
+    /// SQLite's `xUnlock`.
+    pub fn unlock(&mut self, to: Level) -> Result<(), FileError> {
+        if to >= self.level {
+            return Ok(());
+        }
+        // Our writes must be at the server before anyone else may read them.
+        let flushed = if self.unsynced {
+            self.file
+                .sync_data()
+                .map(|()| self.unsynced = false)
+                .map_err(|e| FileError::io(IoOp::Fsync, e))
+        } else {
+            Ok(())
+        };
+        let native = self
+            .native
+            .unlock(&self.file, to)
+            .map_err(|e| FileError::io(IoOp::Unlock, e));
+        // Publish a change only once it is durable at the server; if the flush failed, the
+        // holder entry stays and goes stale, and the next holder rolls the journal back.
+        let changed = self.changed && flushed.is_ok();
+        let published = if flushed.is_ok() || to > Level::None {
+            self.lock.lock().unlock(to, changed)
+        } else {
+            Ok(0)
+        };
+        self.level = to;
+        if changed {
+            self.changed = false;
+        }
+        match published {
+            Ok(generation) if changed => {
+                // Our own writes are what the server now has: our cache is current.
+                self.synced_generation = Some(generation);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(FileError::Lock(e)),
+        }
+        flushed?;
+        native
+    }
+
+    /// SQLite's `xCheckReservedLock`.
+    pub fn reserved_held(&mut self) -> Result<bool, FileError> {
+        if self
+            .native
+            .reserved_elsewhere(&self.file)
+            .map_err(|e| FileError::io(IoOp::CheckReserved, e))?
+        {
+            return Ok(true);
+        }
+        self.lock.lock().reserved_held().map_err(FileError::Lock)
+    }
+
+    /// SQLite's `SQLITE_FCNTL_HAS_MOVED`: the path no longer names our file.
+    pub fn has_moved(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(by_path), Ok(ours)) => by_path.ino() != ours.ino() || by_path.dev() != ours.dev(),
+            _ => true,
+        }
+    }
+}
+
+impl Drop for NetworkFile {
+    fn drop(&mut self) {
+        if self.level > Level::None
+            && let Err(e) = self.unlock(Level::None)
+        {
+            tracing::warn!(path = %self.path.display(), error = ?e, "lock not released at close; it will be recovered as stale");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! What happens when SQLite opens a main database through the shim: the mode decision, the
+//! checks that turn bad input into a clear message, the WAL conversion, and the assembly of a
+//! network-mode file. Safe code; the FFI layer only carries the result to SQLite.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::Options;
+use crate::lock::{DbLock, SystemEnvironment};
+use crate::lockfile::DirLockFiles;
+use crate::mode::{self, Detection, Mode};
+use crate::network_file::NetworkFile;
+
+/// A main database open in network mode, known to the journal registry while it lives.
+pub struct OpenDatabase {
+    pub file: NetworkFile,
+    registry_name: String,
+}
+
+impl Drop for OpenDatabase {
+    fn drop(&mut self) {
+        crate::journal::unregister_database(&self.registry_name);
+    }
+}
+
+/// Why an open was refused, with SQLite's result code for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Refused,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    CantOpen,
+    ReadOnly,
+}
+
+pub enum OpenPlan {
+    Native,
+    Network(Box<OpenDatabase>),
+    Refused(Refusal),
+}
+
+/// The request as SQLite made it.
+pub struct OpenRequest<'a> {
+    /// The full path SQLite derived (`xFullPathname`).
+    pub name: &'a [u8],
+    /// The `netfs=` URI parameter, if given.
+    pub netfs: Option<&'a str>,
+    pub read_write: bool,
+    pub create: bool,
+    /// The `psow=` URI parameter (SQLite's default: on).
+    pub powersafe_overwrite: bool,
+}
+
+fn refuse(message: String) -> OpenPlan {
+    tracing::error!(%message, "open refused");
+    OpenPlan::Refused(Refusal {
+        code: Refused::CantOpen,
+        message,
+    })
+}
+
+pub fn plan(options: &Options, req: &OpenRequest<'_>) -> OpenPlan {
+    let path = PathBuf::from(OsStr::from_bytes(req.name));
+    let detection = match mode::decide(&path, req.netfs) {
+        Ok(d) => d,
+        Err(message) => return refuse(format!("netfs: {message}")),
+    };
+    trace_decision(&path, &detection);
+    if detection.mode == Mode::Native {
+        return OpenPlan::Native;
+    }
+    match open_network(options, &path, req, &detection) {
+        Ok(db) => OpenPlan::Network(Box::new(db)),
+        Err(refusal) => {
+            tracing::error!(message = %refusal.message, "open refused");
+            OpenPlan::Refused(refusal)
+        }
+    }
+}
+
+fn trace_decision(path: &Path, d: &Detection) {
+    tracing::info!(
+        path = %path.display(),
+        fs_type = %d.fs_type,
+        mode = %d.mode,
+        source = %d.source,
+        reason = %d.reason,
+        "database classified"
+    );
+}
+
+fn open_network(
+    options: &Options,
+    path: &Path,
+    req: &OpenRequest<'_>,
+    detection: &Detection,
+) -> Result<OpenDatabase, Refusal> {
+    let cant = |message: String| Refusal {
+        code: Refused::CantOpen,
+        message,
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(cant(format!("netfs: cannot open {}: {} is not a directory", path.display(), dir.display()))),
+        Err(e) => return Err(cant(format!("netfs: cannot open {}: directory {}: {e}", path.display(), dir.display()))),
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(cant(format!("netfs: cannot open {}: it is a directory", path.display())));
+    }
+    // Lock files live beside the database: network mode needs the directory writable.
+    if let Err(e) = crate::ffi::os::check_writable_dir(dir) {
+        let why = if detection.read_only || e.raw_os_error() == Some(libc::EROFS) {
+            "the filesystem is mounted read-only".to_owned()
+        } else {
+            e.to_string()
+        };
+        return Err(Refusal {
+            code: if detection.read_only { Refused::ReadOnly } else { Refused::CantOpen },
+            message: format!(
+                "netfs: network mode keeps its lock files beside the database, but directory {} is not writable ({why})",
+                dir.display()
+            ),
+        });
+    }
+    let lock = Arc::new(Mutex::new(DbLock::new(
+        DirLockFiles::new(path),
+        SystemEnvironment,
+        crate::owner::new_owner(),
+        options.lease,
+    )));
+    crate::heartbeat::watch(&lock);
+    match crate::wal::needs_conversion(path) {
+        Ok(false) => {}
+        Ok(true) if !req.read_write => {
+            return Err(cant(format!(
+                "netfs: {} is in WAL mode; open it read-write once so it can be converted for network mode",
+                path.display()
+            )));
+        }
+        Ok(true) => {
+            crate::wal::convert_under_lock(path, &lock, options.lease).map_err(|m| cant(format!("netfs: {m}")))?;
+        }
+        Err(e) => return Err(cant(format!("netfs: cannot read {}: {e}", path.display()))),
+    }
+    let file = open_file_with_fallback(path, req, lock).map_err(|e| {
+        cant(format!("netfs: cannot open {}: {e}", path.display()))
+    })?;
+    let registry_name = String::from_utf8_lossy(req.name).into_owned();
+    crate::journal::register_database(&registry_name);
+    Ok(OpenDatabase {
+        file,
+        registry_name,
+    })
+}
+
+/// As SQLite's `unix` VFS does: a database that cannot be opened read-write is opened
+/// read-only (SQLite then reports SQLITE_READONLY on writes).
+fn open_file_with_fallback(
+    path: &Path,
+    req: &OpenRequest<'_>,
+    lock: crate::network_file::SharedLock,
+) -> io::Result<NetworkFile> {
+    if req.read_write {
+        match NetworkFile::open(path, true, req.create, lock.clone(), req.powersafe_overwrite) {
+            Ok(f) => return Ok(f),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS | libc::EPERM)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    NetworkFile::open(path, false, false, lock, req.powersafe_overwrite)
+}

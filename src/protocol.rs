@@ -1,0 +1,606 @@
+//! The lock protocol: SQLite's five lock levels kept in a lock table that every process reads
+//! and rewrites while it holds a short-lived latch (see `lockfile`).
+//!
+//! This module is pure: it parses and prints the table and decides each transition. It does no
+//! I/O and reads no clock, so every rule below is unit-tested without a filesystem.
+//!
+//! # Transitions (the table as SQLite's `unixLock` states its own)
+//!
+//! | request            | granted when                                   | otherwise                         |
+//! |--------------------|------------------------------------------------|-----------------------------------|
+//! | NONE -> SHARED     | no other holder is PENDING or EXCLUSIVE        | BUSY, nothing recorded            |
+//! | SHARED -> RESERVED | no other holder is RESERVED or above           | BUSY, stays SHARED                |
+//! | SHARED/RESERVED -> EXCLUSIVE | no other holder is RESERVED or above, then: no other holder at all | first step fails: BUSY, level kept; second: recorded as PENDING, BUSY |
+//! | PENDING -> EXCLUSIVE | no other holder at all                       | BUSY, stays PENDING               |
+//! | any -> SHARED      | always (downgrade)                             |                                   |
+//! | any -> NONE        | always (the entry is removed)                  |                                   |
+//!
+//! Invariants the table keeps after every transition:
+//! 1. at most one holder is RESERVED, PENDING or EXCLUSIVE ("the writer");
+//! 2. an EXCLUSIVE holder is the only holder;
+//! 3. while a holder is PENDING no new SHARED entry is added, so a writer waiting for readers
+//!    to drain is not starved;
+//! 4. `generation` grows whenever a holder that may have changed the database file leaves
+//!    EXCLUSIVE (or is removed as stale), so a reader that sees an unchanged generation knows
+//!    its cached pages are still the file's pages.
+//!
+//! Entries carry a sequence number that the holder changes on every rewrite of its entry
+//! (transition or lease renewal). A holder on another host is judged dead when its entry has
+//! not changed for a whole lease as measured on the *observer's* clock ([`StaleTracker`]), so
+//! wall-clock skew between hosts cannot expire a live lease or prolong a dead one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// SQLite's lock levels (`SQLITE_LOCK_*`), in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    None = 0,
+    Shared = 1,
+    Reserved = 2,
+    Pending = 3,
+    Exclusive = 4,
+}
+
+impl Level {
+    /// The level for SQLite's integer code; `None` for a code SQLite never sends.
+    pub fn from_sqlite(code: i32) -> Option<Level> {
+        Some(match code {
+            0 => Level::None,
+            1 => Level::Shared,
+            2 => Level::Reserved,
+            3 => Level::Pending,
+            4 => Level::Exclusive,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::None => "NONE",
+            Level::Shared => "SHARED",
+            Level::Reserved => "RESERVED",
+            Level::Pending => "PENDING",
+            Level::Exclusive => "EXCLUSIVE",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Level> {
+        Some(match s {
+            "SHARED" => Level::Shared,
+            "RESERVED" => Level::Reserved,
+            "PENDING" => Level::Pending,
+            "EXCLUSIVE" => Level::Exclusive,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who holds a lock: one connection of one process on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnerId {
+    /// Host identity (see `owner`): equal strings mean "pids are comparable".
+    pub host: String,
+    pub pid: u32,
+    /// Process start time in the host's own units, so a reused pid is not mistaken for the
+    /// holder (0 where the platform does not tell).
+    pub start: u64,
+    /// Connection number within the process.
+    pub conn: u64,
+}
+
+impl fmt::Display for OwnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {} {}", self.host, self.pid, self.start, self.conn)
+    }
+}
+
+impl OwnerId {
+    /// Parses the four whitespace-separated fields `Display` writes.
+    pub fn parse_fields<'a>(fields: &mut impl Iterator<Item = &'a str>) -> Option<OwnerId> {
+        Some(OwnerId {
+            host: fields.next()?.to_owned(),
+            pid: fields.next()?.parse().ok()?,
+            start: fields.next()?.parse().ok()?,
+            conn: fields.next()?.parse().ok()?,
+        })
+    }
+
+    /// A host identity must be one whitespace-free token to fit the table's line format.
+    pub fn valid_host(host: &str) -> bool {
+        !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c.is_control())
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub owner: OwnerId,
+    pub level: Level,
+    /// Changed by the holder on every rewrite of its entry.
+    pub seq: u64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    /// The holder that stands in the way (the first one found).
+    pub blocker: OwnerId,
+    pub blocker_level: Level,
+}
+
+/// The shared lock table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LockTable {
+    pub generation: u64,
+    pub holders: Vec<Holder>,
+}
+
+/// The table file could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// The bytes end before the checksum line, or the checksum does not match: a read that
+    /// raced a rewrite or saw a stale size. Reading again may succeed.
+    Incomplete,
+    /// Well-formed framing around content this version cannot read.
+    Malformed(String),
+}
+
+const MAGIC: &str = "sqlite-netfs lock table v1";
+/// Tables are padded to a multiple of this, so the file size rarely changes: a client whose
+/// attribute cache holds a stale size then still reads the whole table.
+pub const TABLE_BLOCK: usize = 4096;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+impl LockTable {
+    /// The file image: text lines, a checksum line, then newline padding to a block multiple
+    /// of at least `min_len` bytes (the file never shrinks, see [`TABLE_BLOCK`]).
+    pub fn encode(&self, min_len: usize) -> Vec<u8> {
+        let mut body = format!("{MAGIC}\ngeneration {}\n", self.generation);
+        for h in &self.holders {
+            body.push_str(&format!("holder {} {} {}\n", h.owner, h.level, h.seq));
+        }
+        let sum = fnv1a(body.as_bytes());
+        body.push_str(&format!("end {sum:016x}\n"));
+        let mut bytes = body.into_bytes();
+        let len = bytes.len().max(min_len).div_ceil(TABLE_BLOCK) * TABLE_BLOCK;
+        bytes.resize(len, b'\n');
+        bytes
+    }
+
+    /// Parses a file image. An empty or all-padding file is a new, empty table.
+    pub fn decode(bytes: &[u8]) -> Result<LockTable, ParseError> {
+        if bytes.iter().all(|&b| b == b'\n' || b == 0) {
+            return Ok(LockTable::default());
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| ParseError::Malformed("lock table is not UTF-8".into()))?;
+        let Some(end_at) = text.find("\nend ") else {
+            return Err(ParseError::Incomplete);
+        };
+        let body = &text[..end_at + 1];
+        let Some(sum_line) = text[end_at + 1..].lines().next() else {
+            return Err(ParseError::Incomplete);
+        };
+        let sum_text = sum_line.trim_start_matches("end ").trim();
+        if sum_text.len() != 16 || u64::from_str_radix(sum_text, 16).ok() != Some(fnv1a(body.as_bytes())) {
+            return Err(ParseError::Incomplete);
+        }
+        let mut lines = body.lines();
+        if lines.next() != Some(MAGIC) {
+            return Err(ParseError::Malformed("lock table has an unknown header".into()));
+        }
+        let generation = lines
+            .next()
+            .and_then(|l| l.strip_prefix("generation "))
+            .and_then(|g| g.parse().ok())
+            .ok_or_else(|| ParseError::Malformed("lock table has no generation".into()))?;
+        let mut holders = Vec::new();
+        for line in lines {
+            let bad = || ParseError::Malformed(format!("bad lock table line: {line:?}"));
+            let mut fields = line.split(' ');
+            if fields.next() != Some("holder") {
+                return Err(bad());
+            }
+            let owner = OwnerId::parse_fields(&mut fields).ok_or_else(bad)?;
+            let level = fields.next().and_then(Level::parse).ok_or_else(bad)?;
+            let seq = fields.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            holders.push(Holder { owner, level, seq });
+        }
+        Ok(LockTable { generation, holders })
+    }
+
+    /// The level `owner` holds (NONE if absent).
+    pub fn level_of(&self, owner: &OwnerId) -> Level {
+        self.holders
+            .iter()
+            .find(|h| &h.owner == owner)
+            .map_or(Level::None, |h| h.level)
+    }
+
+    fn others<'a>(&'a self, me: &'a OwnerId) -> impl Iterator<Item = &'a Holder> + 'a {
+        self.holders.iter().filter(move |h| &h.owner != me)
+    }
+
+    fn first_other_at_least(&self, me: &OwnerId, level: Level) -> Option<Busy> {
+        self.others(me).find(|h| h.level >= level).map(|h| Busy {
+            blocker: h.owner.clone(),
+            blocker_level: h.level,
+        })
+    }
+
+    fn set_level(&mut self, me: &OwnerId, level: Level, seq: u64) {
+        match self.holders.iter_mut().find(|h| &h.owner == me) {
+            Some(h) => {
+                h.level = level;
+                h.seq = seq;
+            }
+            None => self.holders.push(Holder {
+                owner: me.clone(),
+                level,
+                seq,
+            }),
+        }
+    }
+
+    /// Applies a lock request from `me`, writing `seq` into its entry when the table changes.
+    /// Returns the level `me` holds afterwards, or `Busy` (the table may still have changed:
+    /// a refused EXCLUSIVE leaves `me` at PENDING, as SQLite expects).
+    pub fn request(&mut self, me: &OwnerId, want: Level, seq: u64) -> Result<Level, Busy> {
+        let have = self.level_of(me);
+        if want <= have {
+            return Ok(have);
+        }
+        match want {
+            Level::None => Ok(have),
+            Level::Shared => {
+                if let Some(busy) = self.first_other_at_least(me, Level::Pending) {
+                    return Err(busy);
+                }
+                self.set_level(me, Level::Shared, seq);
+                Ok(Level::Shared)
+            }
+            Level::Reserved => {
+                debug_assert!(have >= Level::Shared, "RESERVED is only requested from SHARED");
+                if let Some(busy) = self.first_other_at_least(me, Level::Reserved) {
+                    return Err(busy);
+                }
+                self.set_level(me, Level::Reserved, seq);
+                Ok(Level::Reserved)
+            }
+            Level::Pending | Level::Exclusive => {
+                if have < Level::Pending {
+                    // Another writer (RESERVED or above) excludes us; without one, PENDING
+                    // is ours and new readers are held off from here on.
+                    if let Some(busy) = self.first_other_at_least(me, Level::Reserved) {
+                        return Err(busy);
+                    }
+                    self.set_level(me, Level::Pending, seq);
+                }
+                if want == Level::Pending {
+                    return Ok(Level::Pending);
+                }
+                if let Some(busy) = self.first_other_at_least(me, Level::Shared) {
+                    return Err(busy);
+                }
+                self.set_level(me, Level::Exclusive, seq);
+                Ok(Level::Exclusive)
+            }
+        }
+    }
+
+    /// Lowers `me` to SHARED or NONE. `changed_file` says whether the holder may have written
+    /// the database file since it last published; then the generation moves on.
+    pub fn release(&mut self, me: &OwnerId, to: Level, seq: u64, changed_file: bool) {
+        debug_assert!(to <= Level::Shared, "SQLite unlocks only to SHARED or NONE");
+        if changed_file {
+            self.generation += 1;
+        }
+        if to == Level::None {
+            self.holders.retain(|h| &h.owner != me);
+        } else if self.level_of(me) > to {
+            self.set_level(me, to, seq);
+        }
+    }
+
+    /// Rewrites `me`'s sequence number; false if `me` holds nothing (its entry is gone).
+    pub fn renew(&mut self, me: &OwnerId, seq: u64) -> bool {
+        match self.holders.iter_mut().find(|h| &h.owner == me) {
+            Some(h) => {
+                h.seq = seq;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether anybody (including `me`) holds RESERVED or above.
+    pub fn reserved_held(&self) -> bool {
+        self.holders.iter().any(|h| h.level >= Level::Reserved)
+    }
+
+    /// Removes the holders `is_stale` condemns (never `me`) and returns them. A removed holder
+    /// at RESERVED or above may have left a half-written file behind (a hot journal rolls it
+    /// back), so the generation moves on and every reader refreshes its caches.
+    pub fn remove_stale(
+        &mut self,
+        me: &OwnerId,
+        mut is_stale: impl FnMut(&Holder) -> bool,
+    ) -> Vec<Holder> {
+        let (stale, live): (Vec<Holder>, Vec<Holder>) = std::mem::take(&mut self.holders)
+            .into_iter()
+            .partition(|h| &h.owner != me && is_stale(h));
+        self.holders = live;
+        if stale.iter().any(|h| h.level >= Level::Reserved) {
+            self.generation += 1;
+        }
+        stale
+    }
+}
+
+/// Remembers, on the observer's own clock, when each (holder, sequence) pair was first seen,
+/// so a holder whose entry stops changing for a whole lease can be judged dead.
+#[derive(Debug, Default)]
+pub struct StaleTracker {
+    first_seen: HashMap<(OwnerId, u64), Duration>,
+}
+
+impl StaleTracker {
+    /// True once `owner`'s entry has shown `seq` for at least `lease` since this observer
+    /// first saw it. `now` is the observer's monotonic clock.
+    pub fn unchanged_for(&mut self, owner: &OwnerId, seq: u64, now: Duration, lease: Duration) -> bool {
+        let first = *self
+            .first_seen
+            .entry((owner.clone(), seq))
+            .or_insert(now);
+        now.saturating_sub(first) >= lease
+    }
+
+    /// Forgets observations of entries that are no longer in the table.
+    pub fn retain_current(&mut self, table: &LockTable) {
+        self.first_seen.retain(|(owner, seq), _| {
+            table
+                .holders
+                .iter()
+                .any(|h| &h.owner == owner && h.seq == *seq)
+        });
+    }
+
+    /// Observation count.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.first_seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(host: &str, conn: u64) -> OwnerId {
+        OwnerId {
+            host: host.into(),
+            pid: 100 + conn as u32,
+            start: 7,
+            conn,
+        }
+    }
+
+    #[test]
+    fn many_readers_share() {
+        let mut t = LockTable::default();
+        for c in 0..5 {
+            assert_eq!(t.request(&owner("a", c), Level::Shared, 1), Ok(Level::Shared));
+        }
+        assert_eq!(t.holders.len(), 5);
+        assert!(!t.reserved_held());
+    }
+
+    #[test]
+    fn one_reserved_writer_beside_readers() {
+        let (a, b, c) = (owner("a", 1), owner("b", 2), owner("a", 3));
+        let mut t = LockTable::default();
+        for o in [&a, &b, &c] {
+            t.request(o, Level::Shared, 1).unwrap();
+        }
+        assert_eq!(t.request(&a, Level::Reserved, 2), Ok(Level::Reserved));
+        let busy = t.request(&b, Level::Reserved, 2).unwrap_err();
+        assert_eq!(busy.blocker, a);
+        assert_eq!(t.level_of(&b), Level::Shared);
+        // New readers still get in beside a RESERVED writer.
+        assert_eq!(t.request(&owner("c", 9), Level::Shared, 1), Ok(Level::Shared));
+        assert!(t.reserved_held());
+    }
+
+    #[test]
+    fn pending_stops_new_readers_and_exclusive_waits_for_old_ones() {
+        let (w, r) = (owner("a", 1), owner("b", 2));
+        let mut t = LockTable::default();
+        t.request(&w, Level::Shared, 1).unwrap();
+        t.request(&r, Level::Shared, 1).unwrap();
+        t.request(&w, Level::Reserved, 2).unwrap();
+        // The reader is still there: EXCLUSIVE is refused but PENDING is recorded.
+        let busy = t.request(&w, Level::Exclusive, 3).unwrap_err();
+        assert_eq!(busy.blocker, r);
+        assert_eq!(t.level_of(&w), Level::Pending);
+        // A newcomer cannot start reading while the writer is PENDING.
+        let newcomer = owner("c", 3);
+        assert_eq!(t.request(&newcomer, Level::Shared, 1).unwrap_err().blocker, w);
+        assert_eq!(t.level_of(&newcomer), Level::None);
+        // The old reader leaves; the writer gets EXCLUSIVE and is alone.
+        t.release(&r, Level::None, 2, false);
+        assert_eq!(t.request(&w, Level::Exclusive, 4), Ok(Level::Exclusive));
+        assert_eq!(t.holders.len(), 1);
+        // Nobody else gets in while EXCLUSIVE is held.
+        assert!(t.request(&newcomer, Level::Shared, 1).is_err());
+    }
+
+    #[test]
+    fn exclusive_from_shared_is_refused_while_another_writer_is_reserved() {
+        // The hot-journal path asks SHARED -> EXCLUSIVE; it must not take PENDING from under
+        // a RESERVED writer (that writer could then never commit).
+        let (w, x) = (owner("a", 1), owner("b", 2));
+        let mut t = LockTable::default();
+        t.request(&w, Level::Shared, 1).unwrap();
+        t.request(&w, Level::Reserved, 2).unwrap();
+        t.request(&x, Level::Shared, 1).unwrap();
+        assert_eq!(t.request(&x, Level::Exclusive, 2).unwrap_err().blocker, w);
+        assert_eq!(t.level_of(&x), Level::Shared);
+    }
+
+    #[test]
+    fn release_to_shared_and_none_and_generation() {
+        let w = owner("a", 1);
+        let mut t = LockTable::default();
+        t.request(&w, Level::Shared, 1).unwrap();
+        t.request(&w, Level::Reserved, 2).unwrap();
+        t.request(&w, Level::Exclusive, 3).unwrap();
+        t.release(&w, Level::Shared, 4, true);
+        assert_eq!(t.level_of(&w), Level::Shared);
+        assert_eq!(t.generation, 1);
+        t.release(&w, Level::None, 5, false);
+        assert_eq!(t.level_of(&w), Level::None);
+        assert_eq!(t.generation, 1);
+        assert!(t.holders.is_empty());
+    }
+
+    #[test]
+    fn invariants_hold_under_every_request_sequence() {
+        // Exhaustive over short sequences of (owner, action) from three owners.
+        let owners = [owner("a", 1), owner("a", 2), owner("b", 3)];
+        let actions = [Level::None, Level::Shared, Level::Reserved, Level::Exclusive];
+        let n = owners.len() * (actions.len() + 1);
+        let mut count = 0;
+        for code in 0..n.pow(5) {
+            let mut t = LockTable::default();
+            let mut c = code;
+            for step in 0..5 {
+                let pick = c % n;
+                c /= n;
+                let o = &owners[pick / (actions.len() + 1)];
+                let a = pick % (actions.len() + 1);
+                let have = t.level_of(o);
+                if a == actions.len() {
+                    t.release(o, Level::Shared.min(have), step, false);
+                } else if actions[a] == Level::None {
+                    t.release(o, Level::None, step, false);
+                } else if actions[a] == Level::Reserved && have != Level::Shared {
+                    continue; // SQLite asks RESERVED only from SHARED
+                } else if actions[a] == Level::Exclusive && have == Level::None {
+                    continue; // and EXCLUSIVE only with a lock held
+                } else {
+                    let _ = t.request(o, actions[a], step);
+                }
+                let writers = t.holders.iter().filter(|h| h.level >= Level::Reserved).count();
+                assert!(writers <= 1, "two writers: {t:?}");
+                if t.holders.iter().any(|h| h.level == Level::Exclusive) {
+                    assert_eq!(t.holders.len(), 1, "EXCLUSIVE not alone: {t:?}");
+                }
+                count += 1;
+            }
+        }
+        assert!(count > 100_000);
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_padding() {
+        let mut t = LockTable {
+            generation: 42,
+            holders: vec![],
+        };
+        t.request(&owner("host-a/1f2e", 1), Level::Shared, 9).unwrap();
+        t.request(&owner("b", 2), Level::Shared, 3).unwrap();
+        t.request(&owner("b", 2), Level::Reserved, 4).unwrap();
+        let bytes = t.encode(0);
+        assert_eq!(bytes.len(), TABLE_BLOCK);
+        assert_eq!(LockTable::decode(&bytes), Ok(t.clone()));
+        // Never shrinks below what the file already had.
+        assert_eq!(t.encode(3 * TABLE_BLOCK).len(), 3 * TABLE_BLOCK);
+    }
+
+    #[test]
+    fn decode_empty_is_new_table_and_torn_is_incomplete() {
+        assert_eq!(LockTable::decode(b""), Ok(LockTable::default()));
+        assert_eq!(LockTable::decode(b"\n\n\n"), Ok(LockTable::default()));
+        let mut t = LockTable::default();
+        t.request(&owner("a", 1), Level::Shared, 1).unwrap();
+        let bytes = t.encode(0);
+        let body_len = bytes.iter().rposition(|&b| b != b'\n').unwrap();
+        // Cut anywhere inside the text: never accepted as a (smaller) table.
+        for cut in 1..body_len {
+            assert_eq!(
+                LockTable::decode(&bytes[..cut]),
+                Err(ParseError::Incomplete),
+                "cut at {cut}"
+            );
+        }
+        // A flipped byte in a holder line fails the checksum.
+        let mut flipped = bytes.clone();
+        let at = String::from_utf8_lossy(&bytes).find("SHARED").unwrap();
+        flipped[at] = b'X';
+        assert_eq!(LockTable::decode(&flipped), Err(ParseError::Incomplete));
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        assert!(matches!(
+            LockTable::decode(b"\x00\x01garbage\xff"),
+            Err(ParseError::Malformed(_))
+        ));
+        assert_eq!(
+            LockTable::decode(b"hello world\nno end line"),
+            Err(ParseError::Incomplete)
+        );
+    }
+
+    #[test]
+    fn remove_stale_bumps_generation_only_for_writers() {
+        let (me, r, w) = (owner("a", 1), owner("b", 2), owner("b", 3));
+        let mut t = LockTable::default();
+        t.request(&me, Level::Shared, 1).unwrap();
+        t.request(&r, Level::Shared, 1).unwrap();
+        let gone = t.remove_stale(&me, |h| h.owner == r);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(t.generation, 0);
+        t.request(&w, Level::Shared, 1).unwrap();
+        t.request(&w, Level::Reserved, 2).unwrap();
+        // `me` is never judged, even by a policy that condemns everyone.
+        let gone = t.remove_stale(&me, |_| true);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(t.generation, 1);
+        assert_eq!(t.level_of(&me), Level::Shared);
+    }
+
+    #[test]
+    fn stale_tracker_measures_on_the_observer_clock() {
+        let o = owner("b", 1);
+        let lease = Duration::from_secs(10);
+        let mut s = StaleTracker::default();
+        let t0 = Duration::from_secs(1000);
+        assert!(!s.unchanged_for(&o, 5, t0, lease));
+        assert!(!s.unchanged_for(&o, 5, t0 + Duration::from_secs(9), lease));
+        // The holder renewed: a new sequence restarts the observation.
+        assert!(!s.unchanged_for(&o, 6, t0 + Duration::from_secs(9), lease));
+        assert!(!s.unchanged_for(&o, 6, t0 + Duration::from_secs(18), lease));
+        assert!(s.unchanged_for(&o, 6, t0 + Duration::from_secs(19), lease));
+        let mut t = LockTable::default();
+        t.request(&o, Level::Shared, 6).unwrap();
+        s.retain_current(&t);
+        assert_eq!(s.len(), 1);
+    }
+}

@@ -1,0 +1,237 @@
+//! The concurrency workload of the acceptance tests: writer processes split across mounts
+//! ("hosts"), a reader checking every read transaction, then a verification of the file
+//! against what every writer was told had committed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sqlite_netfs::rusqlite::{Connection, OpenFlags};
+
+use super::worker::{self, Job};
+
+#[derive(Debug, Clone)]
+pub struct StressPlan {
+    pub label: String,
+    /// The shared directory as each "host" sees it; writer `i` uses `mounts[i % len]`.
+    pub mounts: Vec<PathBuf>,
+    /// The same directory on the server, for the verification after the run.
+    pub server_dir: PathBuf,
+    pub vfs: String,
+    pub uri_params: String,
+    pub journal_mode: String,
+    pub writers: usize,
+    pub transactions: u32,
+    pub readers: usize,
+    pub busy_timeout_ms: u64,
+    pub payload_bytes: usize,
+    /// Give up on a worker after this long (it is killed and counted).
+    pub deadline: Duration,
+}
+
+impl StressPlan {
+    pub fn new(label: &str, mounts: Vec<PathBuf>, server_dir: PathBuf, vfs: &str) -> Self {
+        StressPlan {
+            label: label.into(),
+            mounts,
+            server_dir,
+            vfs: vfs.into(),
+            uri_params: String::new(),
+            journal_mode: String::new(),
+            writers: 4,
+            transactions: 300,
+            readers: 1,
+            busy_timeout_ms: 30_000,
+            payload_bytes: 200,
+            deadline: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StressReport {
+    pub label: String,
+    pub acknowledged: u64,
+    pub rows: Option<i64>,
+    pub counter: Option<i64>,
+    pub integrity: String,
+    /// Acknowledged commits whose row is not in the file.
+    pub lost: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub busy_retries: u64,
+    pub reader_checks: u64,
+    pub reader_torn: u64,
+    pub killed_workers: u64,
+    pub wall: Duration,
+}
+
+impl StressReport {
+    /// Everything a user could ask of a database: intact, nothing lost, nothing torn, no
+    /// error but BUSY.
+    pub fn correct(&self) -> bool {
+        self.integrity == "ok"
+            && self.lost == 0
+            && self.rows == Some(self.acknowledged as i64)
+            && self.counter == Some(self.acknowledged as i64)
+            && self.reader_torn == 0
+            && self.errors.is_empty()
+            && self.killed_workers == 0
+    }
+
+    pub fn summary(&self) -> String {
+        let tps = self.acknowledged as f64 / self.wall.as_secs_f64().max(1e-9);
+        format!(
+            "{}: acknowledged={} rows={:?} counter={:?} lost={} integrity={:?} errors={:?} busy_retries={} reader_checks={} torn={} killed={} wall={:.1}s ({:.0} txn/s) => {}",
+            self.label,
+            self.acknowledged,
+            self.rows,
+            self.counter,
+            self.lost,
+            self.integrity,
+            self.errors,
+            self.busy_retries,
+            self.reader_checks,
+            self.reader_torn,
+            self.killed_workers,
+            self.wall.as_secs_f64(),
+            tps,
+            if self.correct() { "CORRECT" } else { "BROKEN" }
+        )
+    }
+}
+
+fn wait_or_kill(child: &mut std::process::Child, deadline: Instant) -> bool {
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tally(into: &mut BTreeMap<String, u64>, list: &str) {
+    for item in list.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = item.rsplit_once('=').unwrap_or((item, "1"));
+        *into.entry(k.to_owned()).or_default() += v.parse::<u64>().unwrap_or(1);
+    }
+}
+
+/// Runs the plan and verifies the result. The database is created fresh on the server side.
+pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
+    let logs = tempfile::tempdir().expect("log dir");
+    let db_name = format!("{}.db", plan.label.replace(|c: char| !c.is_alphanumeric(), "-"));
+    let server_db = plan.server_dir.join(&db_name);
+    worker::create_schema(&server_db);
+    let job_for = |role: &str, i: usize, out: PathBuf| Job {
+        role: role.into(),
+        db: plan.mounts[i % plan.mounts.len()].join(&db_name),
+        vfs: plan.vfs.clone(),
+        uri_params: plan.uri_params.clone(),
+        journal_mode: plan.journal_mode.clone(),
+        worker_id: i as u32,
+        transactions: plan.transactions,
+        out,
+        stop_file: logs.path().join("stop"),
+        busy_timeout_ms: plan.busy_timeout_ms,
+        payload_bytes: plan.payload_bytes,
+    };
+    let started = Instant::now();
+    let deadline = started + plan.deadline;
+    let mut readers: Vec<_> = (0..plan.readers)
+        .map(|i| {
+            let job = job_for("reader", i + 1, logs.path().join(format!("reader-{i}")));
+            worker::spawn(&job, extra_env)
+        })
+        .collect();
+    let mut writers: Vec<_> = (0..plan.writers)
+        .map(|i| worker::spawn(&job_for("writer", i, logs.path().join(format!("ack-{i}"))), extra_env))
+        .collect();
+    let mut report = StressReport {
+        label: plan.label.clone(),
+        ..Default::default()
+    };
+    for w in &mut writers {
+        if !wait_or_kill(w, deadline) {
+            report.killed_workers += 1;
+        }
+    }
+    report.wall = started.elapsed();
+    std::fs::write(logs.path().join("stop"), b"").unwrap();
+    for r in &mut readers {
+        if !wait_or_kill(r, Instant::now() + Duration::from_secs(60)) {
+            report.killed_workers += 1;
+        }
+    }
+
+    let mut acked: HashSet<(i64, i64)> = HashSet::new();
+    for i in 0..plan.writers {
+        let log = std::fs::read_to_string(logs.path().join(format!("ack-{i}"))).unwrap_or_default();
+        for line in log.lines() {
+            if let Some(summary) = line.strip_prefix("# done ") {
+                for field in summary.split(' ') {
+                    if let Some(b) = field.strip_prefix("busy=") {
+                        report.busy_retries += b.parse::<u64>().unwrap_or(0);
+                    } else if let Some(list) = field.strip_prefix("errors=") {
+                        tally(&mut report.errors, list);
+                    }
+                }
+            } else if let Some(e) = line.strip_prefix("# open-error ") {
+                tally(&mut report.errors, &format!("open:{e}"));
+            } else if let Ok(seq) = line.parse::<i64>() {
+                acked.insert((i as i64, seq));
+            }
+        }
+    }
+    report.acknowledged = acked.len() as u64;
+    for i in 0..plan.readers {
+        let log = std::fs::read_to_string(logs.path().join(format!("reader-{i}"))).unwrap_or_default();
+        for line in log.lines() {
+            if let Some(summary) = line.strip_prefix("# reader ") {
+                for field in summary.split(' ') {
+                    if let Some(v) = field.strip_prefix("checks=") {
+                        report.reader_checks += v.parse::<u64>().unwrap_or(0);
+                    } else if let Some(v) = field.strip_prefix("torn=") {
+                        report.reader_torn += v.parse::<u64>().unwrap_or(0);
+                    } else if let Some(list) = field.strip_prefix("errors=") {
+                        tally(&mut report.errors, &list.split(',').filter(|s| !s.is_empty()).map(|s| format!("reader:{s}")).collect::<Vec<_>>().join(","));
+                    }
+                }
+            } else if let Some(e) = line.strip_prefix("# open-error ") {
+                tally(&mut report.errors, &format!("reader-open:{e}"));
+            }
+        }
+    }
+    verify(&server_db, &acked, &mut report);
+    eprintln!("FIGURES {}", report.summary());
+    report
+}
+
+fn verify(server_db: &Path, acked: &HashSet<(i64, i64)>, report: &mut StressReport) {
+    let conn = match Connection::open_with_flags_and_vfs(server_db, OpenFlags::SQLITE_OPEN_READ_WRITE, c"unix") {
+        Ok(c) => c,
+        Err(e) => {
+            report.integrity = format!("cannot open: {e}");
+            report.lost = acked.len() as u64;
+            return;
+        }
+    };
+    report.integrity = match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)) {
+        Ok(s) => s,
+        Err(e) => format!("{e}"),
+    };
+    report.counter = conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0)).ok();
+    report.rows = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0)).ok();
+    let present: HashSet<(i64, i64)> = conn
+        .prepare("SELECT worker, seq FROM rows")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<HashSet<_>, _>>()
+        })
+        .unwrap_or_default();
+    report.lost = acked.difference(&present).count() as u64;
+}

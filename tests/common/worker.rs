@@ -1,0 +1,266 @@
+//! Worker processes for the concurrency tests. A test binary re-executes itself running only
+//! its ignored `worker_process` test, with the job in an environment variable, so workers are
+//! real processes with their own SQLite state, file descriptors and kernel locks.
+//!
+//! Every test binary that spawns workers declares:
+//! ```ignore
+//! #[test]
+//! #[ignore = "worker process entry point, spawned by the tests in this file"]
+//! fn worker_process() { common::worker::run_from_env() }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlite_netfs::rusqlite::{self, Connection, ErrorCode, OpenFlags};
+
+const JOB_ENV: &str = "SQLITE_NETFS_TEST_JOB";
+
+/// What a worker process does. Encoded as `key=value` lines.
+#[derive(Debug, Clone, Default)]
+pub struct Job {
+    /// `writer`, `reader`, or `wal-writer`.
+    pub role: String,
+    /// Database path as this worker sees it (through its mount).
+    pub db: PathBuf,
+    /// `netfs` (the shim), `unix` (native) or `unix-dotfile`.
+    pub vfs: String,
+    /// Extra URI parameters, e.g. `&netfs=on`.
+    pub uri_params: String,
+    /// `PRAGMA journal_mode` to set first (native VFSes only), empty for SQLite's default.
+    pub journal_mode: String,
+    pub worker_id: u32,
+    pub transactions: u32,
+    /// Where the worker records acknowledged commits (one `seq` per line) or reader results.
+    pub out: PathBuf,
+    /// Reader: stop when this file exists.
+    pub stop_file: PathBuf,
+    pub busy_timeout_ms: u64,
+    pub payload_bytes: usize,
+}
+
+impl Job {
+    fn encode(&self) -> String {
+        format!(
+            "role={}\ndb={}\nvfs={}\nuri_params={}\njournal_mode={}\nworker_id={}\ntransactions={}\nout={}\nstop_file={}\nbusy_timeout_ms={}\npayload_bytes={}\n",
+            self.role,
+            self.db.display(),
+            self.vfs,
+            self.uri_params,
+            self.journal_mode,
+            self.worker_id,
+            self.transactions,
+            self.out.display(),
+            self.stop_file.display(),
+            self.busy_timeout_ms,
+            self.payload_bytes
+        )
+    }
+
+    fn decode(text: &str) -> Job {
+        let mut job = Job::default();
+        for line in text.lines() {
+            let (k, v) = line.split_once('=').expect("key=value");
+            match k {
+                "role" => job.role = v.into(),
+                "db" => job.db = v.into(),
+                "vfs" => job.vfs = v.into(),
+                "uri_params" => job.uri_params = v.into(),
+                "journal_mode" => job.journal_mode = v.into(),
+                "worker_id" => job.worker_id = v.parse().unwrap(),
+                "transactions" => job.transactions = v.parse().unwrap(),
+                "out" => job.out = v.into(),
+                "stop_file" => job.stop_file = v.into(),
+                "busy_timeout_ms" => job.busy_timeout_ms = v.parse().unwrap(),
+                "payload_bytes" => job.payload_bytes = v.parse().unwrap(),
+                _ => panic!("unknown job key {k}"),
+            }
+        }
+        job
+    }
+
+    pub fn uri(&self) -> String {
+        format!("file:{}?vfs={}{}", self.db.display(), self.vfs, self.uri_params)
+    }
+}
+
+/// Starts `job` in a new process (this test binary, running `worker_process` only).
+pub fn spawn(job: &Job, extra_env: &[(&str, &str)]) -> Child {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", "worker_process", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+        .env(JOB_ENV, job.encode())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn worker")
+}
+
+/// The body of each binary's ignored `worker_process` test.
+pub fn run_from_env() {
+    let Ok(text) = std::env::var(JOB_ENV) else {
+        return; // run by hand with --ignored: nothing to do
+    };
+    let job = Job::decode(&text);
+    match job.role.as_str() {
+        "writer" => writer(&job),
+        "reader" => reader(&job),
+        "wal-writer" => wal_writer(&job),
+        other => panic!("unknown worker role {other}"),
+    }
+}
+
+fn connect(job: &Job) -> rusqlite::Result<Connection> {
+    sqlite_netfs::register().expect("register");
+    let conn = Connection::open_with_flags(job.uri(), OpenFlags::default())?;
+    conn.busy_timeout(Duration::from_millis(job.busy_timeout_ms))?;
+    if !job.journal_mode.is_empty() {
+        conn.query_row(&format!("PRAGMA journal_mode={}", job.journal_mode), [], |_| Ok(()))?;
+    }
+    Ok(conn)
+}
+
+/// A short name for an error, for the tallies.
+pub fn error_kind(e: &rusqlite::Error) -> String {
+    match e.sqlite_error() {
+        Some(s) => format!("{:?}({})", s.code, s.extended_code),
+        None => format!("{e}"),
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Runs `transactions` write transactions on one long-lived connection. BUSY is retried;
+/// any other error is tallied and the transaction retried (up to a bound). Each commit that
+/// returned OK is appended to the acknowledgement log, and a summary closes the log.
+fn writer(job: &Job) {
+    let mut ack = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&job.out)
+        .expect("ack log");
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut busy = 0u64;
+    let conn = match connect(job) {
+        Ok(c) => c,
+        Err(e) => {
+            writeln!(ack, "# open-error {}", error_kind(&e)).unwrap();
+            return;
+        }
+    };
+    let payload = vec![0x5au8; job.payload_bytes];
+    let mut failures_in_a_row = 0;
+    let mut seq = 0;
+    while seq < job.transactions && failures_in_a_row < 50 {
+        let result = (|| -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let body = (|| {
+                conn.execute("UPDATE counter SET v = v + 1 WHERE id = 1", [])?;
+                conn.execute(
+                    "INSERT INTO rows(worker, seq, payload) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![job.worker_id, seq, payload],
+                )?;
+                conn.execute_batch("COMMIT")
+            })();
+            if body.is_err() && !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            body
+        })();
+        match result {
+            Ok(()) => {
+                writeln!(ack, "{seq}").unwrap();
+                seq += 1;
+                failures_in_a_row = 0;
+            }
+            Err(e) if is_busy(&e) => busy += 1,
+            Err(e) => {
+                *errors.entry(error_kind(&e)).or_default() += 1;
+                failures_in_a_row += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let errs: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(ack, "# done busy={busy} errors={}", errs.join(",")).unwrap();
+}
+
+/// Read transactions until the stop file appears; each checks that the counter equals the
+/// number of rows (a torn read would see one without the other).
+fn reader(job: &Job) {
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&job.out)
+        .expect("reader log");
+    let conn = match connect(job) {
+        Ok(c) => c,
+        Err(e) => {
+            writeln!(out, "# open-error {}", error_kind(&e)).unwrap();
+            return;
+        }
+    };
+    let (mut checks, mut torn, mut busy) = (0u64, 0u64, 0u64);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let started = Instant::now();
+    while !job.stop_file.exists() && started.elapsed() < Duration::from_secs(600) {
+        let result = (|| -> rusqlite::Result<(i64, i64)> {
+            conn.execute_batch("BEGIN")?;
+            let read = (|| {
+                let v: i64 = conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0))?;
+                let n: i64 = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0))?;
+                Ok((v, n))
+            })();
+            let _ = conn.execute_batch("COMMIT");
+            read
+        })();
+        match result {
+            Ok((v, n)) => {
+                checks += 1;
+                if v != n {
+                    torn += 1;
+                }
+            }
+            Err(e) if is_busy(&e) => busy += 1,
+            Err(e) => *errors.entry(error_kind(&e)).or_default() += 1,
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let errs: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(out, "# reader checks={checks} torn={torn} busy={busy} errors={}", errs.join(",")).unwrap();
+}
+
+/// Writes rows in WAL mode through the native VFS and exits without closing, as a crash
+/// would: the rows stay in the `-wal`, un-checkpointed.
+fn wal_writer(job: &Job) {
+    let conn = Connection::open_with_flags_and_vfs(&job.db, OpenFlags::default(), c"unix").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE IF NOT EXISTS t(x);")
+        .unwrap();
+    for i in 0..job.transactions {
+        conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+    }
+    std::process::exit(0);
+}
+
+/// Creates the tables the writers and readers use.
+pub fn create_schema(db: &Path) {
+    let conn = Connection::open_with_flags_and_vfs(db, OpenFlags::default(), c"unix").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS counter(id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+         INSERT OR IGNORE INTO counter VALUES (1, 0);
+         CREATE TABLE IF NOT EXISTS rows(id INTEGER PRIMARY KEY, worker INTEGER, seq INTEGER, payload BLOB);
+         CREATE INDEX IF NOT EXISTS rows_by_worker ON rows(worker, seq);",
+    )
+    .unwrap();
+}

@@ -131,6 +131,9 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     break_watch: Option<Watch>,
     /// When our entry was last written (the latch time of that write), if we hold a lock.
     renewed_at: Option<Duration>,
+    /// A release that changed the file could not be published: the next edit must still
+    /// move the generation on, or other readers would keep stale caches.
+    owed_generation_bump: bool,
 }
 
 impl<F: LockFiles, E: Environment> DbLock<F, E> {
@@ -148,6 +151,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             latch_watch: None,
             break_watch: None,
             renewed_at: None,
+            owed_generation_bump: false,
         }
     }
 
@@ -220,6 +224,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if self.level == Level::None {
             self.renewed_at = None;
         }
+        if !matches!(outcome, Ok(Some(_))) && changed_file {
+            self.owed_generation_bump = true;
+        }
         match outcome? {
             Some(((), generation)) => Ok(generation),
             None => Err(LockError::Io(io::Error::new(
@@ -286,6 +293,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let before = table.clone();
         self.remove_stale_holders(&mut table);
         self.check_own_entry(&mut table)?;
+        if self.owed_generation_bump {
+            table.generation += 1;
+        }
         let result = change(&mut table);
         if table != before {
             // A latch held this long may have been judged stale and broken: writing now could
@@ -299,6 +309,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             let bytes = table.encode(self.table_len);
             self.files.write(LockFileName::Table, &bytes)?;
             self.table_len = bytes.len();
+            self.owed_generation_bump = false;
             let mine = table.holders.iter().find(|h| h.owner == self.me);
             if let Some(h) = mine {
                 self.seq = h.seq.max(self.seq);

@@ -112,15 +112,29 @@ impl DirLockFiles {
 
 impl LockFiles for DirLockFiles {
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
-        let mut file = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.path(name))
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(self.context(name, "create", e)),
+        let mut attempts = 0;
+        let mut file = loop {
+            attempts += 1;
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(self.path(name))
+            {
+                Ok(f) => break f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                // SFTP has no "already exists" status: sshfs reports an exclusive create of an
+                // existing file as EPERM. Tell the two apart by opening the file.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) => {
+                    match self.open_existing(name) {
+                        Ok(Some(_)) => return Ok(false),
+                        // Gone meanwhile (released): try the create again.
+                        Ok(None) if attempts < 3 => continue,
+                        _ => return Err(self.context(name, "create", e)),
+                    }
+                }
+                Err(e) => return Err(self.context(name, "create", e)),
+            }
         };
         // The owner id is informational (for stale-latch recovery); if writing it fails the
         // file still excludes others, and a holder with an unreadable id recovers by lease.

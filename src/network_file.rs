@@ -420,25 +420,23 @@ impl NetworkFile {
             .native
             .unlock(&self.file, to)
             .map_err(|e| FileError::io(IoOp::Unlock, e));
-        // Publish a change only once it is durable at the server; if the flush failed, the
-        // holder entry stays and goes stale, and the next holder rolls the journal back.
-        let changed = self.changed && flushed.is_ok();
-        let published = if flushed.is_ok() || to > Level::None {
-            self.lock.lock().unlock(to, changed)
-        } else {
-            Ok(0)
-        };
+        // A change is published even if the flush failed: whatever reached the server,
+        // readers must not trust their caches. (If the lock table cannot be updated, `DbLock`
+        // owes the generation bump to its next edit.)
+        let changed = self.changed;
+        let published = self.lock.lock().unlock(to, changed);
         self.level = to;
-        if changed {
-            self.changed = false;
-        }
+        self.changed = false;
         match published {
-            Ok(generation) if changed => {
+            Ok(generation) if changed && flushed.is_ok() => {
                 // Our own writes are what the server now has: our cache is current.
                 self.synced_generation = Some(generation);
             }
             Ok(_) => {}
-            Err(e) => return Err(FileError::Lock(e)),
+            Err(e) => {
+                self.synced_generation = None;
+                return Err(FileError::Lock(e));
+            }
         }
         flushed?;
         native

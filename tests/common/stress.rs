@@ -235,3 +235,29 @@ fn verify(server_db: &Path, acked: &HashSet<(i64, i64)>, report: &mut StressRepo
         .unwrap_or_default();
     report.lost = acked.difference(&present).count() as u64;
 }
+
+/// The acceptance workload on a two-host testbed: 4 writers split over both mounts, 300
+/// transactions each, one reader.
+pub fn two_host_plan(testbed: &super::testbed::TwoHostTestbed, label: &str, vfs: &str) -> StressPlan {
+    StressPlan::new(
+        &format!("{}-{label}", testbed.kind()),
+        vec![testbed.mount_a().to_owned(), testbed.mount_b().to_owned()],
+        testbed.server_dir().to_owned(),
+        vfs,
+    )
+}
+
+/// The negative control: the same workload through a VFS that is expected to break on this
+/// testbed. Runs up to `attempts` times and returns the first broken report (or the last one).
+pub fn expect_broken(mut plan: StressPlan, attempts: usize) -> StressReport {
+    let base = plan.label.clone();
+    let mut last = StressReport::default();
+    for attempt in 1..=attempts {
+        plan.label = format!("{base}-try{attempt}");
+        last = run(&plan, &[]);
+        if !last.correct() {
+            break;
+        }
+    }
+    last
+}

@@ -108,6 +108,13 @@ pub fn run_from_env() {
         return; // run by hand with --ignored: nothing to do
     };
     let job = Job::decode(&text);
+    if let Ok(filter) = std::env::var("NETFS_TEST_TRACE") {
+        // Worker diagnostics on stderr, e.g. NETFS_TEST_TRACE=sqlite_netfs=warn.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match job.role.as_str() {
         "writer" => writer(&job),
         "reader" => reader(&job),

@@ -63,19 +63,30 @@ pub fn companion_of_network_database(name: &str) -> Option<Companion> {
     guard.as_ref()?.contains_key(db).then_some(kind)
 }
 
-/// "Exists" for SQLite: has bytes at the server.
+/// "Exists" for SQLite: has bytes at the server. smbnetfs sometimes answers a stat of an
+/// absent file with EIO, so EIO is asked again before it counts.
 pub fn has_content(path: &Path) -> io::Result<bool> {
-    match crate::ffi::os::server_size(path) {
-        Ok(size) => Ok(size > 0),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match crate::ffi::os::server_size(path) {
+            Ok(size) => return Ok(size > 0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) && attempts < 4 => {
+                std::thread::sleep(std::time::Duration::from_millis(2 * attempts));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
 /// "Delete" for SQLite: truncate to zero bytes (and sync if asked), keeping the file.
+/// `O_TRUNC` rather than `ftruncate`: smbnetfs fails `ftruncate` with EIO but honours both
+/// `O_TRUNC` and `truncate(path)`.
 pub fn discard(path: &Path, sync: bool) -> io::Result<()> {
     let file = match OpenOptions::new()
         .write(true)
+        .truncate(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
     {
@@ -83,7 +94,6 @@ pub fn discard(path: &Path, sync: bool) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    file.set_len(0)?;
     if sync {
         file.sync_all()?;
     }
@@ -107,7 +117,10 @@ mod tests {
         );
         assert_eq!(companion_of_network_database("/x/other.db-journal"), None);
         unregister_database("/x/companion-test.db");
-        assert_eq!(companion_of_network_database("/x/companion-test.db-journal"), None);
+        assert_eq!(
+            companion_of_network_database("/x/companion-test.db-journal"),
+            None
+        );
     }
 
     #[test]

@@ -90,7 +90,9 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::InvalidName(n) => write!(f, "invalid VFS name {n:?}"),
-            Error::NameTaken(n) => write!(f, "a VFS named {n:?} is already registered by someone else"),
+            Error::NameTaken(n) => {
+                write!(f, "a VFS named {n:?} is already registered by someone else")
+            }
             Error::AlreadyRegistered(n) => {
                 write!(f, "VFS {n:?} is already registered with different options")
             }
@@ -143,7 +145,9 @@ impl Builder {
         if self.options.vfs_name.is_empty() {
             return Err(Error::InvalidName(self.options.vfs_name));
         }
-        if self.options.lease < Duration::from_secs(1) || self.options.lease > Duration::from_secs(3600) {
+        if self.options.lease < Duration::from_secs(1)
+            || self.options.lease > Duration::from_secs(3600)
+        {
             return Err(Error::InvalidLease(self.options.lease));
         }
         Ok(self.options)

@@ -28,6 +28,8 @@
 //! number), so two breakers cannot remove a live latch taken in between.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::lockfile::{LockFileName, LockFiles};
@@ -89,7 +91,9 @@ impl std::fmt::Display for LockError {
         match self {
             LockError::Io(e) => write!(f, "{e}"),
             LockError::Corrupt(m) => f.write_str(m),
-            LockError::LeaseLost => f.write_str("lock lease lost: another process judged this one dead"),
+            LockError::LeaseLost => {
+                f.write_str("lock lease lost: another process judged this one dead")
+            }
         }
     }
 }
@@ -134,6 +138,25 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     /// A release that changed the file could not be published: the next edit must still
     /// move the generation on, or other readers would keep stale caches.
     owed_generation_bump: bool,
+    /// When our lease ends (boot-time nanoseconds; 0: nothing held), readable without the
+    /// lock object's mutex, so I/O never waits behind a renewal in progress.
+    lease_end: Arc<AtomicU64>,
+    /// Smoothed duration of one exclusive-create attempt, to pace retries to the server.
+    create_latency: Duration,
+}
+
+/// A cheap, shareable view of a lock's lease.
+#[derive(Debug, Clone)]
+pub struct LeaseView {
+    lease_end: Arc<AtomicU64>,
+}
+
+impl LeaseView {
+    /// True once the lease of a held lock may have run out.
+    pub fn expired(&self, now: Duration) -> bool {
+        let end = self.lease_end.load(Ordering::Acquire);
+        end != 0 && now.as_nanos() as u64 >= end
+    }
 }
 
 impl<F: LockFiles, E: Environment> DbLock<F, E> {
@@ -152,7 +175,21 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             break_watch: None,
             renewed_at: None,
             owed_generation_bump: false,
+            lease_end: Arc::new(AtomicU64::new(0)),
+            create_latency: Duration::from_micros(100),
         }
+    }
+
+    pub fn lease_view(&self) -> LeaseView {
+        LeaseView {
+            lease_end: self.lease_end.clone(),
+        }
+    }
+
+    fn set_renewed_at(&mut self, at: Option<Duration>) {
+        self.renewed_at = at;
+        let end = at.map_or(0, |t| (t + self.lease * 3 / 4).as_nanos() as u64);
+        self.lease_end.store(end, Ordering::Release);
     }
 
     pub fn level(&self) -> Level {
@@ -165,19 +202,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     /// True once we hold a lock whose lease may have run out: from then on the database must
     /// be neither read nor written under it.
+    #[cfg(test)]
     pub fn lease_expired(&self) -> bool {
-        match self.renewed_at {
-            Some(at) if self.level > Level::None => {
-                self.env.now().saturating_sub(at) >= self.lease * 3 / 4
-            }
-            _ => false,
-        }
+        self.lease_view().expired(self.env.now())
     }
 
     /// Whether the heartbeat should rewrite our entry now.
     pub fn renewal_due(&self) -> bool {
         match self.renewed_at {
-            Some(at) if self.level > Level::None => self.env.now().saturating_sub(at) >= self.lease / 4,
+            Some(at) if self.level > Level::None => {
+                self.env.now().saturating_sub(at) >= self.lease / 4
+            }
             _ => false,
         }
     }
@@ -222,7 +257,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         // updated, our entry goes stale and others remove it after a lease.
         self.level = self.level.min(to);
         if self.level == Level::None {
-            self.renewed_at = None;
+            self.set_renewed_at(None);
         }
         if !matches!(outcome, Ok(Some(_))) && changed_file {
             self.owed_generation_bump = true;
@@ -297,6 +332,20 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             table.generation += 1;
         }
         let result = change(&mut table);
+        // Any edit we make anyway renews our entry when a renewal is due: a writer that keeps
+        // retrying EXCLUSIVE proves it is alive without a separate heartbeat.
+        if self.renewal_due() && table.level_of(&self.me) > Level::None {
+            table.renew(
+                &self.me,
+                self.seq.max(
+                    table
+                        .holders
+                        .iter()
+                        .find(|h| h.owner == self.me)
+                        .map_or(0, |h| h.seq),
+                ) + 1,
+            );
+        }
         if table != before {
             // A latch held this long may have been judged stale and broken: writing now could
             // overwrite a table that someone else has since changed.
@@ -310,14 +359,14 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             self.files.write(LockFileName::Table, &bytes)?;
             self.table_len = bytes.len();
             self.owed_generation_bump = false;
-            let mine = table.holders.iter().find(|h| h.owner == self.me);
-            if let Some(h) = mine {
-                self.seq = h.seq.max(self.seq);
-                self.renewed_at = Some(latch.taken_at);
+            // The lease runs from the write that others observe.
+            match table.holders.iter().find(|h| h.owner == self.me) {
+                Some(h) => {
+                    self.seq = h.seq.max(self.seq);
+                    self.set_renewed_at(Some(latch.taken_at));
+                }
+                None => self.set_renewed_at(None),
             }
-        } else if table.level_of(&self.me) > Level::None {
-            // Nothing changed, but reading our unchanged entry proves nothing to others;
-            // the lease still runs from the last write.
         }
         self.stale.retain_current(&table);
         Ok((result, table.generation))
@@ -331,7 +380,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if recorded == Level::None && self.level > Level::None {
             tracing::error!(owner = %self.me, level = %self.level, "lock lease lost: our entry was removed by another process");
             self.level = Level::None;
-            self.renewed_at = None;
+            self.set_renewed_at(None);
             return Err(LockError::LeaseLost);
         }
         if recorded > Level::None && self.level == Level::None {
@@ -399,7 +448,13 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let mut pause = Duration::from_micros(50);
         let mut last_suspicion = None;
         loop {
-            if self.files.create_exclusive(LockFileName::Latch, &contents)? {
+            let attempt_started = self.env.now();
+            let created = self
+                .files
+                .create_exclusive(LockFileName::Latch, &contents)?;
+            let took = self.env.now().saturating_sub(attempt_started);
+            self.create_latency = (self.create_latency * 7 + took) / 8;
+            if created {
                 self.latch_watch = None;
                 return Ok(Ok(Latch {
                     contents,
@@ -409,7 +464,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             let now = self.env.now();
             let waited = now.saturating_sub(started);
             if waited >= LATCH_SUSPECT_AFTER
-                && last_suspicion.is_none_or(|t: Duration| now.saturating_sub(t) >= LATCH_SUSPECT_AFTER)
+                && last_suspicion
+                    .is_none_or(|t: Duration| now.saturating_sub(t) >= LATCH_SUSPECT_AFTER)
             {
                 last_suspicion = Some(now);
                 self.break_latch_if_dead()?;
@@ -420,7 +476,10 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             // Spread retries of processes that collided, without a random-number dependency.
             let jitter = (self.me.conn ^ u64::from(self.me.pid) ^ self.latch_count) % 7;
             self.env.sleep(pause + pause * jitter as u32 / 8);
-            pause = (pause * 2).min(Duration::from_millis(2));
+            // Pace retries to the server: on a slow one, hammering it with creates that fail
+            // only delays the holder's own requests.
+            let cap = Duration::from_millis(2).max(self.create_latency * 4);
+            pause = (pause * 2).min(cap);
         }
     }
 
@@ -463,8 +522,15 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 
     fn break_latch_if_dead(&mut self) -> Result<(), LockError> {
-        let Some(contents) = self.files.read(LockFileName::Latch)? else {
-            return Ok(()); // released meanwhile
+        let contents = match self.files.read(LockFileName::Latch) {
+            Ok(Some(contents)) => contents,
+            Ok(None) => return Ok(()), // released meanwhile
+            // smbnetfs fails opens of a file another client is creating or removing (EIO):
+            // no verdict this time.
+            Err(e) => {
+                tracing::debug!(error = %e, "latch unreadable; staleness not judged this time");
+                return Ok(());
+            }
         };
         let mut watch = self.latch_watch.take();
         let dead = self.judged_dead(&contents, &mut watch);
@@ -581,7 +647,12 @@ pub(crate) mod tests {
 
     const LEASE: Duration = Duration::from_secs(10);
 
-    fn client(files: &FakeFiles, env: &FakeEnv, host: &str, pid: u32) -> DbLock<FakeFiles, FakeEnv> {
+    fn client(
+        files: &FakeFiles,
+        env: &FakeEnv,
+        host: &str,
+        pid: u32,
+    ) -> DbLock<FakeFiles, FakeEnv> {
         let me = OwnerId {
             host: host.into(),
             pid,
@@ -678,7 +749,9 @@ pub(crate) mod tests {
         for contents in [&b"h9 1 1 1 7\n"[..], b"\x00garbage", b""] {
             let (files, env) = (FakeFiles::default(), FakeEnv::default());
             let mut next = client(&files, &env, "h1", 2);
-            files.create_exclusive(LockFileName::Latch, contents).unwrap();
+            files
+                .create_exclusive(LockFileName::Latch, contents)
+                .unwrap();
             let t0 = env.now();
             let mut tries = 0;
             while !granted(next.lock(Level::Shared).unwrap()) {
@@ -696,7 +769,9 @@ pub(crate) mod tests {
         // A breaker that judged contents X stale must not remove a latch that now holds Y.
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut breaker = client(&files, &env, "h1", 2);
-        files.create_exclusive(LockFileName::Latch, b"h9 5 1 5 1\n").unwrap();
+        files
+            .create_exclusive(LockFileName::Latch, b"h9 5 1 5 1\n")
+            .unwrap();
         let mut contents = b"h9 5 1 5 1\n".to_vec();
         breaker.break_latch_if_dead().unwrap(); // starts watching X
         env.advance(LEASE);
@@ -704,7 +779,9 @@ pub(crate) mod tests {
         files.remove(LockFileName::Latch).unwrap();
         let last_digit = contents.len() - 2;
         contents[last_digit] = b'2';
-        files.create_exclusive(LockFileName::Latch, &contents).unwrap();
+        files
+            .create_exclusive(LockFileName::Latch, &contents)
+            .unwrap();
         breaker.break_latch_if_dead().unwrap();
         assert_eq!(files.read(LockFileName::Latch).unwrap(), Some(contents));
     }
@@ -715,7 +792,9 @@ pub(crate) mod tests {
         let mut a = client(&files, &env, "h1", 1);
         assert!(granted(a.lock(Level::Shared).unwrap()));
         // Somebody else holds the latch throughout the unlock (a live remote process).
-        files.create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n").unwrap();
+        files
+            .create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n")
+            .unwrap();
         assert!(a.unlock(Level::None, false).is_err());
         assert_eq!(a.level(), Level::None);
         files.remove(LockFileName::Latch).unwrap();
@@ -728,10 +807,15 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_table_is_a_clear_error() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
-        files.write(LockFileName::Table, b"\xffnot a table").unwrap();
+        files
+            .write(LockFileName::Table, b"\xffnot a table")
+            .unwrap();
         let mut a = client(&files, &env, "h1", 1);
         let err = a.lock(Level::Shared).unwrap_err();
         assert!(err.to_string().contains("fake-netfs-table"), "{err}");
-        assert!(files.read(LockFileName::Latch).unwrap().is_none(), "latch left behind");
+        assert!(
+            files.read(LockFileName::Latch).unwrap().is_none(),
+            "latch left behind"
+        );
     }
 }

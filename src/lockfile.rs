@@ -3,21 +3,28 @@
 //!
 //! | operation            | why it can be trusted across hosts                                   |
 //! |----------------------|----------------------------------------------------------------------|
-//! | exclusive create     | `O_CREAT|O_EXCL` is decided by the server (NFS, SMB, SFTP alike)     |
+//! | `mkdir`              | decided by the server (NFS, SMB, SFTP alike): the exclusive step     |
 //! | read of a fresh open | a new open revalidates; a stale size is caught by the table checksum |
-//! | rewrite in place     | written through a new descriptor and closed, so it reaches the server|
-//! | remove               | decided by the server                                                 |
+//! | rewrite in place     | written through a new descriptor and fsynced before the latch goes   |
+//! | unlink, rmdir        | decided by the server                                                 |
 //!
 //! Never used: `stat`/`access`/`readdir` (served from stale client caches), `flock`/`fcntl`
 //! (local to one client on sshfs, SMB and `local_lock` NFS mounts), rename (refused for open
-//! files on SMB). Every path is opened with `O_NOFOLLOW`, so a planted symlink is an error,
-//! never a redirection.
+//! files on SMB), and `O_CREAT|O_EXCL`: measured on the SMB testbed, two smbnetfs clients
+//! racing to create one file both succeed (smbnetfs creates without the server's exclusive
+//! disposition), while racing `mkdir`s never do. Paths are opened with `O_NOFOLLOW` and token
+//! directories are checked to be real directories, so a planted symlink is an error, never a
+//! redirection.
 //!
 //! The files, for a database `app.db`:
-//! - `app.db-netfs-latch`: exists while one process edits the table (milliseconds);
-//!   holds that process's owner id and a per-acquisition number.
+//! - `app.db-netfs-latch/`: exists while one process edits the table (milliseconds);
+//!   `owner` inside holds that process's owner id and a per-acquisition number.
 //! - `app.db-netfs-table`: the lock table (`protocol::LockTable`).
-//! - `app.db-netfs-break`: exists while one process removes a latch left by a dead holder.
+//! - `app.db-netfs-break/`: exists while one process removes a latch left by a dead holder.
+//!
+//! An exclusive step that fails with EPERM or EIO is ambiguous (sshfs reports "exists" as
+//! EPERM, SFTP having no such status; smbnetfs reports it as EIO): it counts as "taken" when
+//! the directory is there, or always for EIO.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -67,7 +74,10 @@ pub struct DirLockFiles {
 
 /// How long `remove` keeps retrying a file that SMB refuses to remove because another client
 /// has it open for a moment (EBUSY).
-const REMOVE_BUSY_RETRY: Duration = Duration::from_secs(2);
+const REMOVE_BUSY_RETRY: Duration = Duration::from_secs(5);
+
+/// The file inside a token directory naming its holder.
+const TOKEN_OWNER: &str = "owner";
 
 impl DirLockFiles {
     pub fn new(db_path: &Path) -> DirLockFiles {
@@ -80,6 +90,59 @@ impl DirLockFiles {
         let mut p = self.db_path.clone().into_os_string();
         p.push(name.suffix());
         PathBuf::from(p)
+    }
+
+    /// Whether the token directory exists (checked with `lstat`, so a symlink in its place
+    /// is an error rather than a directory somewhere else).
+    fn token_dir_exists(&self, name: LockFileName) -> io::Result<bool> {
+        match std::fs::symlink_metadata(self.path(name)) {
+            Ok(m) if m.is_dir() => Ok(true),
+            Ok(_) => Err(self.context(name, "use", io::Error::from_raw_os_error(libc::ELOOP))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.context(name, "stat", e)),
+        }
+    }
+
+    fn read_path(&self, name: LockFileName, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.context(name, "open", e)),
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| self.context(name, "read", e))?;
+        Ok(Some(bytes))
+    }
+
+    fn remove_path(&self, name: LockFileName, path: &Path, is_dir: bool) -> io::Result<bool> {
+        let started = crate::ffi::os::boot_time();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let removed = if is_dir {
+                std::fs::remove_dir(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            match removed {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                // SMB refuses to remove a file another client holds open; lock files are
+                // opened only for a moment, so wait for that moment to pass.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && crate::ffi::os::boot_time() - started < REMOVE_BUSY_RETRY =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(e) => return Err(self.context(name, "remove", e)),
+            }
+        }
     }
 
     fn open_existing(&self, name: LockFileName) -> io::Result<Option<File>> {
@@ -105,45 +168,52 @@ impl DirLockFiles {
         };
         io::Error::new(
             e.kind(),
-            format!("cannot {op} lock file {}: {e}{hint}", self.path(name).display()),
+            format!(
+                "cannot {op} lock file {}: {e}{hint}",
+                self.path(name).display()
+            ),
         )
     }
 }
 
 impl LockFiles for DirLockFiles {
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
-        let mut attempts = 0;
-        let mut file = loop {
-            attempts += 1;
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(self.path(name))
-            {
-                Ok(f) => break f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-                // SFTP has no "already exists" status: sshfs reports an exclusive create of an
-                // existing file as EPERM. Tell the two apart by opening the file.
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) => {
-                    match self.open_existing(name) {
-                        Ok(Some(_)) => return Ok(false),
-                        // Gone meanwhile (released): try the create again.
-                        Ok(None) if attempts < 3 => continue,
-                        _ => return Err(self.context(name, "create", e)),
-                    }
-                }
-                Err(e) => return Err(self.context(name, "create", e)),
+        debug_assert!(name != LockFileName::Table, "the table is not a token");
+        let dir = self.path(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && self.token_dir_exists(name)? => {
+                return Ok(false);
             }
-        };
+            Err(e) => return Err(self.context(name, "create", e)),
+        }
         // The owner id is informational (for stale-latch recovery); if writing it fails the
-        // file still excludes others, and a holder with an unreadable id recovers by lease.
-        file.write_all(contents)
-            .map_err(|e| self.context(name, "write", e))?;
+        // directory still excludes others, and a holder without an id recovers by lease.
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(TOKEN_OWNER))
+            .and_then(|mut f| f.write_all(contents));
+        if let Err(e) = written {
+            tracing::debug!(token = %dir.display(), error = %e, "owner id not recorded");
+        }
         Ok(true)
     }
 
     fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+        if name != LockFileName::Table {
+            if !self.token_dir_exists(name)? {
+                return Ok(None);
+            }
+            // A token whose owner is not (yet) recorded reads as empty.
+            return Ok(Some(
+                self.read_path(name, &self.path(name).join(TOKEN_OWNER))?
+                    .unwrap_or_default(),
+            ));
+        }
         let Some(mut file) = self.open_existing(name)? else {
             return Ok(None);
         };
@@ -170,30 +240,33 @@ impl LockFiles for DirLockFiles {
             .open(self.path(name))
             .map_err(|e| self.context(name, "open", e))?;
         file.write_all_at(contents, 0)
-            .map_err(|e| self.context(name, "write", e))
-        // Dropping `file` closes it: NFS and SMB clients flush on close, sshfs writes through.
+            .map_err(|e| self.context(name, "write", e))?;
+        // The next latch holder may be on another client the moment we remove the latch, so
+        // the table must be at the server before that: close alone does not ensure it (FUSE
+        // sends the release asynchronously, and smbnetfs writes back at release).
+        match file.sync_data() {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.context(name, "sync", e)),
+        }
     }
 
     fn remove(&self, name: LockFileName) -> io::Result<bool> {
-        let path = self.path(name);
-        let started = crate::ffi::os::boot_time();
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match std::fs::remove_file(&path) {
-                Ok(()) => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                // SMB refuses to remove a file another client holds open; lock files are
-                // opened only for a moment, so wait for that moment to pass.
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        && crate::ffi::os::boot_time() - started < REMOVE_BUSY_RETRY =>
-                {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(20));
-                }
-                Err(e) => return Err(self.context(name, "remove", e)),
-            }
+        if name == LockFileName::Table {
+            return self.remove_path(name, &self.path(name), false);
         }
+        if !self.token_dir_exists(name)? {
+            return Ok(false);
+        }
+        self.remove_path(name, &self.path(name).join(TOKEN_OWNER), false)?;
+        self.remove_path(name, &self.path(name), true)
     }
 
     fn describe(&self, name: LockFileName) -> String {
@@ -209,15 +282,26 @@ mod tests {
     fn create_exclusive_read_write_remove() {
         let dir = tempfile::tempdir().unwrap();
         let files = DirLockFiles::new(&dir.path().join("app.db"));
-        assert!(files.create_exclusive(LockFileName::Latch, b"me 1\n").unwrap());
-        assert!(!files.create_exclusive(LockFileName::Latch, b"you 2\n").unwrap());
+        assert!(
+            files
+                .create_exclusive(LockFileName::Latch, b"me 1\n")
+                .unwrap()
+        );
+        assert!(
+            !files
+                .create_exclusive(LockFileName::Latch, b"you 2\n")
+                .unwrap()
+        );
         assert_eq!(files.read(LockFileName::Latch).unwrap().unwrap(), b"me 1\n");
         assert!(files.remove(LockFileName::Latch).unwrap());
         assert!(!files.remove(LockFileName::Latch).unwrap());
         assert_eq!(files.read(LockFileName::Table).unwrap(), None);
         files.write(LockFileName::Table, b"abc").unwrap();
         assert_eq!(
-            files.read_revalidated(LockFileName::Table).unwrap().unwrap(),
+            files
+                .read_revalidated(LockFileName::Table)
+                .unwrap()
+                .unwrap(),
             b"abc"
         );
         assert!(dir.path().join("app.db-netfs-table").exists());

@@ -159,9 +159,15 @@ mod tests {
     fn uri_value_wins_and_forces_the_mode() {
         let dir = std::env::temp_dir();
         let d = decide(&dir.join("x.db"), Some("on")).unwrap();
-        assert_eq!((d.mode, d.source), (Mode::Network, DecisionSource::UriParameter));
+        assert_eq!(
+            (d.mode, d.source),
+            (Mode::Network, DecisionSource::UriParameter)
+        );
         let d = decide(&dir.join("x.db"), Some("off")).unwrap();
-        assert_eq!((d.mode, d.source), (Mode::Native, DecisionSource::UriParameter));
+        assert_eq!(
+            (d.mode, d.source),
+            (Mode::Native, DecisionSource::UriParameter)
+        );
         assert!(decide(&dir.join("x.db"), Some("sometimes")).is_err());
     }
 }

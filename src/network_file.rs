@@ -22,7 +22,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::ffi::os::{self, RangeLock};
-use crate::lock::{Acquired, DbLock, LockError, SystemEnvironment};
+use crate::lock::{Acquired, DbLock, LeaseView, LockError, SystemEnvironment};
 use crate::lockfile::DirLockFiles;
 use crate::protocol::Level;
 
@@ -57,7 +57,10 @@ pub enum FileError {
     LeaseExpired,
     /// The lock files could not be used.
     Lock(LockError),
-    Io { op: IoOp, error: io::Error },
+    Io {
+        op: IoOp,
+        error: io::Error,
+    },
 }
 
 impl FileError {
@@ -97,7 +100,12 @@ impl NativeRangeLocks {
         }
         match os::set_range_lock(file.as_fd(), kind, start, len) {
             Ok(got) => Ok(got),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) =>
+            {
                 tracing::info!(error = %e, "byte-range locks unsupported here; same-host interop with plain SQLite is off for this file");
                 self.enabled = false;
                 Ok(true)
@@ -126,7 +134,9 @@ impl NativeRangeLocks {
             Level::Reserved => self.set(file, RangeLock::Write, RESERVED_BYTE, 1)?,
             Level::Pending => self.set(file, RangeLock::Write, PENDING_BYTE, 1)?,
             Level::Exclusive => {
-                if self.level < Level::Pending && !self.set(file, RangeLock::Write, PENDING_BYTE, 1)? {
+                if self.level < Level::Pending
+                    && !self.set(file, RangeLock::Write, PENDING_BYTE, 1)?
+                {
                     return Ok(false);
                 }
                 self.level = self.level.max(Level::Pending);
@@ -168,6 +178,7 @@ pub struct NetworkFile {
     file: File,
     writable: bool,
     lock: SharedLock,
+    lease: LeaseView,
     native: NativeRangeLocks,
     /// The level SQLite believes it holds.
     level: Level,
@@ -189,11 +200,13 @@ impl NetworkFile {
         powersafe_overwrite: bool,
     ) -> io::Result<NetworkFile> {
         let file = Self::open_file(path, writable, create)?;
+        let lease = lock.lock().lease_view();
         Ok(NetworkFile {
             path: path.to_owned(),
             file,
             writable,
             lock,
+            lease,
             native: NativeRangeLocks::new(),
             level: Level::None,
             synced_generation: None,
@@ -229,7 +242,7 @@ impl NetworkFile {
     }
 
     fn check_lease(&self) -> Result<(), FileError> {
-        if self.level > Level::None && self.lock.lock().lease_expired() {
+        if self.level > Level::None && self.lease.expired(os::boot_time()) {
             tracing::error!(path = %self.path.display(), "lock lease expired (file server unreachable or process stalled); refusing I/O");
             return Err(FileError::LeaseExpired);
         }
@@ -268,9 +281,13 @@ impl NetworkFile {
         self.check_lease()?;
         self.unsynced = true;
         self.changed = true;
-        self.file
-            .set_len(size)
-            .map_err(|e| FileError::io(IoOp::Truncate, e))
+        match self.file.set_len(size) {
+            Ok(()) => Ok(()),
+            // smbnetfs fails ftruncate(2) with EIO but honours truncate(2) on the path.
+            Err(e) => {
+                os::truncate_path(&self.path, size).map_err(|_| FileError::io(IoOp::Truncate, e))
+            }
+        }
     }
 
     pub fn sync(&mut self, data_only: bool) -> Result<(), FileError> {
@@ -313,13 +330,11 @@ impl NetworkFile {
             return Err(FileError::Busy);
         };
         self.level = Level::Shared;
-        let native = self
-            .refresh_if_changed(generation)
-            .and_then(|()| {
-                self.native
-                    .lock(&self.file, Level::Shared)
-                    .map_err(|e| FileError::io(IoOp::Lock, e))
-            });
+        let native = self.refresh_if_changed(generation).and_then(|()| {
+            self.native
+                .lock(&self.file, Level::Shared)
+                .map_err(|e| FileError::io(IoOp::Lock, e))
+        });
         match native {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -345,7 +360,10 @@ impl NetworkFile {
             self.level = Level::Reserved;
             return Ok(());
         }
-        self.lock.lock().unlock(Level::Shared, false).map_err(FileError::Lock)?;
+        self.lock
+            .lock()
+            .unlock(Level::Shared, false)
+            .map_err(FileError::Lock)?;
         got.and(Err(FileError::Busy))
     }
 

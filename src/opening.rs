@@ -110,11 +110,26 @@ fn open_network(
     let dir = path.parent().unwrap_or(Path::new("/"));
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(cant(format!("netfs: cannot open {}: {} is not a directory", path.display(), dir.display()))),
-        Err(e) => return Err(cant(format!("netfs: cannot open {}: directory {}: {e}", path.display(), dir.display()))),
+        Ok(_) => {
+            return Err(cant(format!(
+                "netfs: cannot open {}: {} is not a directory",
+                path.display(),
+                dir.display()
+            )));
+        }
+        Err(e) => {
+            return Err(cant(format!(
+                "netfs: cannot open {}: directory {}: {e}",
+                path.display(),
+                dir.display()
+            )));
+        }
     }
     if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        return Err(cant(format!("netfs: cannot open {}: it is a directory", path.display())));
+        return Err(cant(format!(
+            "netfs: cannot open {}: it is a directory",
+            path.display()
+        )));
     }
     // Lock files live beside the database: network mode needs the directory writable.
     if let Err(e) = crate::ffi::os::check_writable_dir(dir) {
@@ -124,7 +139,11 @@ fn open_network(
             e.to_string()
         };
         return Err(Refusal {
-            code: if detection.read_only { Refused::ReadOnly } else { Refused::CantOpen },
+            code: if detection.read_only {
+                Refused::ReadOnly
+            } else {
+                Refused::CantOpen
+            },
             message: format!(
                 "netfs: network mode keeps its lock files beside the database, but directory {} is not writable ({why})",
                 dir.display()
@@ -147,13 +166,13 @@ fn open_network(
             )));
         }
         Ok(true) => {
-            crate::wal::convert_under_lock(path, &lock, options.lease).map_err(|m| cant(format!("netfs: {m}")))?;
+            crate::wal::convert_under_lock(path, &lock, options.lease)
+                .map_err(|m| cant(format!("netfs: {m}")))?;
         }
         Err(e) => return Err(cant(format!("netfs: cannot read {}: {e}", path.display()))),
     }
-    let file = open_file_with_fallback(path, req, lock).map_err(|e| {
-        cant(format!("netfs: cannot open {}: {e}", path.display()))
-    })?;
+    let file = open_file_with_fallback(path, req, lock)
+        .map_err(|e| cant(format!("netfs: cannot open {}: {e}", path.display())))?;
     let registry_name = String::from_utf8_lossy(req.name).into_owned();
     crate::journal::register_database(&registry_name);
     Ok(OpenDatabase {
@@ -170,9 +189,19 @@ fn open_file_with_fallback(
     lock: crate::network_file::SharedLock,
 ) -> io::Result<NetworkFile> {
     if req.read_write {
-        match NetworkFile::open(path, true, req.create, lock.clone(), req.powersafe_overwrite) {
+        match NetworkFile::open(
+            path,
+            true,
+            req.create,
+            lock.clone(),
+            req.powersafe_overwrite,
+        ) {
             Ok(f) => return Ok(f),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS | libc::EPERM)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EROFS | libc::EPERM)
+                ) => {}
             Err(e) => return Err(e),
         }
     }

@@ -37,14 +37,25 @@ fn computed_host_id() -> String {
     let pid_ns = std::fs::read_link("/proc/self/ns/pid")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let seed = format!("{}\n{}\n{}", read("/proc/sys/kernel/random/boot_id").trim(), pid_ns, hostname);
+    let seed = format!(
+        "{}\n{}\n{}",
+        read("/proc/sys/kernel/random/boot_id").trim(),
+        pid_ns,
+        hostname
+    );
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in seed.bytes() {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     let clean: String = hostname
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(48)
         .collect();
     format!("{clean}-{hash:016x}")
@@ -99,11 +110,18 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let dead = OwnerId { pid, start: me.start, ..me.clone() };
+        let dead = OwnerId {
+            pid,
+            start: me.start,
+            ..me.clone()
+        };
         assert!(!same_host_process_alive(&dead));
         // Our own pid with another start time is a reused pid: not the recorded holder.
         if me.start != 0 {
-            let reused = OwnerId { start: me.start + 1, ..me.clone() };
+            let reused = OwnerId {
+                start: me.start + 1,
+                ..me.clone()
+            };
             assert!(!same_host_process_alive(&reused));
         }
     }

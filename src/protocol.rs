@@ -198,12 +198,16 @@ impl LockTable {
             return Err(ParseError::Incomplete);
         };
         let sum_text = sum_line.trim_start_matches("end ").trim();
-        if sum_text.len() != 16 || u64::from_str_radix(sum_text, 16).ok() != Some(fnv1a(body.as_bytes())) {
+        if sum_text.len() != 16
+            || u64::from_str_radix(sum_text, 16).ok() != Some(fnv1a(body.as_bytes()))
+        {
             return Err(ParseError::Incomplete);
         }
         let mut lines = body.lines();
         if lines.next() != Some(MAGIC) {
-            return Err(ParseError::Malformed("lock table has an unknown header".into()));
+            return Err(ParseError::Malformed(
+                "lock table has an unknown header".into(),
+            ));
         }
         let generation = lines
             .next()
@@ -222,7 +226,10 @@ impl LockTable {
             let seq = fields.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
             holders.push(Holder { owner, level, seq });
         }
-        Ok(LockTable { generation, holders })
+        Ok(LockTable {
+            generation,
+            holders,
+        })
     }
 
     /// The level `owner` holds (NONE if absent).
@@ -276,7 +283,10 @@ impl LockTable {
                 Ok(Level::Shared)
             }
             Level::Reserved => {
-                debug_assert!(have >= Level::Shared, "RESERVED is only requested from SHARED");
+                debug_assert!(
+                    have >= Level::Shared,
+                    "RESERVED is only requested from SHARED"
+                );
                 if let Some(busy) = self.first_other_at_least(me, Level::Reserved) {
                     return Err(busy);
                 }
@@ -363,11 +373,14 @@ pub struct StaleTracker {
 impl StaleTracker {
     /// True once `owner`'s entry has shown `seq` for at least `lease` since this observer
     /// first saw it. `now` is the observer's monotonic clock.
-    pub fn unchanged_for(&mut self, owner: &OwnerId, seq: u64, now: Duration, lease: Duration) -> bool {
-        let first = *self
-            .first_seen
-            .entry((owner.clone(), seq))
-            .or_insert(now);
+    pub fn unchanged_for(
+        &mut self,
+        owner: &OwnerId,
+        seq: u64,
+        now: Duration,
+        lease: Duration,
+    ) -> bool {
+        let first = *self.first_seen.entry((owner.clone(), seq)).or_insert(now);
         now.saturating_sub(first) >= lease
     }
 
@@ -405,7 +418,10 @@ mod tests {
     fn many_readers_share() {
         let mut t = LockTable::default();
         for c in 0..5 {
-            assert_eq!(t.request(&owner("a", c), Level::Shared, 1), Ok(Level::Shared));
+            assert_eq!(
+                t.request(&owner("a", c), Level::Shared, 1),
+                Ok(Level::Shared)
+            );
         }
         assert_eq!(t.holders.len(), 5);
         assert!(!t.reserved_held());
@@ -423,7 +439,10 @@ mod tests {
         assert_eq!(busy.blocker, a);
         assert_eq!(t.level_of(&b), Level::Shared);
         // New readers still get in beside a RESERVED writer.
-        assert_eq!(t.request(&owner("c", 9), Level::Shared, 1), Ok(Level::Shared));
+        assert_eq!(
+            t.request(&owner("c", 9), Level::Shared, 1),
+            Ok(Level::Shared)
+        );
         assert!(t.reserved_held());
     }
 
@@ -440,7 +459,10 @@ mod tests {
         assert_eq!(t.level_of(&w), Level::Pending);
         // A newcomer cannot start reading while the writer is PENDING.
         let newcomer = owner("c", 3);
-        assert_eq!(t.request(&newcomer, Level::Shared, 1).unwrap_err().blocker, w);
+        assert_eq!(
+            t.request(&newcomer, Level::Shared, 1).unwrap_err().blocker,
+            w
+        );
         assert_eq!(t.level_of(&newcomer), Level::None);
         // The old reader leaves; the writer gets EXCLUSIVE and is alone.
         t.release(&r, Level::None, 2, false);
@@ -483,7 +505,12 @@ mod tests {
     fn invariants_hold_under_every_request_sequence() {
         // Exhaustive over short sequences of (owner, action) from three owners.
         let owners = [owner("a", 1), owner("a", 2), owner("b", 3)];
-        let actions = [Level::None, Level::Shared, Level::Reserved, Level::Exclusive];
+        let actions = [
+            Level::None,
+            Level::Shared,
+            Level::Reserved,
+            Level::Exclusive,
+        ];
         let n = owners.len() * (actions.len() + 1);
         let mut count = 0;
         for code in 0..n.pow(5) {
@@ -506,7 +533,11 @@ mod tests {
                 } else {
                     let _ = t.request(o, actions[a], step);
                 }
-                let writers = t.holders.iter().filter(|h| h.level >= Level::Reserved).count();
+                let writers = t
+                    .holders
+                    .iter()
+                    .filter(|h| h.level >= Level::Reserved)
+                    .count();
                 assert!(writers <= 1, "two writers: {t:?}");
                 if t.holders.iter().any(|h| h.level == Level::Exclusive) {
                     assert_eq!(t.holders.len(), 1, "EXCLUSIVE not alone: {t:?}");
@@ -523,7 +554,8 @@ mod tests {
             generation: 42,
             holders: vec![],
         };
-        t.request(&owner("host-a/1f2e", 1), Level::Shared, 9).unwrap();
+        t.request(&owner("host-a/1f2e", 1), Level::Shared, 9)
+            .unwrap();
         t.request(&owner("b", 2), Level::Shared, 3).unwrap();
         t.request(&owner("b", 2), Level::Reserved, 4).unwrap();
         let bytes = t.encode(0);

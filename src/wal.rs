@@ -64,7 +64,10 @@ pub fn convert_under_lock(db: &Path, lock: &SharedLock, wait: Duration) -> Resul
                 }
                 Err(e) => {
                     let _ = lock.lock().unlock(Level::None, false);
-                    return Err(format!("cannot lock {} to convert it from WAL: {e}", db.display()));
+                    return Err(format!(
+                        "cannot lock {} to convert it from WAL: {e}",
+                        db.display()
+                    ));
                 }
             }
         }
@@ -83,7 +86,10 @@ pub fn convert_under_lock(db: &Path, lock: &SharedLock, wait: Duration) -> Resul
 
 fn convert(db: &Path) -> Result<(), String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
-        format!("converting {} from WAL to a rollback journal: {what}: {e}", db.display())
+        format!(
+            "converting {} from WAL to a rollback journal: {what}: {e}",
+            db.display()
+        )
     };
     // Let SQLite see the sizes the server has, not a stale cached size that hides frames.
     let wal = sibling(db, "-wal");
@@ -93,7 +99,8 @@ fn convert(db: &Path) -> Result<(), String> {
         return Err(fail("stat of the WAL", &e));
     }
     os::server_size(db).map_err(|e| fail("stat", &e))?;
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags_and_vfs(db, flags, c"unix")
         .map_err(|e| fail("open", &e))?;
     conn.busy_timeout(Duration::from_secs(5))

@@ -42,7 +42,10 @@ fn two_writer_processes_both_open_and_commit() {
     plan.readers = 0;
     let report = stress::run(&plan, &[]);
     assert!(report.correct(), "{}", report.summary());
-    assert_eq!(report.acknowledged, 200, "both processes committed all they were asked to");
+    assert_eq!(
+        report.acknowledged, 200,
+        "both processes committed all they were asked to"
+    );
 }
 
 #[test]
@@ -58,18 +61,31 @@ fn wal_database_left_by_a_crashed_process_is_converted_with_every_row() {
     assert!(worker::spawn(&job, &[]).wait().unwrap().success());
     let wal = dir.path().join("was-wal.db-wal");
     let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    assert!(wal_len > 100_000, "the rows are still in the WAL: {wal_len} bytes");
-    assert_eq!(std::fs::read(&db).unwrap()[18..20], [2, 2], "header says WAL");
+    assert!(
+        wal_len > 100_000,
+        "the rows are still in the WAL: {wal_len} bytes"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap()[18..20],
+        [2, 2],
+        "header says WAL"
+    );
 
     sqlite_netfs::register().unwrap();
     let conn = Connection::open(format!("file:{}?vfs=netfs&netfs=on", db.display())).unwrap();
     assert!(sqlite_netfs::network_mode_active(&conn));
-    let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 500);
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "delete");
     assert!(!wal.exists() && !dir.path().join("was-wal.db-shm").exists());
-    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
 }
 
@@ -124,9 +140,11 @@ print(done)
     assert_eq!(report.acknowledged, 300);
     let conn = Connection::open(&db).unwrap();
     let (v, n): (i64, i64) = conn
-        .query_row("SELECT (SELECT v FROM counter), (SELECT count(*) FROM rows)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT (SELECT v FROM counter), (SELECT count(*) FROM rows)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((v, n), (600, 600), "an update was lost");
     conn.busy_timeout(Duration::from_secs(5)).unwrap();

@@ -66,14 +66,23 @@ fn network_mode_writes_reads_and_pins_the_journal() {
          BEGIN; INSERT INTO t(v) VALUES ('a'); INSERT INTO t(v) VALUES ('b'); COMMIT;",
     )
     .unwrap();
-    let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 2);
     // The journal stays, empty; no WAL or shared memory is ever created.
     assert_eq!(siblings(&db), ["-journal", "-netfs-table"]);
-    assert_eq!(std::fs::metadata(dir.path().join("app.db-journal")).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("app.db-journal"))
+            .unwrap()
+            .len(),
+        0
+    );
     let header = std::fs::read(&db).unwrap();
     assert_eq!((header[18], header[19]), (1, 1), "rollback-journal format");
-    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
 }
 
@@ -94,7 +103,11 @@ fn local_disk_in_auto_mode_is_native_with_wal() {
     assert_eq!(mode, "wal");
     conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
-    assert!(siblings(&db).contains(&"-shm".to_owned()), "{:?}", siblings(&db));
+    assert!(
+        siblings(&db).contains(&"-shm".to_owned()),
+        "{:?}",
+        siblings(&db)
+    );
     assert!(siblings(&db).contains(&"-wal".to_owned()));
 }
 
@@ -114,10 +127,14 @@ fn connections_in_one_process_lock_like_processes() {
     let db = dir.path().join("pool.db");
     let a = open(&db, "&netfs=on").unwrap();
     let b = open(&db, "&netfs=on").unwrap();
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
     // a holds RESERVED; b can read but not write.
-    a.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (2);").unwrap();
-    let n: i64 = b.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    a.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (2);")
+        .unwrap();
+    let n: i64 = b
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 1, "b sees only committed rows");
     let err = b.execute("INSERT INTO t VALUES (3)", []).unwrap_err();
     assert_eq!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
@@ -127,7 +144,9 @@ fn connections_in_one_process_lock_like_processes() {
     assert_eq!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
     b.execute_batch("COMMIT").unwrap();
     a.execute_batch("COMMIT").unwrap();
-    let n: i64 = b.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let n: i64 = b
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 2);
 }
 
@@ -137,7 +156,8 @@ fn busy_timeout_waits_for_a_lock_then_gets_it() {
     let db = dir.path().join("busy.db");
     let a = open(&db, "&netfs=on").unwrap();
     a.execute_batch("CREATE TABLE t(x);").unwrap();
-    a.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1);").unwrap();
+    a.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+        .unwrap();
     let path = db.clone();
     let waiter = std::thread::spawn(move || {
         let b = open(&path, "&netfs=on").unwrap();
@@ -149,8 +169,13 @@ fn busy_timeout_waits_for_a_lock_then_gets_it() {
     std::thread::sleep(Duration::from_millis(400));
     a.execute_batch("COMMIT").unwrap();
     let waited = waiter.join().unwrap();
-    assert!(waited >= Duration::from_millis(300), "did not wait: {waited:?}");
-    let n: i64 = a.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "did not wait: {waited:?}"
+    );
+    let n: i64 = a
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 2);
     // Without a busy timeout, BUSY comes back promptly.
     a.execute_batch("BEGIN IMMEDIATE").unwrap();

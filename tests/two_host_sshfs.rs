@@ -25,7 +25,11 @@ fn shim_detects_sshfs_as_network_and_keeps_every_commit_across_two_hosts() {
     let report = stress::run(&two_host_plan(&testbed, "shim", "netfs"), &[]);
     assert!(report.correct(), "{}", report.summary());
     assert_eq!(report.acknowledged, 4 * 300);
-    assert!(report.reader_checks > 0, "the reader never read: {}", report.summary());
+    assert!(
+        report.reader_checks > 0,
+        "the reader never read: {}",
+        report.summary()
+    );
 }
 
 #[test]

@@ -141,7 +141,12 @@ pub enum RangeLock {
 
 /// Try to set a range lock without waiting. `Ok(false)` means another holder conflicts.
 #[cfg(target_os = "linux")]
-pub fn set_range_lock(fd: BorrowedFd<'_>, kind: RangeLock, start: u64, len: u64) -> io::Result<bool> {
+pub fn set_range_lock(
+    fd: BorrowedFd<'_>,
+    kind: RangeLock,
+    start: u64,
+    len: u64,
+) -> io::Result<bool> {
     let mut fl = range_flock(kind, start, len);
     // SAFETY: `fd` is a live descriptor for the duration of the borrow and `fl` is a fully
     // initialised flock record with l_pid 0, as F_OFD_SETLK requires.
@@ -234,6 +239,20 @@ pub fn check_writable_dir(dir: &Path) -> io::Result<()> {
     let c = c_path(dir)?;
     // SAFETY: a NUL-terminated path; access(2) only reads it.
     let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `truncate(2)` by path (for clients that refuse `ftruncate` on a descriptor).
+pub fn truncate_path(path: &Path, size: u64) -> io::Result<()> {
+    let c = c_path(path)?;
+    let size = libc::off_t::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size out of range"))?;
+    // SAFETY: a NUL-terminated path; truncate(2) only reads it.
+    let rc = unsafe { libc::truncate(c.as_ptr(), size) };
     if rc == 0 {
         Ok(())
     } else {

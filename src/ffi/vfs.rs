@@ -124,7 +124,10 @@ pub fn register(options: Options, make_default: bool) -> Result<(), Error> {
     // SAFETY: a NUL-terminated name; sqlite3_vfs_find initialises SQLite if needed.
     let existing = unsafe { ffi::sqlite3_vfs_find(name.as_ptr()) };
     if !existing.is_null() {
-        let Some((_, opts)) = registered.iter().find(|(addr, _)| *addr == existing as usize) else {
+        let Some((_, opts)) = registered
+            .iter()
+            .find(|(addr, _)| *addr == existing as usize)
+        else {
             return Err(Error::NameTaken(options.vfs_name));
         };
         if *opts != options {
@@ -270,7 +273,11 @@ unsafe fn uri_parameter<'a>(name: *const c_char, key: &CStr) -> Option<&'a str> 
         return None;
     }
     // SAFETY: non-null, NUL-terminated, alive as long as the filename.
-    Some(unsafe { CStr::from_ptr(value) }.to_str().unwrap_or("<not UTF-8>"))
+    Some(
+        unsafe { CStr::from_ptr(value) }
+            .to_str()
+            .unwrap_or("<not UTF-8>"),
+    )
 }
 
 unsafe extern "C" fn x_open(
@@ -300,7 +307,8 @@ unsafe extern "C" fn x_open(
             read_write: flags & ffi::SQLITE_OPEN_READWRITE != 0,
             create: flags & ffi::SQLITE_OPEN_CREATE != 0,
             // SAFETY: as above.
-            powersafe_overwrite: unsafe { ffi::sqlite3_uri_boolean(name, c"psow".as_ptr(), 1) } != 0,
+            powersafe_overwrite: unsafe { ffi::sqlite3_uri_boolean(name, c"psow".as_ptr(), 1) }
+                != 0,
         };
         crate::opening::plan(&st.options, &request)
     }));
@@ -372,16 +380,22 @@ unsafe fn companion(name: *const c_char) -> Option<(crate::journal::Companion, &
     crate::journal::companion_of_network_database(text).map(|kind| (kind, Path::new(text)))
 }
 
-unsafe extern "C" fn x_delete(vfs: *mut ffi::sqlite3_vfs, name: *const c_char, sync_dir: c_int) -> c_int {
+unsafe extern "C" fn x_delete(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
     // SAFETY: our registered VFS.
     let base = unsafe { state(vfs) }.base;
     // SAFETY: SQLite passes a NUL-terminated name.
     if let Some((crate::journal::Companion::Journal, path)) = unsafe { companion(name) } {
-        return guarded(ffi::SQLITE_IOERR_DELETE, || match crate::journal::discard(path, sync_dir != 0) {
-            Ok(()) => ffi::SQLITE_OK,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot empty the journal");
-                ffi::SQLITE_IOERR_DELETE
+        return guarded(ffi::SQLITE_IOERR_DELETE, || {
+            match crate::journal::discard(path, sync_dir != 0) {
+                Ok(()) => ffi::SQLITE_OK,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot empty the journal");
+                    ffi::SQLITE_IOERR_DELETE
+                }
             }
         });
     }
@@ -399,19 +413,30 @@ unsafe extern "C" fn x_access(
     let base = unsafe { state(vfs) }.base;
     if flags == ffi::SQLITE_ACCESS_EXISTS
         // SAFETY: SQLite passes a NUL-terminated name.
-        && let Some((_, path)) = unsafe { companion(name) }
+        && let Some((kind, path)) = unsafe { companion(name) }
     {
-        return guarded(ffi::SQLITE_IOERR_ACCESS, || match crate::journal::has_content(path) {
-            Ok(exists) => {
-                // SAFETY: SQLite passes a valid out-pointer.
-                unsafe { *res_out = c_int::from(exists) };
-                ffi::SQLITE_OK
-            }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot check the journal");
-                ffi::SQLITE_IOERR_ACCESS
-            }
-        });
+        return guarded(
+            ffi::SQLITE_IOERR_ACCESS,
+            || match crate::journal::has_content(path) {
+                Ok(exists) => {
+                    // SAFETY: SQLite passes a valid out-pointer.
+                    unsafe { *res_out = c_int::from(exists) };
+                    ffi::SQLITE_OK
+                }
+                // Network mode never has a WAL (it was converted at open): an unanswerable
+                // question about one is answered "none". A journal must be answered truly.
+                Err(e) if kind == crate::journal::Companion::Wal => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot check for a WAL; assuming none");
+                    // SAFETY: as above.
+                    unsafe { *res_out = 0 };
+                    ffi::SQLITE_OK
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot check the journal");
+                    ffi::SQLITE_IOERR_ACCESS
+                }
+            },
+        );
     }
     // SAFETY: forwarding to the base VFS.
     unsafe { (*base).xAccess.expect("unix VFS has xAccess")(base, name, flags, res_out) }
@@ -420,7 +445,12 @@ unsafe extern "C" fn x_access(
 // The remaining VFS methods belong to the base VFS; SQLite calls them with our pointer, and
 // they are forwarded with the base's own.
 
-unsafe extern "C" fn x_full_pathname(vfs: *mut ffi::sqlite3_vfs, name: *const c_char, n: c_int, out: *mut c_char) -> c_int {
+unsafe extern "C" fn x_full_pathname(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
     // SAFETY: our registered VFS; arguments forwarded unchanged to the base.
     unsafe {
         let base = state(vfs).base;
@@ -451,7 +481,11 @@ unsafe extern "C" fn x_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut 
 
 type DlSym = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char);
 
-unsafe extern "C" fn x_dl_sym(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void, symbol: *const c_char) -> Option<DlSym> {
+unsafe extern "C" fn x_dl_sym(
+    vfs: *mut ffi::sqlite3_vfs,
+    handle: *mut c_void,
+    symbol: *const c_char,
+) -> Option<DlSym> {
     // SAFETY: as for x_full_pathname.
     unsafe {
         let base = state(vfs).base;
@@ -493,7 +527,11 @@ unsafe extern "C" fn x_current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -
     }
 }
 
-unsafe extern "C" fn x_get_last_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+unsafe extern "C" fn x_get_last_error(
+    vfs: *mut ffi::sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
     // SAFETY: as for x_full_pathname.
     unsafe {
         let base = state(vfs).base;
@@ -504,15 +542,24 @@ unsafe extern "C" fn x_get_last_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out:
     }
 }
 
-unsafe extern "C" fn x_current_time_int64(vfs: *mut ffi::sqlite3_vfs, out: *mut ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn x_current_time_int64(
+    vfs: *mut ffi::sqlite3_vfs,
+    out: *mut ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: as for x_full_pathname; our iVersion is never above the base's.
     unsafe {
         let base = state(vfs).base;
-        (*base).xCurrentTimeInt64.expect("unix VFS has xCurrentTimeInt64")(base, out)
+        (*base)
+            .xCurrentTimeInt64
+            .expect("unix VFS has xCurrentTimeInt64")(base, out)
     }
 }
 
-unsafe extern "C" fn x_set_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char, f: ffi::sqlite3_syscall_ptr) -> c_int {
+unsafe extern "C" fn x_set_system_call(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    f: ffi::sqlite3_syscall_ptr,
+) -> c_int {
     // SAFETY: as for x_full_pathname.
     unsafe {
         let base = state(vfs).base;
@@ -523,7 +570,10 @@ unsafe extern "C" fn x_set_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const 
     }
 }
 
-unsafe extern "C" fn x_get_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> ffi::sqlite3_syscall_ptr {
+unsafe extern "C" fn x_get_system_call(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+) -> ffi::sqlite3_syscall_ptr {
     // SAFETY: as for x_full_pathname.
     unsafe {
         let base = state(vfs).base;
@@ -531,7 +581,10 @@ unsafe extern "C" fn x_get_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const 
     }
 }
 
-unsafe extern "C" fn x_next_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *const c_char {
+unsafe extern "C" fn x_next_system_call(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+) -> *const c_char {
     // SAFETY: as for x_full_pathname.
     unsafe {
         let base = state(vfs).base;
@@ -580,7 +633,11 @@ unsafe fn open_db<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut OpenDataba
 ///
 /// # Safety
 /// As for [`open_db`].
-unsafe fn with_db(file: *mut ffi::sqlite3_file, fallback: c_int, f: impl FnOnce(&mut OpenDatabase) -> c_int) -> c_int {
+unsafe fn with_db(
+    file: *mut ffi::sqlite3_file,
+    fallback: c_int,
+    f: impl FnOnce(&mut OpenDatabase) -> c_int,
+) -> c_int {
     // SAFETY: as required.
     match unsafe { open_db(file) } {
         Some(db) => guarded(fallback, || f(db)),
@@ -607,34 +664,59 @@ unsafe extern "C" fn net_close(file: *mut ffi::sqlite3_file) -> c_int {
     })
 }
 
-unsafe extern "C" fn net_read(file: *mut ffi::sqlite3_file, buf: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn net_read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: SQLite passes a buffer of `amount` writable bytes; `file` is ours.
     unsafe {
         let buf = std::slice::from_raw_parts_mut(buf as *mut u8, amount.max(0) as usize);
-        with_db(file, ffi::SQLITE_IOERR_READ, |db| result_code(db.file.read_at(buf, offset as u64)))
+        with_db(file, ffi::SQLITE_IOERR_READ, |db| {
+            result_code(db.file.read_at(buf, offset as u64))
+        })
     }
 }
 
-unsafe extern "C" fn net_write(file: *mut ffi::sqlite3_file, buf: *const c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn net_write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: SQLite passes `amount` readable bytes; `file` is ours.
     unsafe {
         let buf = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
-        with_db(file, ffi::SQLITE_IOERR_WRITE, |db| result_code(db.file.write_at(buf, offset as u64)))
+        with_db(file, ffi::SQLITE_IOERR_WRITE, |db| {
+            result_code(db.file.write_at(buf, offset as u64))
+        })
     }
 }
 
 unsafe extern "C" fn net_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
     // SAFETY: `file` is ours.
-    unsafe { with_db(file, ffi::SQLITE_IOERR_TRUNCATE, |db| result_code(db.file.truncate(size.max(0) as u64))) }
+    unsafe {
+        with_db(file, ffi::SQLITE_IOERR_TRUNCATE, |db| {
+            result_code(db.file.truncate(size.max(0) as u64))
+        })
+    }
 }
 
 unsafe extern "C" fn net_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     let data_only = flags & ffi::SQLITE_SYNC_DATAONLY != 0;
     // SAFETY: `file` is ours.
-    unsafe { with_db(file, ffi::SQLITE_IOERR_FSYNC, |db| result_code(db.file.sync(data_only))) }
+    unsafe {
+        with_db(file, ffi::SQLITE_IOERR_FSYNC, |db| {
+            result_code(db.file.sync(data_only))
+        })
+    }
 }
 
-unsafe extern "C" fn net_file_size(file: *mut ffi::sqlite3_file, size: *mut ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn net_file_size(
+    file: *mut ffi::sqlite3_file,
+    size: *mut ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: `file` is ours; SQLite passes a valid out-pointer.
     unsafe {
         with_db(file, ffi::SQLITE_IOERR_FSTAT, |db| match db.file.size() {
@@ -650,37 +732,54 @@ unsafe extern "C" fn net_file_size(file: *mut ffi::sqlite3_file, size: *mut ffi:
 unsafe extern "C" fn net_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
     // SAFETY: `file` is ours.
     unsafe {
-        with_db(file, ffi::SQLITE_IOERR_LOCK, |db| match Level::from_sqlite(level) {
-            Some(level) => result_code(db.file.lock(level)),
-            None => ffi::SQLITE_MISUSE,
-        })
+        with_db(
+            file,
+            ffi::SQLITE_IOERR_LOCK,
+            |db| match Level::from_sqlite(level) {
+                Some(level) => result_code(db.file.lock(level)),
+                None => ffi::SQLITE_MISUSE,
+            },
+        )
     }
 }
 
 unsafe extern "C" fn net_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
     // SAFETY: `file` is ours.
     unsafe {
-        with_db(file, ffi::SQLITE_IOERR_UNLOCK, |db| match Level::from_sqlite(level) {
-            Some(level) => result_code(db.file.unlock(level)),
-            None => ffi::SQLITE_MISUSE,
-        })
+        with_db(
+            file,
+            ffi::SQLITE_IOERR_UNLOCK,
+            |db| match Level::from_sqlite(level) {
+                Some(level) => result_code(db.file.unlock(level)),
+                None => ffi::SQLITE_MISUSE,
+            },
+        )
     }
 }
 
-unsafe extern "C" fn net_check_reserved_lock(file: *mut ffi::sqlite3_file, res_out: *mut c_int) -> c_int {
+unsafe extern "C" fn net_check_reserved_lock(
+    file: *mut ffi::sqlite3_file,
+    res_out: *mut c_int,
+) -> c_int {
     // SAFETY: `file` is ours; SQLite passes a valid out-pointer.
     unsafe {
-        with_db(file, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, |db| match db.file.reserved_held() {
-            Ok(held) => {
-                *res_out = c_int::from(held);
-                ffi::SQLITE_OK
+        with_db(file, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, |db| {
+            match db.file.reserved_held() {
+                Ok(held) => {
+                    *res_out = c_int::from(held);
+                    ffi::SQLITE_OK
+                }
+                Err(e) => result_code(Err(e)),
             }
-            Err(e) => result_code(Err(e)),
         })
     }
 }
 
-unsafe extern "C" fn net_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+unsafe extern "C" fn net_file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
     // SAFETY: `file` is ours; for each opcode SQLite documents the type `arg` points to, and
     // we write only that type.
     unsafe {
@@ -732,7 +831,9 @@ unsafe fn pin_journal_mode(args: *mut *mut c_char) -> c_int {
         return ffi::SQLITE_NOTFOUND;
     }
     // SAFETY: non-null and NUL-terminated.
-    let value = unsafe { CStr::from_ptr(value) }.to_string_lossy().to_ascii_lowercase();
+    let value = unsafe { CStr::from_ptr(value) }
+        .to_string_lossy()
+        .to_ascii_lowercase();
     if value == PINNED_JOURNAL_MODE {
         return ffi::SQLITE_NOTFOUND;
     }
@@ -814,18 +915,31 @@ unsafe extern "C" fn refused_close(file: *mut ffi::sqlite3_file) -> c_int {
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn refused_read(_file: *mut ffi::sqlite3_file, buf: *mut c_void, amount: c_int, _offset: ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn refused_read(
+    _file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    _offset: ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: SQLite passes `amount` writable bytes.
     unsafe { ptr::write_bytes(buf as *mut u8, 0, amount.max(0) as usize) };
     ffi::SQLITE_IOERR_SHORT_READ
 }
 
-unsafe extern "C" fn refused_write(file: *mut ffi::sqlite3_file, _b: *const c_void, _n: c_int, _o: ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn refused_write(
+    file: *mut ffi::sqlite3_file,
+    _b: *const c_void,
+    _n: c_int,
+    _o: ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: `file` is a refused file.
     refusal_code(unsafe { refusal(file) })
 }
 
-unsafe extern "C" fn refused_truncate(file: *mut ffi::sqlite3_file, _size: ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn refused_truncate(
+    file: *mut ffi::sqlite3_file,
+    _size: ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: `file` is a refused file.
     refusal_code(unsafe { refusal(file) })
 }
@@ -835,7 +949,10 @@ unsafe extern "C" fn refused_sync(file: *mut ffi::sqlite3_file, _flags: c_int) -
     refusal_code(unsafe { refusal(file) })
 }
 
-unsafe extern "C" fn refused_file_size(_file: *mut ffi::sqlite3_file, size: *mut ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn refused_file_size(
+    _file: *mut ffi::sqlite3_file,
+    size: *mut ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: SQLite passes a valid out-pointer.
     unsafe { *size = 0 };
     ffi::SQLITE_OK
@@ -850,13 +967,20 @@ unsafe extern "C" fn refused_unlock(_file: *mut ffi::sqlite3_file, _level: c_int
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn refused_check_reserved_lock(_file: *mut ffi::sqlite3_file, res_out: *mut c_int) -> c_int {
+unsafe extern "C" fn refused_check_reserved_lock(
+    _file: *mut ffi::sqlite3_file,
+    res_out: *mut c_int,
+) -> c_int {
     // SAFETY: SQLite passes a valid out-pointer.
     unsafe { *res_out = 0 };
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn refused_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+unsafe extern "C" fn refused_file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
     if op != NETFS_FCNTL_OPEN_ERROR {
         return ffi::SQLITE_NOTFOUND;
     }

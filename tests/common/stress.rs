@@ -124,7 +124,10 @@ fn tally(into: &mut BTreeMap<String, u64>, list: &str) {
 /// Runs the plan and verifies the result. The database is created fresh on the server side.
 pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
     let logs = tempfile::tempdir().expect("log dir");
-    let db_name = format!("{}.db", plan.label.replace(|c: char| !c.is_alphanumeric(), "-"));
+    let db_name = format!(
+        "{}.db",
+        plan.label.replace(|c: char| !c.is_alphanumeric(), "-")
+    );
     let server_db = plan.server_dir.join(&db_name);
     worker::create_schema(&server_db);
     let job_for = |role: &str, i: usize, out: PathBuf| Job {
@@ -149,7 +152,12 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
         })
         .collect();
     let mut writers: Vec<_> = (0..plan.writers)
-        .map(|i| worker::spawn(&job_for("writer", i, logs.path().join(format!("ack-{i}"))), extra_env))
+        .map(|i| {
+            worker::spawn(
+                &job_for("writer", i, logs.path().join(format!("ack-{i}"))),
+                extra_env,
+            )
+        })
         .collect();
     let mut report = StressReport {
         label: plan.label.clone(),
@@ -189,7 +197,8 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
     }
     report.acknowledged = acked.len() as u64;
     for i in 0..plan.readers {
-        let log = std::fs::read_to_string(logs.path().join(format!("reader-{i}"))).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(logs.path().join(format!("reader-{i}"))).unwrap_or_default();
         for line in log.lines() {
             if let Some(summary) = line.strip_prefix("# reader ") {
                 for field in summary.split(' ') {
@@ -198,7 +207,15 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
                     } else if let Some(v) = field.strip_prefix("torn=") {
                         report.reader_torn += v.parse::<u64>().unwrap_or(0);
                     } else if let Some(list) = field.strip_prefix("errors=") {
-                        tally(&mut report.errors, &list.split(',').filter(|s| !s.is_empty()).map(|s| format!("reader:{s}")).collect::<Vec<_>>().join(","));
+                        tally(
+                            &mut report.errors,
+                            &list
+                                .split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(|s| format!("reader:{s}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        );
                     }
                 }
             } else if let Some(e) = line.strip_prefix("# open-error ") {
@@ -212,7 +229,11 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
 }
 
 fn verify(server_db: &Path, acked: &HashSet<(i64, i64)>, report: &mut StressReport) {
-    let conn = match Connection::open_with_flags_and_vfs(server_db, OpenFlags::SQLITE_OPEN_READ_WRITE, c"unix") {
+    let conn = match Connection::open_with_flags_and_vfs(
+        server_db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
+        c"unix",
+    ) {
         Ok(c) => c,
         Err(e) => {
             report.integrity = format!("cannot open: {e}");
@@ -220,12 +241,17 @@ fn verify(server_db: &Path, acked: &HashSet<(i64, i64)>, report: &mut StressRepo
             return;
         }
     };
-    report.integrity = match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)) {
+    report.integrity = match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+    {
         Ok(s) => s,
         Err(e) => format!("{e}"),
     };
-    report.counter = conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0)).ok();
-    report.rows = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0)).ok();
+    report.counter = conn
+        .query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0))
+        .ok();
+    report.rows = conn
+        .query_row("SELECT count(*) FROM rows", [], |r| r.get(0))
+        .ok();
     let present: HashSet<(i64, i64)> = conn
         .prepare("SELECT worker, seq FROM rows")
         .and_then(|mut s| {
@@ -238,7 +264,11 @@ fn verify(server_db: &Path, acked: &HashSet<(i64, i64)>, report: &mut StressRepo
 
 /// The acceptance workload on a two-host testbed: 4 writers split over both mounts, 300
 /// transactions each, one reader.
-pub fn two_host_plan(testbed: &super::testbed::TwoHostTestbed, label: &str, vfs: &str) -> StressPlan {
+pub fn two_host_plan(
+    testbed: &super::testbed::TwoHostTestbed,
+    label: &str,
+    vfs: &str,
+) -> StressPlan {
     StressPlan::new(
         &format!("{}-{label}", testbed.kind()),
         vec![testbed.mount_a().to_owned(), testbed.mount_b().to_owned()],

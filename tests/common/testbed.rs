@@ -9,6 +9,13 @@
 //! Each mount has its own kernel inodes, page cache and dentry cache, so the two mounts behave
 //! like two client hosts of one file server (see shared/NETFS-FACTS.md).
 //!
+//! Both use the clients' default caching. Notably sshfs (3.7, `dir_cache=yes`) keeps file
+//! attributes in its own userspace cache for 20 s, so another mount's growth of a file can stay
+//! invisible to `stat`/`statx(AT_STATX_FORCE_SYNC)` that long; a fresh `open()` refreshes it.
+//! smbnetfs: kernel attribute cache about 1 s, `unlink`/`rename` of an open file fail with EBUSY.
+//!
+//! Set env `SQLITE_NETFS_TESTBED_DEBUG=1` to trace setup and teardown steps on stderr.
+//!
 //! Everything lives in a fresh temp dir per testbed. `Drop` unmounts both mounts and stops the
 //! daemons it started; it never panics and never waits unboundedly.
 //!
@@ -63,6 +70,15 @@ pub struct TwoHostTestbed {
 impl TwoHostTestbed {
     /// Loopback sshd on a free port + two sshfs mounts of one exported dir.
     pub fn sshfs() -> Result<TwoHostTestbed, String> {
+        Self::setup_sshfs().map_err(|e| format!("sshfs testbed: {e}"))
+    }
+
+    /// Loopback smbd on 127.0.0.1:445 + two smbnetfs mounts of one share.
+    pub fn smb() -> Result<TwoHostTestbed, String> {
+        Self::setup_smb().map_err(|e| format!("smb testbed: {e}"))
+    }
+
+    fn setup_sshfs() -> Result<TwoHostTestbed, String> {
         let sshd = find_bin("sshd")?;
         let sshfs = find_bin("sshfs")?;
         let keygen = find_bin("ssh-keygen")?;
@@ -194,17 +210,18 @@ impl TwoHostTestbed {
         Ok(tb)
     }
 
-    /// Loopback smbd on 127.0.0.1:445 + two smbnetfs mounts of one share.
-    pub fn smb() -> Result<TwoHostTestbed, String> {
+    fn setup_smb() -> Result<TwoHostTestbed, String> {
         let smbd = find_bin("smbd")?;
         let smbnetfs = find_bin("smbnetfs")?;
         find_bin("fusermount3")?;
         check_fuse()?;
 
+        trace(Path::new("-"), "smb: waiting for the machine-wide SMB lock");
         let lock = acquire_smb_lock()?;
         let mut tb = TwoHostTestbed::new_empty("smb")?;
         tb.smb_lock = Some(lock);
         let t = tb.root.clone();
+        trace(&t, "smb: got the lock");
 
         let port445: SocketAddr = ([127, 0, 0, 1], 445).into();
         if port445_in_use() {
@@ -251,6 +268,7 @@ impl TwoHostTestbed {
 
         let pid_file = t.join("run/smbd.pid");
         tb.pid_files.push(pid_file.clone());
+        trace(&t, "smb: starting smbd");
         let mut c = Command::new(&smbd);
         c.arg("-D").arg("-s").arg(&cfg);
         run_checked(c, &t.join("smbd.start.log"), SETUP_CMD_TIMEOUT).map_err(|e| {
@@ -281,6 +299,7 @@ impl TwoHostTestbed {
             ));
         }
 
+        trace(&t, "smb: smbd accepting; mounting");
         for (i, m) in [&m1, &m2].into_iter().enumerate() {
             let log = t.join(format!("smbnetfs-m{}.log", i + 1));
             let mut c = Command::new(&smbnetfs);
@@ -318,6 +337,7 @@ impl TwoHostTestbed {
             })?;
         }
 
+        trace(&t, "smb: mounted; checking cross visibility");
         tb.mount_a = m1.join("127.0.0.1").join("share");
         tb.mount_b = m2.join("127.0.0.1").join("share");
         tb.server_dir = share;
@@ -379,22 +399,10 @@ impl TwoHostTestbed {
                 .write(true)
                 .create_new(true)
                 .open(&pa)
-                .map_err(|e| {
-                    format!(
-                        "{} testbed: create {} via mount A: {e}",
-                        self.kind,
-                        pa.display()
-                    )
-                })?;
+                .map_err(|e| format!("create {} via mount A: {e}", pa.display()))?;
             f.write_all(payload.as_bytes())
                 .and_then(|_| f.sync_all())
-                .map_err(|e| {
-                    format!(
-                        "{} testbed: write {} via mount A: {e}",
-                        self.kind,
-                        pa.display()
-                    )
-                })?;
+                .map_err(|e| format!("write {} via mount A: {e}", pa.display()))?;
         }
         let pb = self.mount_b.join(&name);
         let ps = self.server_dir.join(&name);
@@ -411,9 +419,8 @@ impl TwoHostTestbed {
         let _ = fs::remove_file(&pa);
         ok.map_err(|_| {
             format!(
-                "{} testbed: a file written via mount A ({}) was not visible via mount B ({}) \
+                "a file written via mount A ({}) was not visible via mount B ({}) \
                  within {CROSS_VISIBLE_TIMEOUT:?}; last: {last}",
-                self.kind,
                 pa.display(),
                 pb.display()
             )
@@ -421,6 +428,7 @@ impl TwoHostTestbed {
     }
 
     fn teardown(&mut self) {
+        trace(&self.root, "teardown: start");
         // 1. Unmount (reverse order), fusermount3 -u with a timeout, falling back to umount -l.
         let mut still_mounted = false;
         for m in self.fuse_mounts.iter().rev() {
@@ -446,6 +454,7 @@ impl TwoHostTestbed {
             }
         }
 
+        trace(&self.root, "teardown: unmounted");
         // 2. Stop the daemons we started (by pid file), plus their descendants.
         for pf in &self.pid_files {
             if let Some(pid) = pid_from_file(pf)
@@ -465,6 +474,7 @@ impl TwoHostTestbed {
             kill_and_wait(&leftovers);
         }
 
+        trace(&self.root, "teardown: processes stopped");
         // 4. For SMB: make sure port 445 is free before releasing the machine-wide lock.
         if self.smb_lock.is_some() && !self.pid_files.is_empty() {
             let _ = wait_until(KILL_WAIT, || !port445_in_use());
@@ -486,6 +496,7 @@ impl TwoHostTestbed {
 
         // 6. Release the SMB lock last.
         self.smb_lock.take();
+        trace(&self.root, "teardown: done");
     }
 }
 
@@ -505,6 +516,8 @@ pub fn testbed_or_skip(result: Result<TwoHostTestbed, String>) -> Option<TwoHost
             let in_ci =
                 std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
             let kind = guess_kind(&reason);
+            let prefix = format!("{kind} testbed: ");
+            let reason = reason.strip_prefix(prefix.as_str()).unwrap_or(&reason);
             if in_ci {
                 panic!("{kind} testbed unavailable (CI=true, so this is a failure): {reason}");
             }
@@ -523,10 +536,9 @@ pub fn testbed_or_skip(result: Result<TwoHostTestbed, String>) -> Option<TwoHost
 }
 
 fn guess_kind(reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    if r.contains("smb") || r.contains("445") {
+    if reason.starts_with("smb testbed:") {
         "smb"
-    } else if r.contains("ssh") {
+    } else if reason.starts_with("sshfs testbed:") {
         "sshfs"
     } else {
         "network-filesystem"
@@ -535,6 +547,22 @@ fn guess_kind(reason: &str) -> &'static str {
 
 // ---------------------------------------------------------------------------------------------
 // helpers
+
+/// With env `SQLITE_NETFS_TESTBED_DEBUG` set, trace setup/teardown steps to stderr (uncaptured).
+fn trace(root: &Path, what: &str) {
+    if std::env::var_os("SQLITE_NETFS_TESTBED_DEBUG").is_some() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            std::io::stderr(),
+            "[testbed {t:.3} pid {} {}] {what}",
+            std::process::id(),
+            root.display()
+        );
+    }
+}
 
 fn find_bin(name: &str) -> Result<PathBuf, String> {
     let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
@@ -869,7 +897,7 @@ fn acquire_smb_lock() -> Result<File, String> {
         .create(true)
         .truncate(false)
         .open(SMB_LOCK_PATH)
-        .map_err(|e| format!("smb testbed: open lock file {SMB_LOCK_PATH}: {e}"))?;
+        .map_err(|e| format!("open lock file {SMB_LOCK_PATH}: {e}"))?;
     let _ = f.set_permissions(fs::Permissions::from_mode(0o666));
     let timeout = std::env::var("SQLITE_NETFS_SMB_LOCK_TIMEOUT_SECS")
         .ok()
@@ -882,12 +910,12 @@ fn acquire_smb_lock() -> Result<File, String> {
             Ok(()) => return Ok(f),
             Err(std::fs::TryLockError::WouldBlock) => {}
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(format!("smb testbed: lock {SMB_LOCK_PATH}: {e}"));
+                return Err(format!("lock {SMB_LOCK_PATH}: {e}"));
             }
         }
         if start.elapsed() >= timeout {
             return Err(format!(
-                "smb testbed: another SMB testbed held {SMB_LOCK_PATH} for more than {timeout:?}"
+                "another SMB testbed held {SMB_LOCK_PATH} for more than {timeout:?}"
             ));
         }
         sleep(Duration::from_millis(100));
@@ -957,12 +985,12 @@ fn clear_stale_smbd() -> Result<(), String> {
     }
     if stale.is_empty() {
         return Err(format!(
-            "smb testbed: 127.0.0.1:445 is already in use by something that is not a stale \
+            "127.0.0.1:445 is already in use by something that is not a stale \
              testbed smbd; smbd processes seen: {foreign:?}; listeners:\n{}",
             listeners_445()
         ));
     }
-    eprintln!("smb testbed: killing stale smbd processes {stale:?} from {stale_roots:?}");
+    eprintln!("killing stale smbd processes {stale:?} from {stale_roots:?}");
     kill_and_wait(&stale);
     for root in &stale_roots {
         // That crashed run's smbnetfs processes and mounts are stale too.
@@ -977,7 +1005,7 @@ fn clear_stale_smbd() -> Result<(), String> {
     }
     wait_until(Duration::from_secs(10), || !port445_in_use()).map_err(|_| {
         format!(
-            "smb testbed: 127.0.0.1:445 still in use after killing stale smbd {stale:?}; \
+            "127.0.0.1:445 still in use after killing stale smbd {stale:?}; \
              listeners:\n{}",
             listeners_445()
         )

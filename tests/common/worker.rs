@@ -84,7 +84,12 @@ impl Job {
     }
 
     pub fn uri(&self) -> String {
-        format!("file:{}?vfs={}{}", self.db.display(), self.vfs, self.uri_params)
+        format!(
+            "file:{}?vfs={}{}",
+            self.db.display(),
+            self.vfs,
+            self.uri_params
+        )
     }
 }
 
@@ -92,10 +97,17 @@ impl Job {
 pub fn spawn(job: &Job, extra_env: &[(&str, &str)]) -> Child {
     let exe = std::env::current_exe().expect("test binary path");
     let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "worker_process", "--ignored", "--nocapture", "--test-threads=1", "-q"])
-        .env(JOB_ENV, job.encode())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    cmd.args([
+        "--exact",
+        "worker_process",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(JOB_ENV, job.encode())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -128,7 +140,11 @@ fn connect(job: &Job) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(job.uri(), OpenFlags::default())?;
     conn.busy_timeout(Duration::from_millis(job.busy_timeout_ms))?;
     if !job.journal_mode.is_empty() {
-        conn.query_row(&format!("PRAGMA journal_mode={}", job.journal_mode), [], |_| Ok(()))?;
+        conn.query_row(
+            &format!("PRAGMA journal_mode={}", job.journal_mode),
+            [],
+            |_| Ok(()),
+        )?;
     }
     Ok(conn)
 }
@@ -225,7 +241,8 @@ fn reader(job: &Job) {
         let result = (|| -> rusqlite::Result<(i64, i64)> {
             conn.execute_batch("BEGIN")?;
             let read = (|| {
-                let v: i64 = conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0))?;
+                let v: i64 =
+                    conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0))?;
                 let n: i64 = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0))?;
                 Ok((v, n))
             })();
@@ -245,15 +262,22 @@ fn reader(job: &Job) {
         std::thread::sleep(Duration::from_millis(2));
     }
     let errs: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    writeln!(out, "# reader checks={checks} torn={torn} busy={busy} errors={}", errs.join(",")).unwrap();
+    writeln!(
+        out,
+        "# reader checks={checks} torn={torn} busy={busy} errors={}",
+        errs.join(",")
+    )
+    .unwrap();
 }
 
 /// Writes rows in WAL mode through the native VFS and exits without closing, as a crash
 /// would: the rows stay in the `-wal`, un-checkpointed.
 fn wal_writer(job: &Job) {
     let conn = Connection::open_with_flags_and_vfs(&job.db, OpenFlags::default(), c"unix").unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE IF NOT EXISTS t(x);")
-        .unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE IF NOT EXISTS t(x);",
+    )
+    .unwrap();
     for i in 0..job.transactions {
         conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
     }

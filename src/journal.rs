@@ -63,21 +63,10 @@ pub fn companion_of_network_database(name: &str) -> Option<Companion> {
     guard.as_ref()?.contains_key(db).then_some(kind)
 }
 
-/// "Exists" for SQLite: has bytes at the server. smbnetfs sometimes answers a stat of an
-/// absent file with EIO, so EIO is asked again before it counts.
+/// "Exists" for SQLite: has bytes at the server (a missed hot journal would let a reader see
+/// a half-written database, so no cached size is trusted).
 pub fn has_content(path: &Path) -> io::Result<bool> {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match crate::ffi::os::server_size(path) {
-            Ok(size) => return Ok(size > 0),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) && attempts < 4 => {
-                std::thread::sleep(std::time::Duration::from_millis(2 * attempts));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    Ok(crate::lockfile::open_revalidated(path)?.is_some_and(|(_, size)| size > 0))
 }
 
 /// "Delete" for SQLite: truncate to zero bytes (and sync if asked), keeping the file.

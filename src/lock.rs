@@ -143,6 +143,8 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     lease_end: Arc<AtomicU64>,
     /// Smoothed duration of one exclusive-create attempt, to pace retries to the server.
     create_latency: Duration,
+    /// The level our last request was refused (SQLite's busy handler will ask again).
+    last_refused: Option<Level>,
 }
 
 /// A cheap, shareable view of a lock's lease.
@@ -177,6 +179,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             owed_generation_bump: false,
             lease_end: Arc::new(AtomicU64::new(0)),
             create_latency: Duration::from_micros(100),
+            last_refused: None,
         }
     }
 
@@ -222,6 +225,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if want <= self.level {
             return Ok(Acquired::Granted { generation: 0 });
         }
+        if self.last_refused == Some(want) && self.refused_at_a_glance(want) {
+            return Ok(Acquired::Busy);
+        }
         let me = self.me.clone();
         let seq = self.seq + 1;
         let outcome = self.edit_table(LATCH_WAIT, |table| {
@@ -229,17 +235,49 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             (result, table.level_of(&me))
         })?;
         let Some(((result, level_after), generation)) = outcome else {
+            self.last_refused = Some(want);
             return Ok(Acquired::Busy);
         };
         // A refused EXCLUSIVE may still have recorded PENDING.
         self.level = level_after;
         match result {
-            Ok(_) => Ok(Acquired::Granted { generation }),
+            Ok(_) => {
+                self.last_refused = None;
+                Ok(Acquired::Granted { generation })
+            }
             Err(busy) => {
                 tracing::trace!(want = %want, blocker = %busy.blocker, blocker_level = %busy.blocker_level, "lock busy");
+                self.last_refused = Some(want);
                 Ok(Acquired::Busy)
             }
         }
+    }
+
+    /// For a retry after a refusal: reads the table without the latch and tells whether the
+    /// request would surely be refused again. True only if the request would leave the table
+    /// as it is (so a writer still records PENDING through a real edit) and no holder in the
+    /// way is suspected dead. A stale or torn snapshot costs only a retry. This keeps the
+    /// busy-handler retries of waiting processes off the latch.
+    fn refused_at_a_glance(&mut self, want: Level) -> bool {
+        let Ok(Some(bytes)) = self.files.read(LockFileName::Table) else {
+            return false;
+        };
+        let Ok(table) = LockTable::decode(&bytes) else {
+            return false;
+        };
+        if table.level_of(&self.me) != self.level {
+            return false;
+        }
+        let mut trial = table.clone();
+        if trial.request(&self.me, want, self.seq + 1).is_ok() || trial != table {
+            return false;
+        }
+        let now = self.env.now();
+        !table.holders.iter().any(|h| {
+            h.owner != self.me
+                && ((h.owner.host == self.me.host && !self.env.process_alive(&h.owner))
+                    || self.stale.unchanged_for(&h.owner, h.seq, now, self.lease))
+        })
     }
 
     /// Lowers the lock to SHARED or NONE; `changed_file` moves the data generation on.
@@ -802,6 +840,31 @@ pub(crate) mod tests {
         assert!(granted(a.lock(Level::Shared).unwrap()));
         let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
         assert_eq!(table.holders.len(), 1);
+    }
+
+    #[test]
+    fn busy_retries_glance_at_the_table_without_taking_the_latch() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h1", 2);
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(w.lock(level).unwrap()));
+        }
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        // Someone else holds the latch now: a retry that needed it would wait LATCH_WAIT.
+        files
+            .create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n")
+            .unwrap();
+        let t0 = env.now();
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert!(
+            env.now() - t0 < Duration::from_millis(1),
+            "retry went for the latch"
+        );
+        files.remove(LockFileName::Latch).unwrap();
+        // The writer dies: the glance suspects it, and the real edit removes it.
+        env.kill(1);
+        assert!(granted(r.lock(Level::Shared).unwrap()));
     }
 
     #[test]

@@ -66,6 +66,36 @@ pub trait LockFiles: Send {
     fn describe(&self, name: LockFileName) -> String;
 }
 
+/// Opens `path` for reading and makes the client refetch its size from the server; `None`
+/// if it does not exist.
+///
+/// The open comes first: sshfs answers even a forced `statx` from its own 20-second attribute
+/// cache, which only an open refreshes; SMB and NFS refresh on the forced `statx`. smbnetfs
+/// sometimes answers a stat with EIO; that is asked again before it counts.
+pub fn open_revalidated(path: &Path) -> io::Result<Option<(File, u64)>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match crate::ffi::os::server_size(path) {
+            Ok(size) => return Ok(Some((file, size))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) && attempts < 4 => {
+                std::thread::sleep(Duration::from_millis(2 * attempts));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Lock files next to a database file.
 #[derive(Debug, Clone)]
 pub struct DirLockFiles {
@@ -180,7 +210,21 @@ impl LockFiles for DirLockFiles {
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
         debug_assert!(name != LockFileName::Table, "the table is not a token");
         let dir = self.path(name);
-        match std::fs::create_dir(&dir) {
+        let mut created = std::fs::create_dir(&dir);
+        if created
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
+        {
+            // sshfs keeps answering "exists" from its own cache for up to 20 s after another
+            // client removed the directory; a failing open clears that cache entry.
+            match File::open(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    created = std::fs::create_dir(&dir)
+                }
+                _ => return Ok(false),
+            }
+        }
+        match created {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(false),
@@ -224,12 +268,20 @@ impl LockFiles for DirLockFiles {
     }
 
     fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
-        match crate::ffi::os::server_size(&self.path(name)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.context(name, "stat", e)),
-        }
-        self.read(name)
+        debug_assert_eq!(
+            name,
+            LockFileName::Table,
+            "only the table has content to revalidate"
+        );
+        let Some((mut file, _)) =
+            open_revalidated(&self.path(name)).map_err(|e| self.context(name, "stat", e))?
+        else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| self.context(name, "read", e))?;
+        Ok(Some(bytes))
     }
 
     fn write(&self, name: LockFileName, contents: &[u8]) -> io::Result<()> {

@@ -18,6 +18,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -165,6 +166,16 @@ impl NativeRangeLocks {
         Ok(())
     }
 
+    /// Gives back a PENDING taken on the way to an EXCLUSIVE that was refused, keeping the
+    /// level held before it.
+    fn release_pending(&mut self, file: &File, back_to: Level) -> io::Result<()> {
+        if self.level == Level::Pending {
+            self.set(file, RangeLock::Unlock, PENDING_BYTE, 1)?;
+            self.level = back_to;
+        }
+        Ok(())
+    }
+
     fn reserved_elsewhere(&self, file: &File) -> io::Result<bool> {
         if !self.enabled {
             return Ok(false);
@@ -189,7 +200,12 @@ pub struct NetworkFile {
     /// Written since the lock was last lowered (moves the generation on).
     changed: bool,
     powersafe_overwrite: bool,
+    /// The level SQLite has been refused since this moment (busy handler retrying).
+    waiting_since: Option<(Level, Duration)>,
 }
+
+/// A lock wait longer than this is reported (SQLite's busy handler retries in between).
+const SLOW_LOCK_WAIT: Duration = Duration::from_millis(500);
 
 impl NetworkFile {
     pub fn open(
@@ -213,6 +229,7 @@ impl NetworkFile {
             unsynced: false,
             changed: false,
             powersafe_overwrite,
+            waiting_since: None,
         })
     }
 
@@ -314,10 +331,30 @@ impl NetworkFile {
         if want <= self.level {
             return Ok(());
         }
-        match want {
+        let result = match want {
             Level::Shared => self.lock_shared(),
             Level::Reserved => self.lock_reserved(),
             _ => self.lock_exclusive(want),
+        };
+        self.note_wait(want, &result);
+        result
+    }
+
+    /// Reports lock waits that took long, counted from the first refusal of a level to its
+    /// grant (SQLite retries through its busy handler in between).
+    fn note_wait(&mut self, want: Level, result: &Result<(), FileError>) {
+        let now = os::boot_time();
+        match (result, self.waiting_since) {
+            (Err(FileError::Busy), Some((level, _))) if level == want => {}
+            (Err(FileError::Busy), _) => self.waiting_since = Some((want, now)),
+            (Ok(()), Some((level, since))) if level == want => {
+                let waited = now.saturating_sub(since);
+                if waited >= SLOW_LOCK_WAIT {
+                    tracing::info!(path = %self.path.display(), level = %want, waited_ms = waited.as_millis() as u64, "lock acquired after a long wait");
+                }
+                self.waiting_since = None;
+            }
+            _ => self.waiting_since = None,
         }
     }
 
@@ -384,7 +421,7 @@ impl NetworkFile {
             } else if !had_native_pending {
                 // We never got PENDING in the table: do not keep same-host readers out.
                 self.native
-                    .unlock(&self.file, self.level)
+                    .release_pending(&self.file, self.level)
                     .map_err(|e| FileError::io(IoOp::Unlock, e))?;
             }
             return Err(FileError::Busy);
@@ -412,9 +449,19 @@ impl NetworkFile {
         // A new descriptor: the client drops (FUSE, SMB) or revalidates (NFS) cached pages.
         // No byte-range lock is held at this point, so closing the old one loses nothing.
         debug_assert_eq!(self.native.level, Level::None);
-        let fresh = Self::open_file(&self.path, self.writable, false)
-            .map_err(|e| FileError::io(IoOp::Lock, e))?;
-        os::server_size(&self.path).map_err(|e| FileError::io(IoOp::Fstat, e))?;
+        let reopened = Self::open_file(&self.path, self.writable, false).and_then(|f| {
+            // The new descriptor first (it refreshes sshfs's own cache), then the size.
+            crate::lockfile::open_revalidated(&self.path)?
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            Ok(f)
+        });
+        let fresh = match reopened {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "coherency reopen failed; the lock is not taken");
+                return Err(FileError::io(IoOp::Lock, e));
+            }
+        };
         self.file = fresh;
         self.synced_generation = Some(generation);
         Ok(())
@@ -489,5 +536,64 @@ impl Drop for NetworkFile {
         {
             tracing::warn!(path = %self.path.display(), error = ?e, "lock not released at close; it will be recovered as stale");
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn two_handles() -> (tempfile::TempDir, File, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, b"x").unwrap();
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        (dir, open(), open())
+    }
+
+    #[test]
+    fn native_range_locks_follow_sqlite_levels_between_descriptors() {
+        let (_dir, fa, fb) = two_handles();
+        let (mut a, mut b) = (NativeRangeLocks::new(), NativeRangeLocks::new());
+        assert!(a.lock(&fa, Level::Shared).unwrap());
+        assert!(b.lock(&fb, Level::Shared).unwrap());
+        assert!(a.lock(&fa, Level::Reserved).unwrap());
+        assert!(
+            !b.lock(&fb, Level::Reserved).unwrap(),
+            "one RESERVED at a time"
+        );
+        assert!(b.reserved_elsewhere(&fb).unwrap());
+        // a cannot go EXCLUSIVE while b reads, but holds PENDING.
+        assert!(!a.lock(&fa, Level::Exclusive).unwrap());
+        assert_eq!(a.level, Level::Pending);
+        let mut c = NativeRangeLocks::new();
+        b.unlock(&fb, Level::None).unwrap();
+        assert!(a.lock(&fa, Level::Exclusive).unwrap());
+        assert!(
+            !c.lock(&fb, Level::Shared).unwrap(),
+            "EXCLUSIVE keeps readers out"
+        );
+        a.unlock(&fa, Level::Shared).unwrap();
+        assert!(c.lock(&fb, Level::Shared).unwrap());
+    }
+
+    #[test]
+    fn refused_exclusive_gives_back_only_pending() {
+        let (_dir, fa, fb) = two_handles();
+        let (mut a, mut b) = (NativeRangeLocks::new(), NativeRangeLocks::new());
+        assert!(a.lock(&fa, Level::Shared).unwrap());
+        assert!(a.lock(&fa, Level::Reserved).unwrap());
+        assert!(a.lock(&fa, Level::Pending).unwrap());
+        a.release_pending(&fa, Level::Reserved).unwrap();
+        assert_eq!(a.level, Level::Reserved);
+        // Still RESERVED and SHARED: b sees the reservation and can read.
+        assert!(b.reserved_elsewhere(&fb).unwrap());
+        assert!(b.lock(&fb, Level::Shared).unwrap());
     }
 }

@@ -36,7 +36,7 @@ pub fn needs_conversion(db: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    if os::server_size(db)? < 20 {
+    if crate::lockfile::open_revalidated(db)?.is_none_or(|(_, size)| size < 20) {
         return Ok(false);
     }
     let mut header = [0u8; 20];
@@ -93,12 +93,8 @@ fn convert(db: &Path) -> Result<(), String> {
     };
     // Let SQLite see the sizes the server has, not a stale cached size that hides frames.
     let wal = sibling(db, "-wal");
-    if let Err(e) = os::server_size(&wal)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        return Err(fail("stat of the WAL", &e));
-    }
-    os::server_size(db).map_err(|e| fail("stat", &e))?;
+    crate::lockfile::open_revalidated(&wal).map_err(|e| fail("stat of the WAL", &e))?;
+    crate::lockfile::open_revalidated(db).map_err(|e| fail("stat", &e))?;
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags_and_vfs(db, flags, c"unix")

@@ -5,7 +5,7 @@
 //! |----------------------|----------------------------------------------------------------------|
 //! | `mkdir`              | decided by the server (NFS, SMB, SFTP alike): the exclusive step     |
 //! | read of a fresh open | a new open revalidates; a stale size is caught by the table checksum |
-//! | rewrite in place     | written through a new descriptor and fsynced before the latch goes   |
+//! | rewrite in place     | written through a new descriptor and closed before the latch goes    |
 //! | unlink, rmdir        | decided by the server                                                 |
 //!
 //! Never used: `stat`/`access`/`readdir` (served from stale client caches), `flock`/`fcntl`
@@ -70,28 +70,37 @@ pub trait LockFiles: Send {
 /// if it does not exist.
 ///
 /// The open comes first: sshfs answers even a forced `statx` from its own 20-second attribute
-/// cache, which only an open refreshes; SMB and NFS refresh on the forced `statx`. smbnetfs
-/// sometimes answers a stat with EIO; that is asked again before it counts.
+/// cache, which only an open refreshes; SMB and NFS refresh on the forced `statx`.
 pub fn open_revalidated(path: &Path) -> io::Result<Option<(File, u64)>> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    retry_eio(|| {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match crate::ffi::os::server_size(path) {
+            Ok(size) => Ok(Some((file, size))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Runs `op` again (three times at most, a few milliseconds apart) while it fails with EIO:
+/// smbnetfs answers some opens and stats with a passing EIO under load.
+pub fn retry_eio<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match crate::ffi::os::server_size(path) {
-            Ok(size) => return Ok(Some((file, size))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        match op() {
             Err(e) if e.raw_os_error() == Some(libc::EIO) && attempts < 4 => {
                 std::thread::sleep(Duration::from_millis(2 * attempts));
             }
-            Err(e) => return Err(e),
+            result => return result,
         }
     }
 }
@@ -292,22 +301,11 @@ impl LockFiles for DirLockFiles {
             .open(self.path(name))
             .map_err(|e| self.context(name, "open", e))?;
         file.write_all_at(contents, 0)
-            .map_err(|e| self.context(name, "write", e))?;
-        // The next latch holder may be on another client the moment we remove the latch, so
-        // the table must be at the server before that: close alone does not ensure it (FUSE
-        // sends the release asynchronously, and smbnetfs writes back at release).
-        match file.sync_data() {
-            Ok(()) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(self.context(name, "sync", e)),
-        }
+            .map_err(|e| self.context(name, "write", e))
+        // Closing is enough for the next latch holder, on another client, to read it: sshfs
+        // and smbnetfs send writes before close returns, NFS flushes on close (close-to-open).
+        // No fsync: the table need not survive a server crash, and on a local disk an fsync
+        // per lock transition would double a transaction's cost.
     }
 
     fn remove(&self, name: LockFileName) -> io::Result<bool> {

@@ -320,8 +320,7 @@ impl NetworkFile {
     }
 
     pub fn size(&self) -> Result<u64, FileError> {
-        self.file
-            .metadata()
+        crate::lockfile::retry_eio(|| self.file.metadata())
             .map(|m| m.len())
             .map_err(|e| FileError::io(IoOp::Fstat, e))
     }

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod acceptance;
 pub mod stress;
 pub mod testbed;
 pub mod worker;

@@ -1,0 +1,55 @@
+//! The acceptance tests run on each two-host testbed: the shim keeps every acknowledged
+//! commit, native SQLite does not (the negative control), and `unix-dotfile` for reference.
+
+use sqlite_netfs::Mode;
+
+use super::stress::{self, two_host_plan};
+use super::testbed::{TwoHostTestbed, testbed_or_skip};
+
+/// Four writer processes split over both mounts, 300 transactions each, and a reader, through
+/// the shim in auto mode (no `netfs=` parameter): it must detect `fs_type` as network.
+pub fn shim_keeps_every_commit(testbed: Result<TwoHostTestbed, String>, fs_type: &str) {
+    let Some(testbed) = testbed_or_skip(testbed) else {
+        return;
+    };
+    let detection = sqlite_netfs::detect(&testbed.mount_a().join("any.db")).unwrap();
+    assert_eq!(detection.fs_type, fs_type, "{detection:?}");
+    assert_eq!(detection.mode, Mode::Network, "{detection:?}");
+    let report = stress::run(&two_host_plan(&testbed, "shim", "netfs"), &[]);
+    assert!(report.correct(), "{}", report.summary());
+    assert_eq!(report.acknowledged, 4 * 300);
+    assert!(
+        report.reader_checks > 0,
+        "the reader never read: {}",
+        report.summary()
+    );
+}
+
+/// The same workload through SQLite's own `unix` VFS in WAL mode must break: lost commits,
+/// corruption, torn reads or errors (up to three tries, so luck cannot fake a pass).
+pub fn native_sqlite_breaks(testbed: Result<TwoHostTestbed, String>) {
+    let Some(testbed) = testbed_or_skip(testbed) else {
+        return;
+    };
+    let mut plan = two_host_plan(&testbed, "native-wal", "unix");
+    plan.journal_mode = "WAL".into();
+    let report = stress::expect_broken(plan, 3);
+    assert!(
+        !report.correct(),
+        "native SQLite came through intact three times: the test has lost its teeth: {}",
+        report.summary()
+    );
+}
+
+/// SQLite's built-in dot-file locking (one lock for readers and writers alike), for the
+/// figures; it may break on SMB, whose client caches go stale. The run must finish.
+pub fn unix_dotfile_reference(testbed: Result<TwoHostTestbed, String>) {
+    let Some(testbed) = testbed_or_skip(testbed) else {
+        return;
+    };
+    let mut plan = two_host_plan(&testbed, "unix-dotfile", "unix-dotfile");
+    plan.transactions = 100;
+    plan.deadline = std::time::Duration::from_secs(240);
+    let report = stress::run(&plan, &[]);
+    assert!(report.acknowledged > 0, "{}", report.summary());
+}

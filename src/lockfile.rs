@@ -90,15 +90,18 @@ pub fn open_revalidated(path: &Path) -> io::Result<Option<(File, u64)>> {
     })
 }
 
-/// Runs `op` again (three times at most, a few milliseconds apart) while it fails with EIO:
-/// smbnetfs answers some opens and stats with a passing EIO under load.
+/// Runs `op` again while it fails with EIO, with doubling pauses for about a quarter of a
+/// second in all: smbnetfs answers every request with EIO for tens of milliseconds at a time
+/// under load (seen on the SMB testbed), then recovers.
 pub fn retry_eio<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    let mut attempts = 0;
+    let mut pause = Duration::from_millis(2);
     loop {
-        attempts += 1;
         match op() {
-            Err(e) if e.raw_os_error() == Some(libc::EIO) && attempts < 4 => {
-                std::thread::sleep(Duration::from_millis(2 * attempts));
+            Err(e)
+                if e.raw_os_error() == Some(libc::EIO) && pause <= Duration::from_millis(128) =>
+            {
+                std::thread::sleep(pause);
+                pause *= 2;
             }
             result => return result,
         }

@@ -271,7 +271,9 @@ impl NetworkFile {
         self.check_lease()?;
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+            // Reads are idempotent: a passing EIO from smbnetfs is asked again.
+            let chunk = &mut buf[done..];
+            match crate::lockfile::retry_eio(|| self.file.read_at(chunk, offset + done as u64)) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -289,8 +291,9 @@ impl NetworkFile {
         self.check_lease()?;
         self.unsynced = true;
         self.changed = true;
-        self.file
-            .write_all_at(buf, offset)
+        // Rewriting the same bytes at the same offset is idempotent, so a passing EIO is
+        // retried; a failed fsync never is (the kernel may have dropped the dirty pages).
+        crate::lockfile::retry_eio(|| self.file.write_all_at(buf, offset))
             .map_err(|e| FileError::io(IoOp::Write, e))
     }
 

@@ -426,7 +426,7 @@ unsafe extern "C" fn x_access(
                 // Network mode never has a WAL (it was converted at open): an unanswerable
                 // question about one is answered "none". A journal must be answered truly.
                 Err(e) if kind == crate::journal::Companion::Wal => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot check for a WAL; assuming none");
+                    tracing::debug!(path = %path.display(), error = %e, "cannot check for a WAL; assuming none");
                     // SAFETY: as above.
                     unsafe { *res_out = 0 };
                     ffi::SQLITE_OK

@@ -899,7 +899,17 @@ fn collect_until(
     while !reports.iter().all(&enough) {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(WorkerEvent::Line(index, line)) => reports[index].absorb_line(&line),
+            Ok(WorkerEvent::Line(index, line)) => {
+                eprintln!(
+                    "DBG {:?} {index} {}",
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64(),
+                    &line[..line.len().min(60)]
+                );
+                reports[index].absorb_line(&line)
+            }
             Ok(WorkerEvent::Closed(index)) => reports[index].closed = true,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
         }

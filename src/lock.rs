@@ -562,7 +562,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     fn break_latch_if_dead(&mut self) -> Result<(), LockError> {
         let contents = match self.files.read(LockFileName::Latch) {
             Ok(Some(contents)) => contents,
-            Ok(None) => return Ok(()), // released meanwhile
+            Ok(None) => {
+                // Released meanwhile: whatever was watched is gone.
+                self.latch_watch = None;
+                return Ok(());
+            }
             // smbnetfs fails opens of a file another client is creating or removing (EIO):
             // no verdict this time.
             Err(e) => {

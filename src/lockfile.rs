@@ -108,10 +108,33 @@ pub fn retry_eio<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     }
 }
 
+/// How the exclusive tokens (latch, break) are made on a filesystem. Each primitive is broken
+/// on one of the measured clients, so the choice follows the filesystem type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStyle {
+    /// A file made with `O_CREAT|O_EXCL`, holding the owner id. Exclusive at the server on
+    /// NFS, kernel SMB, sshfs and local disks.
+    File,
+    /// A directory made with `mkdir`, holding an `owner` file. For smbnetfs, whose exclusive
+    /// create is not exclusive. Not for sshfs: its cache answers "exists" for a removed
+    /// directory for 20 s, and unlike for a file, no failing open clears that.
+    Directory,
+}
+
+impl TokenStyle {
+    pub fn for_fs_type(fs_type: &str) -> TokenStyle {
+        match fs_type {
+            "fuse.smbnetfs" => TokenStyle::Directory,
+            _ => TokenStyle::File,
+        }
+    }
+}
+
 /// Lock files next to a database file.
 #[derive(Debug, Clone)]
 pub struct DirLockFiles {
     db_path: PathBuf,
+    style: TokenStyle,
 }
 
 /// How long `remove` keeps retrying a file that SMB refuses to remove because another client
@@ -122,10 +145,67 @@ const REMOVE_BUSY_RETRY: Duration = Duration::from_secs(5);
 const TOKEN_OWNER: &str = "owner";
 
 impl DirLockFiles {
-    pub fn new(db_path: &Path) -> DirLockFiles {
+    pub fn new(db_path: &Path, style: TokenStyle) -> DirLockFiles {
         DirLockFiles {
             db_path: db_path.to_owned(),
+            style,
         }
+    }
+
+    /// `O_CREAT|O_EXCL`; `Ok(false)` when the file is there.
+    fn create_token_file(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
+        let path = self.path(name);
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        let mut created = create();
+        for _ in 0..3 {
+            let Err(e) = &created else { break };
+            let ambiguous = matches!(
+                e.raw_os_error(),
+                Some(libc::EEXIST | libc::EPERM | libc::EACCES | libc::ENOENT)
+            );
+            if !ambiguous
+                || (e.kind() == io::ErrorKind::NotFound
+                    && !self.db_path.parent().is_some_and(Path::is_dir))
+            {
+                break;
+            }
+            // "Exists" may be a cached answer (sshfs keeps one for 20 s after another client
+            // removed the file, and reports a refused create as EPERM, SFTP having no
+            // "exists" status). An open asks the server; when it fails, sshfs also drops the
+            // cached entry, so the create can be tried again.
+            match self.open_existing(name) {
+                Ok(Some(_)) => return Ok(false),
+                Ok(None) => created = create(),
+                Err(open_err)
+                    if matches!(open_err.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+                {
+                    break;
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+        let mut file = match created {
+            Ok(f) => f,
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT))
+                    && self.db_path.parent().is_some_and(Path::is_dir) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(self.context(name, "create", e)),
+        };
+        // The owner id is informational (for stale-latch recovery); if writing it fails the
+        // file still excludes others, and a holder without an id recovers by lease.
+        if let Err(e) = file.write_all(contents) {
+            tracing::debug!(token = %path.display(), error = %e, "owner id not recorded");
+        }
+        Ok(true)
     }
 
     pub fn path(&self, name: LockFileName) -> PathBuf {
@@ -221,21 +301,11 @@ impl DirLockFiles {
 impl LockFiles for DirLockFiles {
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
         debug_assert!(name != LockFileName::Table, "the table is not a token");
-        let dir = self.path(name);
-        let mut created = std::fs::create_dir(&dir);
-        if created
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
-        {
-            // sshfs keeps answering "exists" from its own cache for up to 20 s after another
-            // client removed the directory; a failing open clears that cache entry.
-            match File::open(&dir) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    created = std::fs::create_dir(&dir)
-                }
-                _ => return Ok(false),
-            }
+        if self.style == TokenStyle::File {
+            return self.create_token_file(name, contents);
         }
+        let dir = self.path(name);
+        let created = std::fs::create_dir(&dir);
         match created {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
@@ -260,7 +330,7 @@ impl LockFiles for DirLockFiles {
     }
 
     fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
-        if name != LockFileName::Table {
+        if name != LockFileName::Table && self.style == TokenStyle::Directory {
             if !self.token_dir_exists(name)? {
                 return Ok(None);
             }
@@ -312,7 +382,7 @@ impl LockFiles for DirLockFiles {
     }
 
     fn remove(&self, name: LockFileName) -> io::Result<bool> {
-        if name == LockFileName::Table {
+        if name == LockFileName::Table || self.style == TokenStyle::File {
             return self.remove_path(name, &self.path(name), false);
         }
         if !self.token_dir_exists(name)? {
@@ -334,7 +404,7 @@ mod tests {
     #[test]
     fn create_exclusive_read_write_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let files = DirLockFiles::new(&dir.path().join("app.db"));
+        let files = DirLockFiles::new(&dir.path().join("app.db"), TokenStyle::File);
         assert!(
             files
                 .create_exclusive(LockFileName::Latch, b"me 1\n")
@@ -365,7 +435,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("victim");
         std::fs::write(&target, b"precious").unwrap();
-        let files = DirLockFiles::new(&dir.path().join("app.db"));
+        let files = DirLockFiles::new(&dir.path().join("app.db"), TokenStyle::File);
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Table)).unwrap();
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Latch)).unwrap();
         let err = files.write(LockFileName::Table, b"x").unwrap_err();
@@ -379,7 +449,10 @@ mod tests {
     #[test]
     fn unwritable_directory_error_names_the_file_and_the_cause() {
         let dir = tempfile::tempdir().unwrap();
-        let files = DirLockFiles::new(&dir.path().join("missing-dir").join("app.db"));
+        let files = DirLockFiles::new(
+            &dir.path().join("missing-dir").join("app.db"),
+            TokenStyle::Directory,
+        );
         let err = files
             .create_exclusive(LockFileName::Latch, b"x")
             .unwrap_err();

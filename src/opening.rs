@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::Options;
 use crate::lock::{DbLock, SystemEnvironment};
-use crate::lockfile::DirLockFiles;
+use crate::lockfile::{DirLockFiles, TokenStyle};
 use crate::mode::{self, Detection, Mode};
 use crate::network_file::NetworkFile;
 
@@ -151,7 +151,7 @@ fn open_network(
         });
     }
     let lock = Arc::new(Mutex::new(DbLock::new(
-        DirLockFiles::new(path),
+        DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type)),
         SystemEnvironment,
         crate::owner::new_owner(),
         options.lease,

@@ -1,6 +1,6 @@
 //! The lease heartbeat: one background thread per process that rewrites the table entry of
 //! every lock held longer than a quarter lease, so other hosts can tell a long transaction
-//! from a dead one.
+//! from a dead one, and publishes releases that found the latch busy.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -42,6 +42,11 @@ fn beat_forever() {
                 && let Err(e) = lock.renew()
             {
                 tracing::warn!(owner = %lock.owner(), error = %e, "lease renewal failed");
+            }
+            if lock.release_owed()
+                && let Err(e) = lock.settle()
+            {
+                tracing::warn!(owner = %lock.owner(), error = %e, "deferred lock release failed");
             }
         }
     }

@@ -145,6 +145,8 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     create_latency: Duration,
     /// The level our last request was refused (SQLite's busy handler will ask again).
     last_refused: Option<Level>,
+    /// A release is not yet in the table (the latch was busy when it was made).
+    release_owed: bool,
 }
 
 /// A cheap, shareable view of a lock's lease.
@@ -180,6 +182,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             lease_end: Arc::new(AtomicU64::new(0)),
             create_latency: Duration::from_micros(100),
             last_refused: None,
+            release_owed: false,
         }
     }
 
@@ -281,10 +284,12 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 
     /// Lowers the lock to SHARED or NONE; `changed_file` moves the data generation on.
-    /// Returns the generation after the change.
-    pub fn unlock(&mut self, to: Level, changed_file: bool) -> Result<u64, LockError> {
+    /// Returns the generation after the change, or `None` if the latch could not be had: the
+    /// release then stays owed (our entry still shows the higher level, which only makes
+    /// others wait) and is published by the next edit or by the heartbeat ([`Self::settle`]).
+    pub fn unlock(&mut self, to: Level, changed_file: bool) -> Result<Option<u64>, LockError> {
         if to >= self.level && !changed_file {
-            return Ok(0);
+            return Ok(None);
         }
         let me = self.me.clone();
         let seq = self.seq + 1;
@@ -297,20 +302,30 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if self.level == Level::None {
             self.set_renewed_at(None);
         }
-        if !matches!(outcome, Ok(Some(_))) && changed_file {
-            self.owed_generation_bump = true;
+        if !matches!(outcome, Ok(Some(_))) {
+            self.owed_generation_bump |= changed_file;
+            self.release_owed = true;
         }
         match outcome? {
-            Some(((), generation)) => Ok(generation),
-            None => Err(LockError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "could not take {} within {:?} to release a lock",
-                    self.files.describe(LockFileName::Latch),
-                    UNLOCK_LATCH_WAIT
-                ),
-            ))),
+            Some(((), generation)) => Ok(Some(generation)),
+            None => {
+                tracing::debug!(latch = %self.files.describe(LockFileName::Latch), "release deferred: latch busy");
+                Ok(None)
+            }
         }
+    }
+
+    /// Whether a release could not be published yet.
+    pub fn release_owed(&self) -> bool {
+        self.release_owed
+    }
+
+    /// Publishes an owed release (see [`Self::unlock`]).
+    pub fn settle(&mut self) -> Result<(), LockError> {
+        if self.release_owed {
+            self.edit_table(LATCH_WAIT, |_| ())?;
+        }
+        Ok(())
     }
 
     /// SQLite's `xCheckReservedLock`: does anybody hold RESERVED or above?
@@ -411,8 +426,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 
     /// Our entry must say what we believe we hold. If it is gone while we hold a lock, others
-    /// judged us dead; if it is there while we hold nothing (an unlock that could not be
-    /// published), it is a leftover and goes now.
+    /// judged us dead; if it shows more than we hold (an unlock that could not be published),
+    /// the owed release is made now.
     fn check_own_entry(&mut self, table: &mut LockTable) -> Result<(), LockError> {
         let recorded = table.level_of(&self.me);
         if recorded == Level::None && self.level > Level::None {
@@ -421,9 +436,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             self.set_renewed_at(None);
             return Err(LockError::LeaseLost);
         }
-        if recorded > Level::None && self.level == Level::None {
-            table.release(&self.me, Level::None, 0, recorded >= Level::Reserved);
+        if recorded > self.level {
+            let seq = self.seq + 1;
+            table.release(&self.me, self.level, seq, recorded >= Level::Reserved);
         }
+        self.release_owed = false;
         Ok(())
     }
 
@@ -723,7 +740,7 @@ pub(crate) mod tests {
         b.unlock(Level::None, false).unwrap();
         assert!(granted(a.lock(Level::Exclusive).unwrap()));
         let generation = a.unlock(Level::None, true).unwrap();
-        assert_eq!(generation, 1);
+        assert_eq!(generation, Some(1));
         match b.lock(Level::Shared).unwrap() {
             Acquired::Granted { generation } => assert_eq!(generation, 1),
             Acquired::Busy => panic!("busy with no holder"),
@@ -829,21 +846,31 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unlock_that_could_not_be_published_is_cleaned_up_next_time() {
+    fn unlock_that_could_not_be_published_is_settled_later() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut a = client(&files, &env, "h1", 1);
-        assert!(granted(a.lock(Level::Shared).unwrap()));
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(a.lock(level).unwrap()));
+        }
         // Somebody else holds the latch throughout the unlock (a live remote process).
         files
             .create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n")
             .unwrap();
-        assert!(a.unlock(Level::None, false).is_err());
+        assert_eq!(
+            a.unlock(Level::None, true).unwrap(),
+            None,
+            "deferred, not an error"
+        );
         assert_eq!(a.level(), Level::None);
+        assert!(a.release_owed());
         files.remove(LockFileName::Latch).unwrap();
-        // Next time the leftover entry is removed rather than mistaken for a live lock.
-        assert!(granted(a.lock(Level::Shared).unwrap()));
+        // The heartbeat settles it: the entry goes and the generation moves on.
+        a.settle().unwrap();
+        assert!(!a.release_owed());
         let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
-        assert_eq!(table.holders.len(), 1);
+        assert!(table.holders.is_empty());
+        assert!(table.generation >= 1, "readers must drop their caches");
+        assert!(granted(a.lock(Level::Shared).unwrap()));
     }
 
     #[test]

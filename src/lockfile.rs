@@ -1,30 +1,29 @@
 //! The lock files beside a database, and the few filesystem operations the lock protocol is
 //! allowed to trust on a network filesystem.
 //!
-//! | operation            | why it can be trusted across hosts                                   |
-//! |----------------------|----------------------------------------------------------------------|
-//! | `mkdir`              | decided by the server (NFS, SMB, SFTP alike): the exclusive step     |
-//! | read of a fresh open | a new open revalidates; a stale size is caught by the table checksum |
-//! | rewrite in place     | written through a new descriptor and closed before the latch goes    |
-//! | unlink, rmdir        | decided by the server                                                 |
+//! | operation              | why it can be trusted across hosts                                 |
+//! |------------------------|--------------------------------------------------------------------|
+//! | exclusive create of a token | decided by the server: `O_CREAT\|O_EXCL`, or `mkdir` on smbnetfs (see [`TokenStyle`]) |
+//! | read of a fresh open   | a new open revalidates; a stale size is caught by the table checksum |
+//! | rewrite in place       | written through a new descriptor and closed before the latch goes  |
+//! | unlink, rmdir          | decided by the server                                               |
 //!
 //! Never used: `stat`/`access`/`readdir` (served from stale client caches), `flock`/`fcntl`
 //! (local to one client on sshfs, SMB and `local_lock` NFS mounts), rename (refused for open
-//! files on SMB), and `O_CREAT|O_EXCL`: measured on the SMB testbed, two smbnetfs clients
-//! racing to create one file both succeed (smbnetfs creates without the server's exclusive
-//! disposition), while racing `mkdir`s never do. Paths are opened with `O_NOFOLLOW` and token
-//! directories are checked to be real directories, so a planted symlink is an error, never a
-//! redirection.
+//! files on SMB). Paths are opened with `O_NOFOLLOW` and token directories are checked to be
+//! real directories, so a planted symlink is an error, never a redirection.
 //!
 //! The files, for a database `app.db`:
-//! - `app.db-netfs-latch/`: exists while one process edits the table (milliseconds);
-//!   `owner` inside holds that process's owner id and a per-acquisition number.
+//! - `app.db-netfs-latch`: exists while one process edits the table (milliseconds); holds
+//!   (or, as a directory, contains an `owner` file with) that process's owner id and a
+//!   per-acquisition number.
 //! - `app.db-netfs-table`: the lock table (`protocol::LockTable`).
-//! - `app.db-netfs-break/`: exists while one process removes a latch left by a dead holder.
+//! - `app.db-netfs-break`: exists while one process removes a latch left by a dead holder.
 //!
-//! An exclusive step that fails with EPERM or EIO is ambiguous (sshfs reports "exists" as
-//! EPERM, SFTP having no such status; smbnetfs reports it as EIO): it counts as "taken" when
-//! the directory is there, or always for EIO.
+//! A refused exclusive create is ambiguous on some clients (sshfs answers "exists" from a
+//! 20-second cache and reports a refusal as EPERM; smbnetfs reports a collision as EIO):
+//! an open of the token asks the server, and on sshfs a failing open also drops the stale
+//! cached entry.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};

@@ -495,11 +495,13 @@ impl NetworkFile {
         self.level = to;
         self.changed = false;
         match published {
-            Ok(generation) if changed && flushed.is_ok() => {
+            Ok(Some(generation)) if changed && flushed.is_ok() => {
                 // Our own writes are what the server now has: our cache is current.
                 self.synced_generation = Some(generation);
             }
-            Ok(_) => {}
+            Ok(Some(_)) => {}
+            // Deferred: the generation we will publish is not known yet.
+            Ok(None) => self.synced_generation = None,
             Err(e) => {
                 self.synced_generation = None;
                 return Err(FileError::Lock(e));

@@ -110,6 +110,11 @@ fn main() {
         }
         return;
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        let names: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+        println!("{USAGE}\nscenarios: {}", names.join(", "));
+        return;
+    }
     let options = Options::parse(&args).unwrap_or_else(|e| {
         eprintln!("bench: {e}\n{USAGE}");
         std::process::exit(2);
@@ -1012,17 +1017,19 @@ fn run_rounds(series: &mut [Series], rounds: u32, seconds: f64) {
     let stop = Stop::After(Duration::from_secs_f64(seconds));
     for round in 0..rounds {
         for s in series.iter_mut() {
+            let started = Instant::now();
             let outcome = measure(&s.job, stop, u64::from(round) * 1000);
             let txn_per_s = outcome.txn_per_s();
             let errors: u64 = outcome.errors.values().sum();
             s.outcomes.push(outcome);
             eprintln!(
-                "  round {}/{rounds}  {:<55} {:>8} txn/s{}",
+                "  round {}/{rounds}  {:<62} {:>8} txn/s  ({:.1} s wall{})",
                 round + 1,
                 s.name(),
                 rate(txn_per_s),
+                started.elapsed().as_secs_f64(),
                 if errors > 0 {
-                    format!("  ({errors} errors)")
+                    format!(", {errors} errors")
                 } else {
                     String::new()
                 }
@@ -1079,7 +1086,6 @@ fn quantile(sorted: &[u64], p: f64) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The report
 
-#[derive(Clone)]
 enum Verdict {
     Met,
     Missed,
@@ -1134,6 +1140,8 @@ struct LatencyRecord {
     p99_us: u64,
     max_us: u64,
     fairness: Option<f64>,
+    /// Commits of each process, summed over the rounds.
+    commits_in_all: Vec<u64>,
 }
 
 struct AnatomyRecord {
@@ -1221,9 +1229,15 @@ impl Report {
             )
         });
         self.push_reference(format!("BEGIN IMMEDIATE until OK, {who}"), sl, al);
-        let [sf, af] = cells(&|r| match r.fairness {
-            Some(f) => format!("{f:.2} (median over rounds)"),
-            None => "no data".into(),
+        let [sf, af] = cells(&|r| {
+            let commits: Vec<String> = r.commits_in_all.iter().map(u64::to_string).collect();
+            match r.fairness {
+                Some(f) => format!(
+                    "{f:.2} (median over rounds; commits {} in all)",
+                    commits.join("/")
+                ),
+                None => "no data".into(),
+            }
         });
         self.push_reference(format!("commits per process, min/max, {who}"), sf, af);
         self.latency.extend([s, a]);
@@ -1310,7 +1324,21 @@ fn latency_record(scenario: &'static str, series: &Series) -> LatencyRecord {
         p99_us: at(0.99),
         max_us: all.last().copied().unwrap_or(0),
         fairness: Stats::of(&fairness_per_round).map(|s| s.median),
+        commits_in_all: commits_in_all(series),
     }
+}
+
+fn commits_in_all(series: &Series) -> Vec<u64> {
+    let mut sums: Vec<u64> = Vec::new();
+    for outcome in &series.outcomes {
+        for (i, commits) in outcome.commits_per_process.iter().enumerate() {
+            if sums.len() <= i {
+                sums.push(0);
+            }
+            sums[i] += commits;
+        }
+    }
+    sums
 }
 
 fn millis(us: u64) -> String {
@@ -1427,10 +1455,8 @@ fn local_network_mode(ctx: &Context, report: &mut Report) -> Result<(), String> 
         }
     }
     run_rounds(&mut series, ctx.profile.rounds, ctx.profile.local_seconds);
-    for group in series.chunks(setups.len()) {
-        let [shim, delete, truncate, dotfile] = group else {
-            unreachable!("chunks of four")
-        };
+    for group in series.chunks_exact(setups.len()) {
+        let (shim, delete, truncate, dotfile) = (&group[0], &group[1], &group[2], &group[3]);
         let median = |s: &Series| s.stats().map_or(0.0, |s| s.median);
         let (faster, slower) = if median(delete) >= median(truncate) {
             (delete, truncate)
@@ -1491,9 +1517,8 @@ fn sshfs(ctx: &Context, report: &mut Report) -> Result<(), String> {
         ctx.profile.testbed_rounds,
         ctx.profile.sshfs_seconds,
     );
-    let [shim4, dotfile4, shim1, dotfile1, wal1] = &series[..] else {
-        unreachable!("five series")
-    };
+    let (shim4, dotfile4) = (&series[0], &series[1]);
+    let (shim1, dotfile1, wal1) = (&series[2], &series[3], &series[4]);
     report.compare(shim4.job.workload(), shim4, dotfile4, Some(3.0));
     report.compare(shim1.job.workload(), shim1, dotfile1, Some(1.5));
     report.compare(
@@ -1658,6 +1683,7 @@ struct Machine {
     sqlite: &'static str,
     work_root: PathBuf,
     work_fs: String,
+    source: String,
 }
 
 impl Machine {
@@ -1679,19 +1705,43 @@ impl Machine {
             sqlite: rusqlite::version(),
             work_root: work_root.to_path_buf(),
             work_fs: fs_type(work_root),
+            source: source_revision(),
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "{} CPUs ({}), Linux {}, SQLite {}; databases in {} ({})",
+            "{} CPUs ({}), Linux {}, SQLite {}; databases in {} ({}); sqlite-netfs {}",
             self.cpus,
             self.cpu_model,
             self.kernel,
             self.sqlite,
             self.work_root.display(),
-            self.work_fs
+            self.work_fs,
+            self.source
         )
+    }
+}
+
+/// The crate's git revision, and whether the work tree differs from it.
+fn source_revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(revision) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => revision,
+            _ => format!("{revision} with uncommitted changes"),
+        },
+        None => "(no git revision)".into(),
     }
 }
 
@@ -1825,7 +1875,7 @@ fn render_markdown(run: &Run) -> String {
     );
     let _ = writeln!(
         md,
-        "- **Run:** {} rows; {} interleaved rounds of {} s per alternative on the local disk, {} of {} s (sshfs) and {} s (SMB) on the testbeds; {:.0} s in all",
+        "- **Run:** {} rows; local disk: {} rounds × {} s per alternative; testbeds: {} rounds × {} s (sshfs), {} s (SMB); {:.0} s in all",
         p.rows,
         p.rounds,
         p.local_seconds,
@@ -1835,8 +1885,9 @@ fn render_markdown(run: &Run) -> String {
         run.elapsed.as_secs_f64()
     );
     md.push_str(
-        "- **Reading it:** figures are median txn/s over the rounds (min–max in brackets); \
-         the ratio is subject / alternative of the medians.\n\n",
+        "- **Reading it:** each round runs every alternative once, in turn; figures are the \
+         median txn/s over the rounds (min–max in brackets), and the ratio is subject / \
+         alternative of the medians.\n\n",
     );
     md.push_str("| Scenario | Measurement | Subject | Alternative | Ratio | Goal | Result |\n");
     md.push_str("|---|---|---|---|---|---|---|\n");
@@ -1907,7 +1958,7 @@ fn render_json(run: &Run) -> String {
     let m = &run.machine;
     let p = &run.profile;
     let machine = format!(
-        "{{\"cpus\": {}, \"cpu_model\": {}, \"kernel\": {}, \"sqlite\": {}, \"work_dir\": {}, \"work_fs\": {}, \"load_average_start\": {}, \"load_average_end\": {}}}",
+        "{{\"cpus\": {}, \"cpu_model\": {}, \"kernel\": {}, \"sqlite\": {}, \"work_dir\": {}, \"work_fs\": {}, \"load_average_start\": {}, \"load_average_end\": {}, \"source\": {}}}",
         m.cpus,
         json_str(&m.cpu_model),
         json_str(&m.kernel),
@@ -1915,7 +1966,8 @@ fn render_json(run: &Run) -> String {
         json_str(&m.work_root.display().to_string()),
         json_str(&m.work_fs),
         json_str(&m.load_at_start),
-        json_str(&run.load_at_end)
+        json_str(&run.load_at_end),
+        json_str(&m.source)
     );
     let profile = format!(
         "{{\"mode\": {}, \"rows\": {}, \"rounds\": {}, \"seconds\": {}, \"testbed_rounds\": {}, \"sshfs_seconds\": {}, \"smb_seconds\": {}, \"strace_transactions\": {}}}",
@@ -1954,14 +2006,15 @@ fn render_json(run: &Run) -> String {
     );
     let latency = json_list(run.report.latency.iter().map(|l| {
         format!(
-            "{{\"scenario\": {}, \"name\": {}, \"samples\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}, \"fairness_min_over_max\": {}}}",
+            "{{\"scenario\": {}, \"name\": {}, \"samples\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}, \"fairness_min_over_max\": {}, \"commits_in_all\": {}}}",
             json_str(l.scenario),
             json_str(&l.name),
             l.samples,
             json_num(l.p50_us as f64 / 1000.0),
             json_num(l.p99_us as f64 / 1000.0),
             json_num(l.max_us as f64 / 1000.0),
-            json_opt(l.fairness)
+            json_opt(l.fairness),
+            json_list(l.commits_in_all.iter().map(u64::to_string))
         )
     }));
     let anatomy = json_list(run.report.anatomy.iter().map(|a| {

@@ -89,15 +89,15 @@ pub fn open_revalidated(path: &Path) -> io::Result<Option<(File, u64)>> {
     })
 }
 
-/// Runs `op` again while it fails with EIO, with doubling pauses for about a quarter of a
-/// second in all: smbnetfs answers every request with EIO for tens of milliseconds at a time
-/// under load (seen on the SMB testbed), then recovers.
+/// Runs `op` again while it fails with EIO, with doubling pauses for about two seconds in
+/// all: smbnetfs answers requests with EIO for a while at a time under load (seen on the SMB
+/// testbed for tens to hundreds of milliseconds), then recovers.
 pub fn retry_eio<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     let mut pause = Duration::from_millis(2);
     loop {
         match op() {
             Err(e)
-                if e.raw_os_error() == Some(libc::EIO) && pause <= Duration::from_millis(128) =>
+                if e.raw_os_error() == Some(libc::EIO) && pause <= Duration::from_millis(1024) =>
             {
                 std::thread::sleep(pause);
                 pause *= 2;

@@ -325,7 +325,13 @@ impl NetworkFile {
     pub fn size(&self) -> Result<u64, FileError> {
         crate::lockfile::retry_eio(|| self.file.metadata())
             .map(|m| m.len())
-            .map_err(|e| FileError::io(IoOp::Fstat, e))
+            .or_else(|e| {
+                // smbnetfs can keep failing a descriptor while the path still answers.
+                match crate::lockfile::open_revalidated(&self.path) {
+                    Ok(Some((_, size))) => Ok(size),
+                    _ => Err(FileError::io(IoOp::Fstat, e)),
+                }
+            })
     }
 
     /// SQLite's `xLock`.
@@ -451,7 +457,8 @@ impl NetworkFile {
         // A new descriptor: the client drops (FUSE, SMB) or revalidates (NFS) cached pages.
         // No byte-range lock is held at this point, so closing the old one loses nothing.
         debug_assert_eq!(self.native.level, Level::None);
-        let reopened = Self::open_file(&self.path, self.writable, false).and_then(|f| {
+        let reopen = || Self::open_file(&self.path, self.writable, false);
+        let reopened = crate::lockfile::retry_eio(reopen).and_then(|f| {
             // The new descriptor first (it refreshes sshfs's own cache), then the size.
             crate::lockfile::open_revalidated(&self.path)?
                 .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;

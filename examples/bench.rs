@@ -80,7 +80,7 @@ const START_DELAY: Duration = Duration::from_millis(50);
 /// is killed.
 const OVERRUN_GRACE: Duration = Duration::from_secs(50);
 /// How long the SMB scenario waits for another SMB testbed (a test run) to finish.
-const SMB_LOCK_WAIT: Duration = Duration::from_secs(60);
+const SMB_LOCK_WAIT: Duration = Duration::from_secs(30);
 const STRACE: &str = "/usr/bin/strace";
 const ROWS_PER_SESSION: u64 = 100;
 const PAYLOAD_MIN: u64 = 200;
@@ -1139,6 +1139,7 @@ struct LatencyRecord {
     p50_us: u64,
     p99_us: u64,
     max_us: u64,
+    /// The fewest commits of a process / the most, over all rounds.
     fairness: Option<f64>,
     /// Commits of each process, summed over the rounds.
     commits_in_all: Vec<u64>,
@@ -1193,15 +1194,23 @@ impl Report {
             (Some(g), Some(r)) if r >= g && subject.errors().is_empty() => Verdict::Met,
             (Some(_), _) => Verdict::Missed,
         };
+        // Where the process counts differ (scaling), the labels say so.
+        let label = |s: &Series| {
+            if subject.job.processes == alt.job.processes {
+                s.label()
+            } else {
+                format!("{}, {}", s.label(), s.job.role.processes(s.job.processes))
+            }
+        };
         self.rows.push(Row {
             scenario: self.scenario,
             measurement,
             subject: Cell {
-                label: subject.label(),
+                label: label(subject),
                 value: subject.value(),
             },
             alternative: Cell {
-                label: alt.label(),
+                label: label(alt),
                 value: alt.value(),
             },
             ratio,
@@ -1232,10 +1241,7 @@ impl Report {
         let [sf, af] = cells(&|r| {
             let commits: Vec<String> = r.commits_in_all.iter().map(u64::to_string).collect();
             match r.fairness {
-                Some(f) => format!(
-                    "{f:.2} (median over rounds; commits {} in all)",
-                    commits.join("/")
-                ),
+                Some(f) => format!("{f:.2} ({} commits)", commits.join(" / ")),
                 None => "no data".into(),
             }
         });
@@ -1306,15 +1312,11 @@ fn latency_record(scenario: &'static str, series: &Series) -> LatencyRecord {
         .flat_map(|o| o.latencies_us.iter().copied())
         .collect();
     all.sort_unstable();
-    let fairness_per_round: Vec<f64> = series
-        .outcomes
-        .iter()
-        .filter_map(|o| {
-            let max = *o.commits_per_process.iter().max()?;
-            let min = *o.commits_per_process.iter().min()?;
-            (max > 0).then(|| min as f64 / max as f64)
-        })
-        .collect();
+    let commits = commits_in_all(series);
+    let fairness = match (commits.iter().min(), commits.iter().max()) {
+        (Some(&min), Some(&max)) if max > 0 => Some(min as f64 / max as f64),
+        _ => None,
+    };
     let at = |p| if all.is_empty() { 0 } else { quantile(&all, p) };
     LatencyRecord {
         scenario,
@@ -1323,8 +1325,8 @@ fn latency_record(scenario: &'static str, series: &Series) -> LatencyRecord {
         p50_us: at(0.50),
         p99_us: at(0.99),
         max_us: all.last().copied().unwrap_or(0),
-        fairness: Stats::of(&fairness_per_round).map(|s| s.median),
-        commits_in_all: commits_in_all(series),
+        fairness,
+        commits_in_all: commits,
     }
 }
 
@@ -1573,7 +1575,7 @@ fn smb(ctx: &Context, report: &mut Report) -> Result<(), String> {
 }
 
 /// The SMB testbed needs port 445 to itself and waits up to 20 minutes for another one (a
-/// test run) to finish; the bench waits a minute at most, then skips.
+/// test run) to finish; the bench waits half a minute at most, then skips.
 fn wait_for_smb_testbed_lock() -> Result<(), String> {
     let file = fs::OpenOptions::new()
         .read(true)

@@ -295,6 +295,21 @@ unsafe extern "C" fn x_open(
         unsafe { (*base).xOpen.expect("unix VFS has xOpen")(base, name, file, flags, out_flags) }
     };
     if name.is_null() || flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
+        // SAFETY: SQLite passes a NUL-terminated name (or null, which `companion` accepts).
+        if unsafe { companion(name) }.is_some() {
+            // The journal of a network-mode database: smbnetfs fails opens with a passing
+            // EIO under load, which the base VFS reports as SQLITE_CANTOPEN. A failed base
+            // open leaves the file untouched, so it can be tried again.
+            let mut pause = std::time::Duration::from_millis(2);
+            loop {
+                let rc = pass_through();
+                if rc != ffi::SQLITE_CANTOPEN || pause > std::time::Duration::from_millis(1024) {
+                    return rc;
+                }
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+        }
         return pass_through();
     }
     let plan = catch_unwind(AssertUnwindSafe(|| {

@@ -313,7 +313,7 @@ impl Role {
             Role::Write => "writer",
             Role::Read => "reader",
         };
-        format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
+        plural(count, noun)
     }
 }
 
@@ -1877,11 +1877,11 @@ fn render_markdown(run: &Run) -> String {
     );
     let _ = writeln!(
         md,
-        "- **Run:** {} rows; local disk: {} rounds × {} s per alternative; testbeds: {} rounds × {} s (sshfs), {} s (SMB); {:.0} s in all",
+        "- **Run:** {} rows; local disk: {} × {} s per alternative; testbeds: {} × {} s (sshfs), {} s (SMB); {:.0} s in all",
         p.rows,
-        p.rounds,
+        plural(p.rounds as usize, "round"),
         p.local_seconds,
-        p.testbed_rounds,
+        plural(p.testbed_rounds as usize, "round"),
         p.sshfs_seconds,
         p.smb_seconds,
         run.elapsed.as_secs_f64()
@@ -1950,6 +1950,11 @@ fn anatomy_markdown(records: &[AnatomyRecord]) -> String {
         md.push('\n');
     }
     md
+}
+
+/// "1 round", "3 rounds"
+fn plural(count: usize, noun: &str) -> String {
+    format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
 }
 
 fn escape_md(text: &str) -> String {

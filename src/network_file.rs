@@ -459,9 +459,9 @@ impl NetworkFile {
         debug_assert_eq!(self.native.level, Level::None);
         let reopen = || Self::open_file(&self.path, self.writable, false);
         let reopened = crate::lockfile::retry_eio(reopen).and_then(|f| {
-            // The new descriptor first (it refreshes sshfs's own cache), then the size.
-            crate::lockfile::open_revalidated(&self.path)?
-                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            // The new descriptor first (it refreshes sshfs's own cache), then the size from
+            // the server (it refreshes the kernel's).
+            crate::lockfile::retry_eio(|| os::server_size(&self.path))?;
             Ok(f)
         });
         let fresh = match reopened {

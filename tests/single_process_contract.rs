@@ -187,3 +187,48 @@ fn busy_timeout_waits_for_a_lock_then_gets_it() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     a.execute_batch("COMMIT").unwrap();
 }
+
+#[test]
+fn network_mode_open_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("x.db");
+    let msg = open(&missing, "&netfs=on").unwrap_err().to_string();
+    assert!(msg.contains("no-such-dir"), "{msg}");
+    let is_dir = dir.path().join("a-directory.db");
+    std::fs::create_dir(&is_dir).unwrap();
+    let msg = open(&is_dir, "&netfs=on").unwrap_err().to_string();
+    assert!(msg.contains("is a directory"), "{msg}");
+}
+
+#[test]
+fn environment_variable_applies_where_the_uri_says_nothing() {
+    // Its own process: the environment is process-wide.
+    if std::env::var_os("NETFS_ENV_TEST_CHILD").is_none() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "environment_variable_applies_where_the_uri_says_nothing",
+                "--test-threads=1",
+            ])
+            .env("NETFS_ENV_TEST_CHILD", "1")
+            .env("SQLITE_NETFS", "on")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conn = open(&dir.path().join("env.db"), "").unwrap();
+    assert!(
+        sqlite_netfs::network_mode_active(&conn),
+        "SQLITE_NETFS=on was ignored"
+    );
+    let conn = open(&dir.path().join("env2.db"), "&netfs=off").unwrap();
+    assert!(
+        !sqlite_netfs::network_mode_active(&conn),
+        "the URI must win over the environment"
+    );
+    let detection = sqlite_netfs::detect(&dir.path().join("env.db")).unwrap();
+    assert_eq!(detection.source, sqlite_netfs::DecisionSource::Environment);
+}

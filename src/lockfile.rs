@@ -339,13 +339,7 @@ impl LockFiles for DirLockFiles {
                     .unwrap_or_default(),
             ));
         }
-        let Some(mut file) = self.open_existing(name)? else {
-            return Ok(None);
-        };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| self.context(name, "read", e))?;
-        Ok(Some(bytes))
+        self.read_path(name, &self.path(name))
     }
 
     fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {

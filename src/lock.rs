@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::lockfile::{LockFileName, LockFiles};
-use crate::protocol::{Level, LockTable, OwnerId, ParseError, StaleTracker};
+use crate::protocol::{Holder, Level, LockTable, OwnerId, ParseError, StaleTracker};
 
 /// How long one lock request may wait for the latch before reporting BUSY.
 pub const LATCH_WAIT: Duration = Duration::from_millis(500);
@@ -276,10 +276,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             return false;
         }
         let now = self.env.now();
+        let (lease, env, tracker, me) = (self.lease, &self.env, &mut self.stale, &self.me);
         !table.holders.iter().any(|h| {
-            h.owner != self.me
-                && ((h.owner.host == self.me.host && !self.env.process_alive(&h.owner))
-                    || self.stale.unchanged_for(&h.owner, h.seq, now, self.lease))
+            &h.owner != me && stale_reason(env, tracker, &me.host, lease, now, h).is_some()
         })
     }
 
@@ -297,7 +296,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             table.release(&me, to, seq, changed_file);
         });
         // Whatever happened, we no longer act on the higher level. If the table could not be
-        // updated, our entry goes stale and others remove it after a lease.
+        // updated, the release is owed (published by the next edit or the heartbeat).
         self.level = self.level.min(to);
         if self.level == Level::None {
             self.set_renewed_at(None);
@@ -478,20 +477,15 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     fn remove_stale_holders(&mut self, table: &mut LockTable) {
         let now = self.env.now();
-        let (lease, env, stale) = (self.lease, &self.env, &mut self.stale);
-        let my_host = self.me.host.clone();
+        let (lease, env, tracker, my_host) =
+            (self.lease, &self.env, &mut self.stale, &self.me.host);
+        let mut reasons = Vec::new();
         let removed = table.remove_stale(&self.me, |h| {
-            let dead_here = h.owner.host == my_host && !env.process_alive(&h.owner);
-            // Judged on every holder, so the observation clock starts at first sight.
-            let silent = stale.unchanged_for(&h.owner, h.seq, now, lease);
-            dead_here || silent
+            let reason = stale_reason(env, tracker, my_host, lease, now, h);
+            reasons.extend(reason);
+            reason.is_some()
         });
-        for h in removed {
-            let why = if h.owner.host == my_host && !self.env.process_alive(&h.owner) {
-                "process is gone"
-            } else {
-                "lease expired"
-            };
+        for (h, why) in removed.iter().zip(reasons) {
             tracing::warn!(holder = %h.owner, level = %h.level, reason = why, table = %self.files.describe(LockFileName::Table), "stale lock broken");
         }
     }
@@ -628,6 +622,26 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         result?;
         released?;
         Ok(())
+    }
+}
+
+/// Why `holder` is judged dead, if it is (the staleness table in the module doc). Every holder
+/// passes through here, so the observation clock of the tracker starts at first sight.
+fn stale_reason<E: Environment>(
+    env: &E,
+    tracker: &mut StaleTracker,
+    my_host: &str,
+    lease: Duration,
+    now: Duration,
+    holder: &Holder,
+) -> Option<&'static str> {
+    let silent = tracker.unchanged_for(&holder.owner, holder.seq, now, lease);
+    if holder.owner.host == my_host && !env.process_alive(&holder.owner) {
+        Some("process is gone")
+    } else if silent {
+        Some("lease expired")
+    } else {
+        None
     }
 }
 

@@ -1,6 +1,7 @@
 //! The lease heartbeat: one background thread per process that rewrites the table entry of
 //! every lock held longer than a quarter lease, so other hosts can tell a long transaction
-//! from a dead one, and publishes releases that found the latch busy.
+//! from a dead one, and publishes releases still owed to the table: those that linger while
+//! their connection is idle, and those that found the latch busy.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -11,6 +12,9 @@ use crate::network_file::{ConnectionLock, SharedLock};
 
 /// How often the thread looks; renewal itself happens only when a lock is due.
 const TICK: Duration = Duration::from_millis(100);
+/// How often it looks while some release is owed: a lingering release should reach the table
+/// soon after [`crate::lock::RELEASE_LINGER`], for writers waiting on another host.
+const SETTLE_TICK: Duration = Duration::from_millis(5);
 
 static WATCHED: Mutex<Vec<Weak<ConnectionLock>>> = Mutex::new(Vec::new());
 
@@ -29,13 +33,15 @@ pub fn watch(lock: &SharedLock) {
 }
 
 fn beat_forever() {
+    let mut tick = TICK;
     loop {
-        std::thread::sleep(TICK);
+        std::thread::sleep(tick);
         let live: Vec<SharedLock> = {
             let mut watched = WATCHED.lock();
             watched.retain(|w| w.strong_count() > 0);
             watched.iter().filter_map(Weak::upgrade).collect()
         };
+        tick = TICK;
         for lock in live {
             let mut lock = lock.lock();
             if lock.renewal_due()
@@ -43,10 +49,13 @@ fn beat_forever() {
             {
                 tracing::warn!(owner = %lock.owner(), error = %e, "lease renewal failed");
             }
-            if lock.release_owed()
-                && let Err(e) = lock.settle()
+            if lock.settle_due()
+                && let Err(e) = lock.settle(crate::lock::LATCH_WAIT)
             {
                 tracing::warn!(owner = %lock.owner(), error = %e, "deferred lock release failed");
+            }
+            if lock.release_owed() {
+                tick = SETTLE_TICK;
             }
         }
     }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::lockfile::{LockFileName, LockFiles};
+use crate::lockfile::{LockFileName, LockFiles, TableFile};
 use crate::protocol::{Holder, Level, LockTable, OwnerId, ParseError, StaleTracker};
 
 /// How long one lock request may wait for the latch before reporting BUSY.
@@ -41,6 +41,9 @@ pub const LATCH_WAIT: Duration = Duration::from_millis(500);
 const UNLOCK_LATCH_WAIT: Duration = Duration::from_secs(5);
 /// After waiting this long for a latch, look at who holds it.
 const LATCH_SUSPECT_AFTER: Duration = Duration::from_millis(20);
+/// How long a lingering release (see "Lingering releases") may stay unpublished while the
+/// connection is idle.
+pub const RELEASE_LINGER: Duration = Duration::from_millis(20);
 
 /// Time, sleep and same-host liveness: the environment a lock runs in (faked in tests).
 pub trait Environment: Send + Sync {
@@ -145,8 +148,10 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     create_latency: Duration,
     /// The level our last request was refused (SQLite's busy handler will ask again).
     last_refused: Option<Level>,
-    /// A release is not yet in the table (the latch was busy when it was made).
-    release_owed: bool,
+    /// Since when a release is not yet in the table (it lingers, or the latch was busy).
+    owed_since: Option<Duration>,
+    /// When the table last got our entry as it stands (the latch time of that write).
+    entry_written_at: Option<Duration>,
 }
 
 /// A cheap, shareable view of a lock's lease.
@@ -182,7 +187,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             lease_end: Arc::new(AtomicU64::new(0)),
             create_latency: Duration::from_micros(100),
             last_refused: None,
-            release_owed: false,
+            owed_since: None,
+            entry_written_at: None,
         }
     }
 
@@ -227,6 +233,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     pub fn lock(&mut self, want: Level) -> Result<Acquired, LockError> {
         if want <= self.level {
             return Ok(Acquired::Granted { generation: 0 });
+        }
+        if want == Level::Shared
+            && let Some(generation) = self.reuse_lingering_shared()
+        {
+            return Ok(Acquired::Granted { generation });
         }
         if self.last_refused == Some(want) && self.refused_at_a_glance(want) {
             return Ok(Acquired::Busy);
@@ -282,12 +293,48 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         })
     }
 
+    /// A new read transaction right after the last one: if our SHARED entry is still in the
+    /// table, recent enough that nobody can have judged it stale, and no writer waits for
+    /// readers to leave, it is ours again without an edit. Returns the table's generation.
+    fn reuse_lingering_shared(&mut self) -> Option<u64> {
+        let written = self.entry_written_at?;
+        if self.owed_since.is_none()
+            || self.level != Level::None
+            || self.owed_generation_bump
+            || self.env.now().saturating_sub(written) >= self.lease / 2
+        {
+            return None;
+        }
+        let bytes = self.files.read(LockFileName::Table).ok()??;
+        let table = LockTable::decode(&bytes).ok()?;
+        if !table.shared_reusable_by(&self.me) {
+            return None;
+        }
+        self.level = Level::Shared;
+        self.owed_since = None;
+        self.last_refused = None;
+        self.set_renewed_at(Some(written));
+        Some(table.generation)
+    }
+
     /// Lowers the lock to SHARED or NONE; `changed_file` moves the data generation on.
-    /// Returns the generation after the change, or `None` if the latch could not be had: the
-    /// release then stays owed (our entry still shows the higher level, which only makes
-    /// others wait) and is published by the next edit or by the heartbeat ([`Self::settle`]).
+    /// Returns the generation after the change, or `None` if the release is not in the table
+    /// yet: it lingers (see "Lingering releases"), or the latch could not be had. Our entry
+    /// then still shows the higher level, which only makes others wait, until the next edit
+    /// or the heartbeat ([`Self::settle`]) publishes it.
     pub fn unlock(&mut self, to: Level, changed_file: bool) -> Result<Option<u64>, LockError> {
         if to >= self.level && !changed_file {
+            return Ok(None);
+        }
+        let lingers = match (self.level, to) {
+            // The end of a read transaction; not the end of a write, whose deferred
+            // downgrade to SHARED is owed and is published now, in the same edit.
+            (Level::Shared, Level::None) => !changed_file && self.owed_since.is_none(),
+            (from, Level::Shared) => from >= Level::Reserved,
+            _ => false,
+        };
+        if lingers && self.entry_written_at.is_some() {
+            self.lower_owing(to, changed_file);
             return Ok(None);
         }
         let me = self.me.clone();
@@ -295,36 +342,63 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let outcome = self.edit_table(UNLOCK_LATCH_WAIT, |table| {
             table.release(&me, to, seq, changed_file);
         });
-        // Whatever happened, we no longer act on the higher level. If the table could not be
-        // updated, the release is owed (published by the next edit or the heartbeat).
-        self.level = self.level.min(to);
-        if self.level == Level::None {
-            self.set_renewed_at(None);
-        }
-        if !matches!(outcome, Ok(Some(_))) {
-            self.owed_generation_bump |= changed_file;
-            self.release_owed = true;
-        }
-        match outcome? {
-            Some(((), generation)) => Ok(Some(generation)),
-            None => {
+        match outcome {
+            Ok(Some(((), generation))) => {
+                self.lower_to(to);
+                Ok(Some(generation))
+            }
+            // Whatever happened, we no longer act on the higher level.
+            Ok(None) => {
                 tracing::debug!(latch = %self.files.describe(LockFileName::Latch), "release deferred: latch busy");
+                self.lower_owing(to, changed_file);
                 Ok(None)
+            }
+            Err(e) => {
+                self.lower_owing(to, changed_file);
+                Err(e)
             }
         }
     }
 
-    /// Whether a release could not be published yet.
-    pub fn release_owed(&self) -> bool {
-        self.release_owed
+    fn lower_to(&mut self, to: Level) {
+        self.level = self.level.min(to);
+        if self.level == Level::None {
+            self.set_renewed_at(None);
+        }
     }
 
-    /// Publishes an owed release (see [`Self::unlock`]).
-    pub fn settle(&mut self) -> Result<(), LockError> {
-        if self.release_owed {
-            self.edit_table(LATCH_WAIT, |_| ())?;
+    /// Lowers our own view now and leaves the table to a later edit.
+    fn lower_owing(&mut self, to: Level, changed_file: bool) {
+        self.lower_to(to);
+        self.owed_generation_bump |= changed_file;
+        if self.owed_since.is_none() {
+            self.owed_since = Some(self.env.now());
+        }
+    }
+
+    /// Whether a release is not in the table yet.
+    pub fn release_owed(&self) -> bool {
+        self.owed_since.is_some()
+    }
+
+    /// Whether the heartbeat should publish an owed release now: it has lingered long
+    /// enough for the connection to count as idle.
+    pub fn settle_due(&self) -> bool {
+        self.owed_since
+            .is_some_and(|since| self.env.now().saturating_sub(since) >= RELEASE_LINGER)
+    }
+
+    /// Publishes an owed release (see [`Self::unlock`]); `wait` bounds the wait for the latch.
+    pub fn settle(&mut self, wait: Duration) -> Result<(), LockError> {
+        if self.owed_since.is_some() {
+            self.edit_table(wait, |_| ())?;
         }
         Ok(())
+    }
+
+    /// Publishes whatever is owed before the connection goes away: nobody would later.
+    pub fn settle_before_close(&mut self) -> Result<(), LockError> {
+        self.settle(UNLOCK_LATCH_WAIT)
     }
 
     /// SQLite's `xCheckReservedLock`: does anybody hold RESERVED or above?
@@ -376,7 +450,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         latch: &Latch,
         change: impl FnOnce(&mut LockTable) -> R,
     ) -> Result<(R, u64), LockError> {
-        let mut table = self.read_table()?;
+        let mut file = self.files.open_table()?;
+        let mut table = self.read_table(&mut file)?;
         let before = table.clone();
         self.remove_stale_holders(&mut table);
         self.check_own_entry(&mut table)?;
@@ -408,16 +483,19 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 )));
             }
             let bytes = table.encode(self.table_len);
-            self.files.write(LockFileName::Table, &bytes)?;
+            file.write_all(&bytes)?;
             self.table_len = bytes.len();
             self.owed_generation_bump = false;
             // The lease runs from the write that others observe.
             match table.holders.iter().find(|h| h.owner == self.me) {
                 Some(h) => {
                     self.seq = h.seq.max(self.seq);
-                    self.set_renewed_at(Some(latch.taken_at));
+                    self.entry_written_at = Some(latch.taken_at);
                 }
-                None => self.set_renewed_at(None),
+                None => self.entry_written_at = None,
+            }
+            if self.level > Level::None {
+                self.set_renewed_at(self.entry_written_at);
             }
         }
         self.stale.retain_current(&table);
@@ -437,30 +515,27 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         if recorded > self.level {
             let seq = self.seq + 1;
-            table.release(&self.me, self.level, seq, recorded >= Level::Reserved);
+            // A writer's release moves the generation on, once: the owed bump may do it.
+            let bump = recorded >= Level::Reserved && !self.owed_generation_bump;
+            table.release(&self.me, self.level, seq, bump);
         }
-        self.release_owed = false;
+        self.owed_since = None;
         Ok(())
     }
 
-    fn read_table(&mut self) -> Result<LockTable, LockError> {
-        let mut revalidate = false;
+    fn read_table(&mut self, file: &mut F::Table) -> Result<LockTable, LockError> {
+        let mut revalidated = false;
         for _ in 0..4 {
-            let bytes = if revalidate {
-                self.files.read_revalidated(LockFileName::Table)?
-            } else {
-                self.files.read(LockFileName::Table)?
-            };
-            let bytes = bytes.unwrap_or_default();
+            let bytes = file.read_all()?;
             // An empty read may be a stale cached size of zero: confirm with the server.
-            let suspicious_empty = bytes.is_empty() && !revalidate && self.table_len > 0;
+            let suspicious_empty = bytes.is_empty() && !revalidated && self.table_len > 0;
             match LockTable::decode(&bytes) {
-                Ok(_) if suspicious_empty => revalidate = true,
+                Ok(_) if suspicious_empty => {}
                 Ok(table) => {
                     self.table_len = self.table_len.max(bytes.len());
                     return Ok(table);
                 }
-                Err(ParseError::Incomplete) => revalidate = true,
+                Err(ParseError::Incomplete) => {}
                 Err(ParseError::Malformed(why)) => {
                     return Err(LockError::Corrupt(format!(
                         "lock table {} is unreadable ({why}); remove it once no process has the database open",
@@ -468,6 +543,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                     )));
                 }
             }
+            file.revalidate()?;
+            revalidated = true;
         }
         Err(LockError::Corrupt(format!(
             "lock table {} stays torn or truncated; remove it once no process has the database open",
@@ -656,9 +733,41 @@ pub(crate) mod tests {
     #[derive(Clone, Default)]
     pub struct FakeFiles {
         files: Arc<Mutex<HashMap<LockFileName, Vec<u8>>>>,
+        /// Table writes so far.
+        writes: Arc<AtomicU64>,
+    }
+
+    impl FakeFiles {
+        pub fn write(&self, name: LockFileName, contents: &[u8]) {
+            let mut files = self.files.lock();
+            let f = files.entry(name).or_default();
+            if f.len() < contents.len() {
+                f.resize(contents.len(), 0);
+            }
+            f[..contents.len()].copy_from_slice(contents);
+        }
+    }
+
+    /// The fake table: every read and write goes straight to the shared map.
+    pub struct FakeTable(FakeFiles);
+
+    impl TableFile for FakeTable {
+        fn read_all(&mut self) -> io::Result<Vec<u8>> {
+            Ok(self.0.read(LockFileName::Table)?.unwrap_or_default())
+        }
+        fn revalidate(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_all(&mut self, contents: &[u8]) -> io::Result<()> {
+            self.0.writes.fetch_add(1, Ordering::Relaxed);
+            self.0.write(LockFileName::Table, contents);
+            Ok(())
+        }
     }
 
     impl LockFiles for FakeFiles {
+        type Table = FakeTable;
+
         fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
             let mut files = self.files.lock();
             if files.contains_key(&name) {
@@ -670,17 +779,8 @@ pub(crate) mod tests {
         fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
             Ok(self.files.lock().get(&name).cloned())
         }
-        fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
-            self.read(name)
-        }
-        fn write(&self, name: LockFileName, contents: &[u8]) -> io::Result<()> {
-            let mut files = self.files.lock();
-            let f = files.entry(name).or_default();
-            if f.len() < contents.len() {
-                f.resize(contents.len(), 0);
-            }
-            f[..contents.len()].copy_from_slice(contents);
-            Ok(())
+        fn open_table(&self) -> io::Result<FakeTable> {
+            Ok(FakeTable(self.clone()))
         }
         fn remove(&self, name: LockFileName) -> io::Result<bool> {
             Ok(self.files.lock().remove(&name).is_some())
@@ -751,7 +851,13 @@ pub(crate) mod tests {
         assert!(b.reserved_held().unwrap());
         assert_eq!(a.lock(Level::Exclusive).unwrap(), Acquired::Busy);
         assert_eq!(a.level(), Level::Pending);
-        b.unlock(Level::None, false).unwrap();
+        // The end of b's read transaction lingers in the table until b is idle.
+        assert_eq!(b.unlock(Level::None, false).unwrap(), None);
+        assert_eq!(a.lock(Level::Exclusive).unwrap(), Acquired::Busy);
+        assert!(!b.settle_due());
+        env.advance(RELEASE_LINGER);
+        assert!(b.settle_due());
+        b.settle(LATCH_WAIT).unwrap();
         assert!(granted(a.lock(Level::Exclusive).unwrap()));
         let generation = a.unlock(Level::None, true).unwrap();
         assert_eq!(generation, Some(1));
@@ -761,6 +867,78 @@ pub(crate) mod tests {
         }
         // The latch is never left behind.
         assert!(files.read(LockFileName::Latch).unwrap().is_none());
+    }
+
+    fn table_writes(files: &FakeFiles) -> u64 {
+        files.writes.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn next_read_transaction_reuses_the_lingering_shared_without_an_edit() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut r = client(&files, &env, "h1", 1);
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        assert_eq!(r.unlock(Level::None, false).unwrap(), None);
+        assert!(r.release_owed());
+        let writes = table_writes(&files);
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        assert_eq!(table_writes(&files), writes, "no table edit");
+        assert!(!r.release_owed());
+        assert_eq!(r.level(), Level::Shared);
+        // Not once it is old enough that another host may be about to judge it stale.
+        r.unlock(Level::None, false).unwrap();
+        env.advance(LEASE / 2);
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        assert_eq!(
+            table_writes(&files),
+            writes + 1,
+            "an edit that renews the entry"
+        );
+    }
+
+    #[test]
+    fn lingering_shared_gives_way_to_a_waiting_writer() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut r = client(&files, &env, "h1", 1);
+        let mut w = client(&files, &env, "h2", 2);
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        r.unlock(Level::None, false).unwrap();
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
+        assert_eq!(w.lock(Level::Exclusive).unwrap(), Acquired::Busy);
+        assert_eq!(w.level(), Level::Pending);
+        // The reader comes back: PENDING is in the way, so its entry goes instead of serving.
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert!(!r.release_owed());
+        assert!(granted(w.lock(Level::Exclusive).unwrap()));
+    }
+
+    #[test]
+    fn end_of_a_write_transaction_is_one_edit() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(w.lock(level).unwrap()));
+        }
+        let writes = table_writes(&files);
+        assert_eq!(w.unlock(Level::Shared, true).unwrap(), None, "owed");
+        assert_eq!(w.level(), Level::Shared);
+        assert_eq!(w.unlock(Level::None, false).unwrap(), Some(1));
+        assert_eq!(table_writes(&files), writes + 1);
+        assert!(!w.release_owed());
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        assert!(table.holders.is_empty());
+        // A downgrade not followed by NONE is published once the connection is idle.
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(w.lock(level).unwrap()));
+        }
+        w.unlock(Level::Shared, true).unwrap();
+        env.advance(RELEASE_LINGER);
+        assert!(w.settle_due());
+        w.settle(LATCH_WAIT).unwrap();
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        assert_eq!(table.level_of(w.owner()), Level::Shared);
+        assert_eq!(table.generation, 2);
     }
 
     #[test]
@@ -879,7 +1057,7 @@ pub(crate) mod tests {
         assert!(a.release_owed());
         files.remove(LockFileName::Latch).unwrap();
         // The heartbeat settles it: the entry goes and the generation moves on.
-        a.settle().unwrap();
+        a.settle(LATCH_WAIT).unwrap();
         assert!(!a.release_owed());
         let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
         assert!(table.holders.is_empty());
@@ -915,9 +1093,7 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_table_is_a_clear_error() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
-        files
-            .write(LockFileName::Table, b"\xffnot a table")
-            .unwrap();
+        files.write(LockFileName::Table, b"\xffnot a table");
         let mut a = client(&files, &env, "h1", 1);
         let err = a.lock(Level::Shared).unwrap_err();
         assert!(err.to_string().contains("fake-netfs-table"), "{err}");

@@ -5,7 +5,7 @@
 //! |------------------------|--------------------------------------------------------------------|
 //! | exclusive create of a token | decided by the server: `O_CREAT\|O_EXCL`, or `mkdir` on smbnetfs (see [`TokenStyle`]) |
 //! | read of a fresh open   | a new open revalidates; a stale size is caught by the table checksum |
-//! | rewrite in place       | written through a new descriptor and closed before the latch goes  |
+//! | table edit             | read and rewritten through one new descriptor, closed before the latch goes |
 //! | unlink, rmdir          | decided by the server                                               |
 //!
 //! Never used: `stat`/`access`/`readdir` (served from stale client caches), `flock`/`fcntl`
@@ -51,18 +51,30 @@ impl LockFileName {
 
 /// The seam between the protocol and the filesystem (a fake implements it in tests).
 pub trait LockFiles: Send {
+    /// One open of the table file, for one edit.
+    type Table: TableFile;
     /// Creates the file exclusively with `contents`. `Ok(false)`: it already exists.
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool>;
     /// The whole file, read through a fresh open; `Ok(None)` if it does not exist.
     fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>>;
-    /// As `read`, after making the client refetch the file's size from the server.
-    fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>>;
-    /// Writes `contents` at offset 0 (creating the file if needed) and closes it.
-    fn write(&self, name: LockFileName, contents: &[u8]) -> io::Result<()>;
+    /// Opens the table for one edit (creating it if missing): a fresh open, so what it reads
+    /// is what the server has, and one descriptor for the read and the rewrite.
+    fn open_table(&self) -> io::Result<Self::Table>;
     /// Removes the file; `Ok(false)` if it was not there.
     fn remove(&self, name: LockFileName) -> io::Result<bool>;
     /// For messages: where the files live.
     fn describe(&self, name: LockFileName) -> String;
+}
+
+/// The table file, opened for one edit.
+pub trait TableFile {
+    /// The whole file as this open sees it.
+    fn read_all(&mut self) -> io::Result<Vec<u8>>;
+    /// Opens the file again and makes the client refetch its size from the server, for a
+    /// read that came back short or torn.
+    fn revalidate(&mut self) -> io::Result<()>;
+    /// Writes `contents` at offset 0.
+    fn write_all(&mut self, contents: &[u8]) -> io::Result<()>;
 }
 
 /// Opens `path` for reading and makes the client refetch its size from the server; `None`
@@ -278,6 +290,28 @@ impl DirLockFiles {
         }
     }
 
+    /// Read-write, created if missing; read-only where the filesystem allows no more, so a
+    /// reader still gets the table's own error message from the rewrite.
+    fn open_table_file(&self) -> io::Result<File> {
+        let path = self.path(LockFileName::Table);
+        let open = |write: bool| {
+            retry_eio(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .create(write)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+            })
+        };
+        match open(true) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) => {
+                open(false).map_err(|_| self.context(LockFileName::Table, "open", e))
+            }
+            opened => opened.map_err(|e| self.context(LockFileName::Table, "open", e)),
+        }
+    }
+
     fn context(&self, name: LockFileName, op: &str, e: io::Error) -> io::Error {
         let hint = match e.raw_os_error() {
             Some(libc::EACCES) | Some(libc::EPERM) => {
@@ -298,6 +332,8 @@ impl DirLockFiles {
 }
 
 impl LockFiles for DirLockFiles {
+    type Table = DirTableFile;
+
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
         debug_assert!(name != LockFileName::Table, "the table is not a token");
         if self.style == TokenStyle::File {
@@ -342,36 +378,12 @@ impl LockFiles for DirLockFiles {
         self.read_path(name, &self.path(name))
     }
 
-    fn read_revalidated(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
-        debug_assert_eq!(
-            name,
-            LockFileName::Table,
-            "only the table has content to revalidate"
-        );
-        let Some((mut file, _)) =
-            open_revalidated(&self.path(name)).map_err(|e| self.context(name, "stat", e))?
-        else {
-            return Ok(None);
-        };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| self.context(name, "read", e))?;
-        Ok(Some(bytes))
-    }
-
-    fn write(&self, name: LockFileName, contents: &[u8]) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.path(name))
-            .map_err(|e| self.context(name, "open", e))?;
-        file.write_all_at(contents, 0)
-            .map_err(|e| self.context(name, "write", e))
-        // Closing is enough for the next latch holder, on another client, to read it: sshfs
-        // and smbnetfs send writes before close returns, NFS flushes on close (close-to-open).
-        // No fsync: the table need not survive a server crash, and on a local disk an fsync
-        // per lock transition would double a transaction's cost.
+    fn open_table(&self) -> io::Result<DirTableFile> {
+        let file = self.open_table_file()?;
+        Ok(DirTableFile {
+            files: self.clone(),
+            file,
+        })
     }
 
     fn remove(&self, name: LockFileName) -> io::Result<bool> {
@@ -387,6 +399,51 @@ impl LockFiles for DirLockFiles {
 
     fn describe(&self, name: LockFileName) -> String {
         self.path(name).display().to_string()
+    }
+}
+
+/// The table of a [`DirLockFiles`], open for one edit.
+pub struct DirTableFile {
+    files: DirLockFiles,
+    file: File,
+}
+
+impl TableFile for DirTableFile {
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        // Positioned reads into a buffer larger than a usual table: one request to the
+        // server for the whole table, no size query first.
+        let mut bytes = vec![0u8; 2 * crate::protocol::TABLE_BLOCK];
+        let mut len = 0;
+        loop {
+            let n = retry_eio(|| self.file.read_at(&mut bytes[len..], len as u64))
+                .map_err(|e| self.files.context(LockFileName::Table, "read", e))?;
+            len += n;
+            if n == 0 || len < bytes.len() {
+                bytes.truncate(len);
+                return Ok(bytes);
+            }
+            bytes.resize(bytes.len() * 2, 0);
+        }
+    }
+
+    fn revalidate(&mut self) -> io::Result<()> {
+        // The new descriptor first (it refreshes sshfs's own cache), then the size from the
+        // server (it refreshes the kernel's), as in [`open_revalidated`].
+        self.file = self.files.open_table_file()?;
+        let path = self.files.path(LockFileName::Table);
+        retry_eio(|| crate::ffi::os::server_size(&path))
+            .map(drop)
+            .map_err(|e| self.files.context(LockFileName::Table, "stat", e))
+    }
+
+    /// Closing (when the edit ends) is enough for the next latch holder, on another client,
+    /// to read it: sshfs and smbnetfs send writes before close returns, NFS flushes on close
+    /// (close-to-open). No fsync: the table need not survive a server crash, and on a local
+    /// disk an fsync per lock transition would double a transaction's cost.
+    fn write_all(&mut self, contents: &[u8]) -> io::Result<()> {
+        self.file
+            .write_all_at(contents, 0)
+            .map_err(|e| self.files.context(LockFileName::Table, "write", e))
     }
 }
 
@@ -412,14 +469,12 @@ mod tests {
         assert!(files.remove(LockFileName::Latch).unwrap());
         assert!(!files.remove(LockFileName::Latch).unwrap());
         assert_eq!(files.read(LockFileName::Table).unwrap(), None);
-        files.write(LockFileName::Table, b"abc").unwrap();
-        assert_eq!(
-            files
-                .read_revalidated(LockFileName::Table)
-                .unwrap()
-                .unwrap(),
-            b"abc"
-        );
+        let mut table = files.open_table().unwrap();
+        assert_eq!(table.read_all().unwrap(), b"");
+        table.write_all(b"abc").unwrap();
+        table.revalidate().unwrap();
+        assert_eq!(table.read_all().unwrap(), b"abc");
+        drop(table);
         assert!(dir.path().join("app.db-netfs-table").exists());
     }
 
@@ -431,7 +486,7 @@ mod tests {
         let files = DirLockFiles::new(&dir.path().join("app.db"), TokenStyle::File);
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Table)).unwrap();
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Latch)).unwrap();
-        let err = files.write(LockFileName::Table, b"x").unwrap_err();
+        let err = files.open_table().err().unwrap();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert!(files.read(LockFileName::Table).is_err());
         // Exclusive create refuses to go through a symlink (it "exists").

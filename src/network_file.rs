@@ -199,6 +199,9 @@ pub struct NetworkFile {
     unsynced: bool,
     /// Written since the lock was last lowered (moves the generation on).
     changed: bool,
+    /// Our own change, flushed, whose generation bump is not in the table yet (its release
+    /// lingers): when it is published, our cache matches that generation.
+    own_change_unpublished: bool,
     powersafe_overwrite: bool,
     /// The level SQLite has been refused since this moment (busy handler retrying).
     waiting_since: Option<(Level, Duration)>,
@@ -228,6 +231,7 @@ impl NetworkFile {
             synced_generation: None,
             unsynced: false,
             changed: false,
+            own_change_unpublished: false,
             powersafe_overwrite,
             waiting_since: None,
         })
@@ -473,6 +477,8 @@ impl NetworkFile {
         };
         self.file = fresh;
         self.synced_generation = Some(generation);
+        // The generation moved without us: whatever we owed was published by someone else.
+        self.own_change_unpublished = false;
         Ok(())
     }
 
@@ -501,16 +507,28 @@ impl NetworkFile {
         let published = self.lock.lock().unlock(to, changed);
         self.level = to;
         self.changed = false;
+        let own_change_current = if changed {
+            flushed.is_ok()
+        } else {
+            self.own_change_unpublished
+        };
         match published {
-            Ok(Some(generation)) if changed && flushed.is_ok() => {
-                // Our own writes are what the server now has: our cache is current.
-                self.synced_generation = Some(generation);
+            Ok(Some(generation)) => {
+                if changed || self.own_change_unpublished {
+                    // Our own writes are what the server now has: our cache is current, unless
+                    // the flush failed.
+                    self.synced_generation = own_change_current.then_some(generation);
+                }
+                // Otherwise the generation did not move while we held the lock: nobody else
+                // could write.
+                self.own_change_unpublished = false;
             }
-            Ok(Some(_)) => {}
-            // Deferred: the generation we will publish is not known yet.
-            Ok(None) => self.synced_generation = None,
+            // Not in the table yet: the generation it will get is not known. If another
+            // process publishes it, ours will differ and the next SHARED reopens the file.
+            Ok(None) => self.own_change_unpublished = own_change_current,
             Err(e) => {
                 self.synced_generation = None;
+                self.own_change_unpublished = false;
                 return Err(FileError::Lock(e));
             }
         }
@@ -546,6 +564,9 @@ impl Drop for NetworkFile {
             && let Err(e) = self.unlock(Level::None)
         {
             tracing::warn!(path = %self.path.display(), error = ?e, "lock not released at close; it will be recovered as stale");
+        }
+        if let Err(e) = self.lock.lock().settle_before_close() {
+            tracing::warn!(path = %self.path.display(), error = %e, "lock release not published at close; it will be recovered as stale");
         }
     }
 }

@@ -339,6 +339,14 @@ impl LockTable {
         }
     }
 
+    /// Whether `me`'s SHARED entry, left in place after its last read transaction, may serve
+    /// the next one as it is: exactly what a fresh SHARED request would be granted, with the
+    /// table unchanged.
+    pub fn shared_reusable_by(&self, me: &OwnerId) -> bool {
+        self.level_of(me) == Level::Shared
+            && self.first_other_at_least(me, Level::Pending).is_none()
+    }
+
     /// Whether anybody (including `me`) holds RESERVED or above.
     pub fn reserved_held(&self) -> bool {
         self.holders.iter().any(|h| h.level >= Level::Reserved)
@@ -541,6 +549,17 @@ mod tests {
                 assert!(writers <= 1, "two writers: {t:?}");
                 if t.holders.iter().any(|h| h.level == Level::Exclusive) {
                     assert_eq!(t.holders.len(), 1, "EXCLUSIVE not alone: {t:?}");
+                }
+                // A lingering SHARED is reused only where a fresh request would be granted.
+                for o in &owners {
+                    if t.shared_reusable_by(o) {
+                        let mut fresh = t.clone();
+                        fresh.release(o, Level::None, 99, false);
+                        assert!(
+                            fresh.request(o, Level::Shared, 99).is_ok(),
+                            "reused SHARED where a fresh one would wait: {t:?}"
+                        );
+                    }
                 }
                 count += 1;
             }

@@ -57,6 +57,8 @@ pub struct OpenRequest<'a> {
     pub create: bool,
     /// The `psow=` URI parameter (SQLite's default: on).
     pub powersafe_overwrite: bool,
+    /// The `immutable=` URI parameter: the user promises nothing changes the file.
+    pub immutable: bool,
 }
 
 fn refuse(message: String) -> OpenPlan {
@@ -75,6 +77,13 @@ pub fn plan(options: &Options, req: &OpenRequest<'_>) -> OpenPlan {
     };
     trace_decision(&path, &detection);
     if detection.mode == Mode::Native {
+        return OpenPlan::Native;
+    }
+    // SQLite takes no locks on an immutable database and caches nothing across a change that
+    // cannot happen, so the lock files (which a read-only directory or mount could not hold)
+    // have nothing to protect: the file is SQLite's own, as in native mode.
+    if req.immutable {
+        tracing::info!(path = %path.display(), "immutable=1: no lock files, opened as native");
         return OpenPlan::Native;
     }
     match open_network(options, &path, req, &detection) {
@@ -145,7 +154,7 @@ fn open_network(
                 Refused::CantOpen
             },
             message: format!(
-                "netfs: network mode keeps its lock files beside the database, but directory {} is not writable ({why})",
+                "netfs: network mode keeps its lock files beside the database, but directory {} is not writable ({why}); a database that nothing writes to can be read with the URI parameter immutable=1",
                 dir.display()
             ),
         });

@@ -324,6 +324,8 @@ unsafe extern "C" fn x_open(
             // SAFETY: as above.
             powersafe_overwrite: unsafe { ffi::sqlite3_uri_boolean(name, c"psow".as_ptr(), 1) }
                 != 0,
+            // SAFETY: as above.
+            immutable: unsafe { ffi::sqlite3_uri_boolean(name, c"immutable".as_ptr(), 0) } != 0,
         };
         crate::opening::plan(&st.options, &request)
     }));

@@ -83,7 +83,19 @@ fn result_code(result: Result<(), FileError>) -> c_int {
         FileError::LeaseExpired => ffi::SQLITE_IOERR_LOCK,
         FileError::Lock(e) => {
             tracing::error!(error = %e, "lock files unusable");
-            ffi::SQLITE_IOERR_LOCK
+            // A lock file that cannot be created or grown for want of space is the same
+            // fault, with the same remedy, as a database that cannot grow: say so.
+            match &e {
+                crate::lock::LockError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    ) =>
+                {
+                    ffi::SQLITE_FULL
+                }
+                _ => ffi::SQLITE_IOERR_LOCK,
+            }
         }
         FileError::Io { op, error } => {
             tracing::error!(?op, %error, "I/O error");

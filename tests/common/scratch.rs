@@ -115,9 +115,20 @@ impl ProbeReport {
 }
 
 /// Runs this test binary's `probe_process` as `uid` (gid the same; `None`: as this user),
-/// which opens `uri`, runs `steps` (`read`, `write`) on table `t`, and reports each result.
-/// A probe still running after `deadline` is killed and reported as hung.
+/// which opens `uri`, runs `steps` (`read`, `write`, `hold`) on table `t`, and reports each
+/// result. A probe still running after `deadline` is killed and reported as hung.
 pub fn probe(uid: Option<u32>, uri: &str, steps: &[&str], deadline: Duration) -> ProbeReport {
+    probe_with_env(uid, uri, steps, deadline, &[])
+}
+
+/// As [`probe`], with extra environment variables (e.g. a host identity).
+pub fn probe_with_env(
+    uid: Option<u32>,
+    uri: &str,
+    steps: &[&str],
+    deadline: Duration,
+    env: &[(&str, &str)],
+) -> ProbeReport {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("test binary path");
     let mut cmd = Command::new(exe);
@@ -135,6 +146,9 @@ pub fn probe(uid: Option<u32>, uri: &str, steps: &[&str], deadline: Duration) ->
     .stderr(Stdio::inherit());
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let started = Instant::now();
     let mut child = cmd.spawn().expect("spawn probe");
@@ -213,6 +227,16 @@ pub fn probe_from_env() {
             "write" => conn
                 .execute("INSERT INTO t VALUES (randomblob(100))", [])
                 .and_then(|_| conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))),
+            // Dies as a crash would, in the middle of a write transaction: RESERVED held, a
+            // row written to the page cache and possibly the journal, no COMMIT.
+            "hold" => conn
+                .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(100));")
+                .map(|()| -> i64 {
+                    println!("PROBE hold ok held");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(60));
+                    }
+                }),
             other => panic!("unknown probe step {other}"),
         };
         match result {

@@ -136,6 +136,8 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     stale: StaleTracker,
     latch_watch: Option<Watch>,
     break_watch: Option<Watch>,
+    /// The bytes of a table that could not be read, while they stay unchanged.
+    table_watch: Option<Watch>,
     /// When our entry was last written (the latch time of that write), if we hold a lock.
     renewed_at: Option<Duration>,
     /// A release that changed the file could not be published: the next edit must still
@@ -182,6 +184,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             stale: StaleTracker::default(),
             latch_watch: None,
             break_watch: None,
+            table_watch: None,
             renewed_at: None,
             owed_generation_bump: false,
             lease_end: Arc::new(AtomicU64::new(0)),
@@ -494,9 +497,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 }
                 None => self.entry_written_at = None,
             }
-            if self.level > Level::None {
-                self.set_renewed_at(self.entry_written_at);
-            }
+            self.set_renewed_at(self.entry_written_at);
         }
         self.stale.retain_current(&table);
         Ok((result, table.generation))
@@ -525,7 +526,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     fn read_table(&mut self, file: &mut F::Table) -> Result<LockTable, LockError> {
         let mut revalidated = false;
-        for _ in 0..4 {
+        for attempt in 0..4 {
             let bytes = file.read_all()?;
             // An empty read may be a stale cached size of zero: confirm with the server.
             let suspicious_empty = bytes.is_empty() && !revalidated && self.table_len > 0;
@@ -533,23 +534,58 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 Ok(_) if suspicious_empty => {}
                 Ok(table) => {
                     self.table_len = self.table_len.max(bytes.len());
+                    self.table_watch = None;
                     return Ok(table);
                 }
-                Err(ParseError::Incomplete) => {}
-                Err(ParseError::Malformed(why)) => {
-                    return Err(LockError::Corrupt(format!(
-                        "lock table {} is unreadable ({why}); remove it once no process has the database open",
-                        self.files.describe(LockFileName::Table)
-                    )));
+                Err(ParseError::Incomplete) if attempt < 3 => {}
+                Err(ParseError::Incomplete) => {
+                    return self.unreadable_table(bytes, "it stays torn or truncated".into());
                 }
+                Err(ParseError::Malformed(why)) => return self.unreadable_table(bytes, why),
             }
             file.revalidate()?;
             revalidated = true;
         }
-        Err(LockError::Corrupt(format!(
-            "lock table {} stays torn or truncated; remove it once no process has the database open",
-            self.files.describe(LockFileName::Table)
-        )))
+        // Every arm of the last attempt returns: a suspicious empty read only happens before
+        // the first revalidation.
+        unreachable!("the last attempt returns")
+    }
+
+    /// A table that cannot be read hides who holds what, so nothing may be granted. Once its
+    /// bytes have stayed the same for a whole lease, no holder it may name is still using the
+    /// database: a live holder renews through the table every quarter lease, cannot while
+    /// it is unreadable, and fences itself after three quarters of a lease. It is then
+    /// replaced by an empty table (written by the edit under way). Its generation is one no
+    /// client can have cached (counters start at 0; this is the boot-time clock in
+    /// nanoseconds), and one more bump makes sure the replacement is written. A holder that
+    /// wrote pages before dying leaves a hot journal, which SQLite rolls back as usual.
+    fn unreadable_table(&mut self, bytes: Vec<u8>, why: String) -> Result<LockTable, LockError> {
+        let now = self.env.now();
+        let file = self.files.describe(LockFileName::Table);
+        match &self.table_watch {
+            Some(w) if w.contents == bytes && now.saturating_sub(w.since) >= self.lease => {
+                tracing::warn!(table = %file, %why, "unreadable lock table replaced after a lease unchanged");
+                self.table_watch = None;
+                self.owed_generation_bump = true;
+                self.table_len = self.table_len.max(bytes.len());
+                Ok(LockTable {
+                    generation: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX / 2),
+                    holders: Vec::new(),
+                })
+            }
+            Some(w) if w.contents == bytes => Err(LockError::Corrupt(format!(
+                "lock table {file} is unreadable ({why}); it is replaced once unchanged for a lease"
+            ))),
+            _ => {
+                self.table_watch = Some(Watch {
+                    contents: bytes,
+                    since: now,
+                });
+                Err(LockError::Corrupt(format!(
+                    "lock table {file} is unreadable ({why}); it is replaced once unchanged for a lease"
+                )))
+            }
+        }
     }
 
     fn remove_stale_holders(&mut self, table: &mut LockTable) {
@@ -1012,6 +1048,41 @@ pub(crate) mod tests {
             let waited = env.now() - t0;
             assert!(waited >= LEASE, "broken after {waited:?}");
             assert!(waited < LEASE + 2 * LATCH_WAIT, "took {waited:?}");
+        }
+    }
+
+    #[test]
+    fn unreadable_table_is_replaced_only_after_a_lease_unchanged() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut holder = client(&files, &env, "h1", 1);
+        assert!(granted(holder.lock(Level::Shared).unwrap()));
+        let garbage = b"\x00\x01garbage".to_vec();
+        files.write(LockFileName::Table, &garbage);
+        let mut next = client(&files, &env, "h2", 2);
+        assert!(matches!(
+            next.lock(Level::Shared),
+            Err(LockError::Corrupt(_))
+        ));
+        env.advance(LEASE / 2);
+        assert!(matches!(
+            next.lock(Level::Shared),
+            Err(LockError::Corrupt(_))
+        ));
+        // The holder cannot renew through it, and fences itself before the lease is out.
+        assert!(holder.renew().is_err());
+        env.advance(LEASE / 4);
+        assert!(holder.lease_expired());
+        env.advance(LEASE / 4);
+        assert!(granted(next.lock(Level::Shared).unwrap()));
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        assert_eq!(table.holders.len(), 1, "only the new holder: {table:?}");
+        assert!(table.generation > 1, "a generation no client has cached");
+        // Garbage that keeps changing (someone is writing it) is never replaced.
+        let mut other = client(&files, &env, "h3", 3);
+        for i in 0..4u8 {
+            files.write(LockFileName::Table, &[b'x', i]);
+            assert!(other.lock(Level::Shared).is_err());
+            env.advance(LEASE / 2);
         }
     }
 

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::Options;
 use crate::lock::{DbLock, SystemEnvironment};
-use crate::lockfile::{DirLockFiles, TokenStyle};
+use crate::lockfile::{DirLockFiles, LockFileName, TokenStyle};
 use crate::mode::{self, Detection, Mode};
 use crate::network_file::NetworkFile;
 
@@ -57,6 +57,8 @@ pub struct OpenRequest<'a> {
     pub create: bool,
     /// The `psow=` URI parameter (SQLite's default: on).
     pub powersafe_overwrite: bool,
+    /// The `immutable=` URI parameter: the user promises nothing changes the file.
+    pub immutable: bool,
 }
 
 fn refuse(message: String) -> OpenPlan {
@@ -75,6 +77,13 @@ pub fn plan(options: &Options, req: &OpenRequest<'_>) -> OpenPlan {
     };
     trace_decision(&path, &detection);
     if detection.mode == Mode::Native {
+        return OpenPlan::Native;
+    }
+    // SQLite takes no locks on an immutable database and caches nothing across a change that
+    // cannot happen, so the lock files (which a read-only directory or mount could not hold)
+    // have nothing to protect: the file is SQLite's own, as in native mode.
+    if req.immutable {
+        tracing::info!(path = %path.display(), "immutable=1: no lock files, opened as native");
         return OpenPlan::Native;
     }
     match open_network(options, &path, req, &detection) {
@@ -145,11 +154,12 @@ fn open_network(
                 Refused::CantOpen
             },
             message: format!(
-                "netfs: network mode keeps its lock files beside the database, but directory {} is not writable ({why})",
+                "netfs: network mode keeps its lock files beside the database, but directory {} is not writable ({why}); a database that nothing writes to can be read with the URI parameter immutable=1",
                 dir.display()
             ),
         });
     }
+    check_lock_files(path).map_err(cant)?;
     let lock = Arc::new(Mutex::new(DbLock::new(
         DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type)),
         SystemEnvironment,
@@ -179,6 +189,58 @@ fn open_network(
         file,
         registry_name,
     })
+}
+
+/// Refuses lock files left in a state no lock request could get past, naming the file: a
+/// symbolic link in a lock file's place (never followed: it could point anywhere), or a file
+/// this user cannot open as the protocol must (another user's file with mode 0600). Found
+/// later, by a lock request, these surface only as a disk I/O error and a traced message.
+/// Other errors are left to the lock protocol, which retries or reports them.
+fn check_lock_files(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    for name in [
+        LockFileName::Table,
+        LockFileName::Latch,
+        LockFileName::Break,
+    ] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(name.suffix());
+        let file = PathBuf::from(file);
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            // Only the table is written in place; tokens are created and removed.
+            .write(name == LockFileName::Table)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&file);
+        let e = match opened {
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                return Err(format!(
+                    "netfs: a symbolic link stands where lock file {} belongs; lock files are never followed through links, remove it",
+                    file.display()
+                ));
+            }
+            Some(libc::EACCES | libc::EPERM) => {
+                let owner = std::fs::symlink_metadata(&file).map_or(String::new(), |m| {
+                    format!(" (owner uid {}, mode {:o})", m.uid(), m.mode() & 0o7777)
+                });
+                return Err(format!(
+                    "netfs: lock file {} cannot be {} by this user{owner}: every user of the database needs read and write access to its lock files",
+                    file.display(),
+                    if name == LockFileName::Table {
+                        "read and written"
+                    } else {
+                        "read"
+                    }
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// As SQLite's `unix` VFS does: a database that cannot be opened read-write is opened

@@ -1,0 +1,241 @@
+//! Fault 7: hostile or broken lock state in forced network mode. Each case ends in a clear
+//! error naming the file, or in a safe recovery:
+//! - a lock table with garbage or truncated contents;
+//! - lock files of another user with mode 0600 (the shim runs as `nobody`);
+//! - a symbolic link planted where a lock file goes (never followed; its target untouched);
+//! - a latch and a lock-table entry left by a crash on a host that no longer exists
+//!   (recovered after the lease, the half-done transaction rolled back).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::scratch::{self, NOBODY};
+use sqlite_netfs::rusqlite::{Connection, ErrorCode, OpenFlags};
+
+#[test]
+#[ignore = "probe process entry point, spawned by the tests in this file"]
+fn probe_process() {
+    common::scratch::probe_from_env()
+}
+
+/// A VFS with the shortest lease, so recoveries by lease fit a test.
+const SHORT_LEASE_VFS: &str = "netfs-lease2";
+const SHORT_LEASE: Duration = Duration::from_secs(2);
+const PROBE_DEADLINE: Duration = Duration::from_secs(30);
+
+fn register_short_lease() {
+    sqlite_netfs::Builder::new()
+        .vfs_name(SHORT_LEASE_VFS)
+        .lease(SHORT_LEASE)
+        .register()
+        .unwrap();
+}
+
+fn uri(db: &Path) -> String {
+    format!("file:{}?vfs=netfs&netfs=on", db.display())
+}
+
+fn lock_file(db: &Path, suffix: &str) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// A database with `rows` rows in `t`, written through the shim (so its lock table exists),
+/// readable and writable by everyone, in a directory everyone may write.
+fn shared_database(rows: i64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let db = dir.path().join("app.db");
+    sqlite_netfs::register().unwrap();
+    let conn = Connection::open(uri(&db)).unwrap();
+    conn.execute_batch("CREATE TABLE t(x)").unwrap();
+    for _ in 0..rows {
+        conn.execute("INSERT INTO t VALUES (randomblob(100))", [])
+            .unwrap();
+    }
+    drop(conn);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::set_permissions(
+            entry.unwrap().path(),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+    }
+    (dir, db)
+}
+
+fn count(conn: &Connection) -> sqlite_netfs::rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+}
+
+fn integrity(db: &Path) -> String {
+    let conn =
+        Connection::open_with_flags_and_vfs(db, OpenFlags::SQLITE_OPEN_READ_ONLY, c"unix").unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn garbage_or_truncated_lock_table_is_an_error_until_replaced_after_a_lease() {
+    let mut recoveries = Vec::new();
+    for (case, mangle) in [
+        (
+            "garbage",
+            (|_: Vec<u8>| b"\x00\x01garbage\xff\xfe".to_vec()) as fn(Vec<u8>) -> Vec<u8>,
+        ),
+        ("truncated", |t: Vec<u8>| {
+            t[..t.iter().position(|&b| b == b'\n').unwrap() + 5].to_vec()
+        }),
+        ("plausible-text", |_| {
+            b"holder me at EXCLUSIVE forever\n".repeat(100)
+        }),
+    ] {
+        let (_dir, db) = shared_database(3);
+        let table = lock_file(&db, "-netfs-table");
+        let original = std::fs::read(&table).unwrap();
+        std::fs::write(&table, mangle(original)).unwrap();
+        register_short_lease();
+        let conn = Connection::open(format!(
+            "file:{}?vfs={SHORT_LEASE_VFS}&netfs=on",
+            db.display()
+        ))
+        .unwrap();
+        let started = Instant::now();
+        // Nobody can tell who holds what: no answer from the database, never a wrong one.
+        let err = count(&conn).unwrap_err();
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(ErrorCode::SystemIoFailure),
+            "{case}: {err}"
+        );
+        let rows = loop {
+            match conn.execute("INSERT INTO t VALUES (randomblob(100))", []) {
+                Ok(_) => break count(&conn).unwrap(),
+                Err(e) => {
+                    assert_eq!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::SystemIoFailure),
+                        "{case}: {e}"
+                    );
+                    assert!(
+                        started.elapsed() < SHORT_LEASE * 5,
+                        "{case}: never replaced"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        let recovered = started.elapsed();
+        assert!(
+            recovered >= SHORT_LEASE,
+            "{case}: replaced after {recovered:?}"
+        );
+        assert_eq!(rows, 4, "{case}");
+        drop(conn);
+        assert_eq!(integrity(&db), "ok", "{case}");
+        eprintln!("{case}: lock table replaced after {recovered:?}");
+        recoveries.push(recovered);
+    }
+    recoveries.sort();
+    eprintln!(
+        "FIGURES fault=unreadable-lock-table testbed=local runs={} lost=0 corrupt=0 lease_ms={} recovery_ms_median={} recovery_ms_max={}",
+        recoveries.len(),
+        SHORT_LEASE.as_millis(),
+        recoveries[recoveries.len() / 2].as_millis(),
+        recoveries.last().unwrap().as_millis()
+    );
+}
+
+#[test]
+fn lock_files_of_another_user_with_mode_0600_are_refused_at_open_by_name() {
+    for suffix in ["-netfs-table", "-netfs-latch"] {
+        let (_dir, db) = shared_database(2);
+        let file = lock_file(&db, suffix);
+        std::fs::write(&file, b"root's own\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let report = scratch::probe(Some(NOBODY), &uri(&db), &["read", "write"], PROBE_DEADLINE);
+        assert!(!report.hung, "{report:?}");
+        let msg = report.open.as_ref().expect_err("the open must be refused");
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert!(msg.contains("owner uid 0, mode 600"), "{msg}");
+        eprintln!("{suffix}: refused as expected: {msg}");
+    }
+}
+
+#[test]
+fn symlink_planted_where_a_lock_file_goes_is_refused_and_its_target_is_untouched() {
+    for suffix in ["-netfs-table", "-netfs-latch", "-netfs-break"] {
+        let (dir, db) = shared_database(2);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = lock_file(&db, suffix);
+        // The table exists already: the link replaces it, as an attacker's would.
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let dangling_target = dir.path().join("would-be-created");
+        let dangling = lock_file(&dir.path().join("other.db"), suffix);
+        std::os::unix::fs::symlink(&dangling_target, &dangling).unwrap();
+
+        for (db, link) in [(&db, &link), (&dir.path().join("other.db"), &dangling)] {
+            let report = scratch::probe(None, &uri(db), &["read", "write"], PROBE_DEADLINE);
+            assert!(!report.hung, "{report:?}");
+            let msg = report.open.as_ref().expect_err("the open must be refused");
+            assert!(msg.contains("symbolic link"), "{msg}");
+            assert!(msg.contains(&link.display().to_string()), "{msg}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(
+            !dangling_target.exists(),
+            "a file was created through a dangling link"
+        );
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    }
+}
+
+#[test]
+fn latch_and_lock_left_by_a_crashed_host_are_recovered_after_the_lease() {
+    let (_dir, db) = shared_database(4);
+    // A process of a host that then vanished: dies holding RESERVED mid-transaction.
+    let ghost = scratch::probe_with_env(
+        None,
+        &uri(&db),
+        &["hold"],
+        Duration::from_secs(3),
+        &[(sqlite_netfs::HOST_ID_ENV, "vanished-host")],
+    );
+    assert_eq!(ghost.step("hold"), &Ok("held".to_owned()), "{ghost:?}");
+    assert!(ghost.hung, "the ghost was to be killed holding its lock");
+    // And its latch, as if it died inside a table edit.
+    let latch = lock_file(&db, "-netfs-latch");
+    std::fs::write(&latch, b"vanished-host 4242 99 1 7\n").unwrap();
+
+    register_short_lease();
+    let conn = Connection::open(format!(
+        "file:{}?vfs={SHORT_LEASE_VFS}&netfs=on",
+        db.display()
+    ))
+    .unwrap();
+    conn.busy_timeout(Duration::from_secs(20)).unwrap();
+    let started = Instant::now();
+    conn.execute("INSERT INTO t VALUES (randomblob(100))", [])
+        .unwrap();
+    let recovered = started.elapsed();
+    assert_eq!(count(&conn).unwrap(), 5, "the ghost's row was rolled back");
+    assert!(
+        recovered >= SHORT_LEASE / 2,
+        "broken before a lease could pass: {recovered:?}"
+    );
+    assert!(recovered < SHORT_LEASE * 5, "{recovered:?}");
+    assert!(!latch.exists());
+    drop(conn);
+    assert_eq!(integrity(&db), "ok");
+    eprintln!(
+        "FIGURES fault=crashed-host-lock-files testbed=local runs=1 txns=1 lost=0 corrupt=0 lease_ms={} recovery_ms={}",
+        SHORT_LEASE.as_millis(),
+        recovered.as_millis()
+    );
+}

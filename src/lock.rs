@@ -691,6 +691,14 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 self.latch_watch = None;
                 return Ok(());
             }
+            // A latch no process of ours can read (another user's, or a symbolic link in its
+            // place) would keep every request waiting: say so instead.
+            Err(e)
+                if e.kind() == io::ErrorKind::PermissionDenied
+                    || e.kind() == io::Error::from_raw_os_error(libc::ELOOP).kind() =>
+            {
+                return Err(e.into());
+            }
             // smbnetfs fails opens of a file another client is creating or removing (EIO):
             // no verdict this time.
             Err(e) => {

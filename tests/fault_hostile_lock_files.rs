@@ -2,7 +2,8 @@
 //! error naming the file, or in a safe recovery:
 //! - a lock table with garbage or truncated contents;
 //! - lock files of another user with mode 0600 (the shim runs as `nobody`);
-//! - a symbolic link planted where a lock file goes (never followed; its target untouched);
+//! - a symbolic link planted where a lock file goes (never followed; its target untouched),
+//!   before the open or while a connection is open;
 //! - a latch and a lock-table entry left by a crash on a host that no longer exists
 //!   (recovered after the lease, the half-done transaction rolled back).
 
@@ -194,6 +195,30 @@ fn symlink_planted_where_a_lock_file_goes_is_refused_and_its_target_is_untouched
         );
         assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
     }
+}
+
+#[test]
+fn symlink_planted_at_the_latch_after_the_open_is_an_error_not_a_wait() {
+    let (dir, db) = shared_database(2);
+    let conn = Connection::open(uri(&db)).unwrap();
+    conn.busy_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(count(&conn).unwrap(), 2);
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, lock_file(&db, "-netfs-latch")).unwrap();
+    let started = Instant::now();
+    let err = conn
+        .execute("INSERT INTO t VALUES (1)", [])
+        .expect_err("no lock can be taken past a planted latch");
+    let waited = started.elapsed();
+    assert_ne!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy),
+        "{err}"
+    );
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}: {err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    eprintln!("latch symlink planted after open: {err} after {waited:?}");
 }
 
 #[test]

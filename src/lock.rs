@@ -5,10 +5,21 @@
 //! Every change follows the same four steps:
 //! 1. take the latch: create `-netfs-latch` exclusively, retrying with backoff for at most
 //!    [`LATCH_WAIT`] (the latch is held for milliseconds, never across a transaction);
-//! 2. read the table through a fresh open (a torn or short read fails its checksum and is
-//!    read again after revalidating the size);
-//! 3. drop stale holders, apply the transition, write the table back if it changed;
+//! 2. open the table afresh and read it (a torn or short read fails its checksum and is read
+//!    again after revalidating the size);
+//! 3. drop stale holders, apply the transition, write the table back through the same
+//!    descriptor if it changed;
 //! 4. remove the latch.
+//!
+//! # Lingering releases
+//! | unlock                                   | the table gets                 | published by |
+//! |------------------------------------------|--------------------------------|--------------|
+//! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
+//! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
+//! | any other                                | the release                    | this edit |
+//!
+//! A lingering SHARED entry serves the next read transaction after a latch-free look at the
+//! table ([`LockTable::shared_reusable_by`]); no writer can pass it meanwhile.
 //!
 //! # Staleness
 //! | holder                      | judged dead when                                         |

@@ -159,9 +159,10 @@ fn open_network(
             ),
         });
     }
-    check_lock_files(path).map_err(cant)?;
+    let files = DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type));
+    check_lock_files(&files).map_err(cant)?;
     let lock = Arc::new(Mutex::new(DbLock::new(
-        DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type)),
+        files,
         SystemEnvironment,
         crate::owner::new_owner(),
         options.lease,
@@ -196,16 +197,14 @@ fn open_network(
 /// this user cannot open as the protocol must (another user's file with mode 0600). Found
 /// later, by a lock request, these surface only as a disk I/O error and a traced message.
 /// Other errors are left to the lock protocol, which retries or reports them.
-fn check_lock_files(path: &Path) -> Result<(), String> {
+fn check_lock_files(files: &DirLockFiles) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     for name in [
         LockFileName::Table,
         LockFileName::Latch,
         LockFileName::Break,
     ] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(name.suffix());
-        let file = PathBuf::from(file);
+        let file = files.path(name);
         let opened = std::fs::OpenOptions::new()
             .read(true)
             // Only the table is written in place; tokens are created and removed.

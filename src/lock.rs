@@ -121,6 +121,15 @@ impl From<io::Error> for LockError {
 /// The latch could not be taken in time.
 struct LatchTimeout;
 
+/// Why a latch or break token was judged dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// Its owner, on this host, no longer runs.
+    ProcessGone,
+    /// Unchanged for a whole lease (another host's, or unreadable).
+    Silent,
+}
+
 /// Proof of holding the latch: its contents and when it was taken.
 struct Latch {
     contents: Vec<u8>,
@@ -165,6 +174,11 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     owed_since: Option<Duration>,
     /// When the table last got our entry as it stands (the latch time of that write).
     entry_written_at: Option<Duration>,
+    /// We broke a latch that had been silent for a lease; the next edit records it.
+    latch_broken_after_silence: bool,
+    /// Our entry was removed by others while we held a lock: every request fails, and the
+    /// lease reads as expired, until SQLite unlocks to NONE.
+    lease_lost: bool,
 }
 
 /// A cheap, shareable view of a lock's lease.
@@ -203,6 +217,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             last_refused: None,
             owed_since: None,
             entry_written_at: None,
+            latch_broken_after_silence: false,
+            lease_lost: false,
         }
     }
 
@@ -214,7 +230,12 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     fn set_renewed_at(&mut self, at: Option<Duration>) {
         self.renewed_at = at;
-        let end = at.map_or(0, |t| (t + self.lease * 3 / 4).as_nanos() as u64);
+        let end = match at {
+            // Long past on every clock: I/O under what SQLite still believes it holds stops.
+            _ if self.lease_lost => 1,
+            None => 0,
+            Some(t) => (t + self.lease * 3 / 4).as_nanos() as u64,
+        };
         self.lease_end.store(end, Ordering::Release);
     }
 
@@ -245,6 +266,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     /// Asks for `want` (SHARED, RESERVED, PENDING or EXCLUSIVE).
     pub fn lock(&mut self, want: Level) -> Result<Acquired, LockError> {
+        if self.lease_lost {
+            return Err(LockError::LeaseLost);
+        }
         if want <= self.level {
             return Ok(Acquired::Granted { generation: 0 });
         }
@@ -300,6 +324,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if trial.request(&self.me, want, self.seq + 1).is_ok() || trial != table {
             return false;
         }
+        self.stale.observe(&table);
         let now = self.env.now();
         let (lease, env, tracker, me) = (self.lease, &self.env, &mut self.stale, &self.me);
         !table.holders.iter().any(|h| {
@@ -337,6 +362,16 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// then still shows the higher level, which only makes others wait, until the next edit
     /// or the heartbeat ([`Self::settle`]) publishes it.
     pub fn unlock(&mut self, to: Level, changed_file: bool) -> Result<Option<u64>, LockError> {
+        if self.lease_lost {
+            // Nothing of ours is in the table. Only at NONE has SQLite let go of everything
+            // it read under the lost lock; from there it starts afresh.
+            if to == Level::None {
+                self.lease_lost = false;
+                self.owed_since = None;
+                self.set_renewed_at(None);
+            }
+            return Ok(None);
+        }
         if to >= self.level && !changed_file {
             return Ok(None);
         }
@@ -467,6 +502,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let mut file = self.files.open_table()?;
         let mut table = self.read_table(&mut file)?;
         let before = table.clone();
+        if self.latch_broken_after_silence {
+            table.latch_breaks += 1;
+        }
         self.remove_stale_holders(&mut table);
         self.check_own_entry(&mut table)?;
         if self.owed_generation_bump {
@@ -500,6 +538,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             file.write_all(&bytes)?;
             self.table_len = bytes.len();
             self.owed_generation_bump = false;
+            self.latch_broken_after_silence = false;
             // The lease runs from the write that others observe.
             match table.holders.iter().find(|h| h.owner == self.me) {
                 Some(h) => {
@@ -522,6 +561,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if recorded == Level::None && self.level > Level::None {
             tracing::error!(owner = %self.me, level = %self.level, "lock lease lost: our entry was removed by another process");
             self.level = Level::None;
+            self.lease_lost = true;
             self.set_renewed_at(None);
             return Err(LockError::LeaseLost);
         }
@@ -581,7 +621,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 self.table_len = self.table_len.max(bytes.len());
                 Ok(LockTable {
                     generation: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX / 2),
-                    holders: Vec::new(),
+                    ..LockTable::default()
                 })
             }
             Some(w) if w.contents == bytes => Err(LockError::Corrupt(format!(
@@ -600,6 +640,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 
     fn remove_stale_holders(&mut self, table: &mut LockTable) {
+        self.stale.observe(table);
         let now = self.env.now();
         let (lease, env, tracker, my_host) =
             (self.lease, &self.env, &mut self.stale, &self.me.host);
@@ -671,7 +712,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     /// Whether a latch or break file with these contents belongs to a dead holder, given how
     /// long we have watched it unchanged.
-    fn judged_dead(&self, contents: &[u8], watch: &mut Option<Watch>) -> bool {
+    fn judged_dead(&self, contents: &[u8], watch: &mut Option<Watch>) -> Option<Death> {
         let now = self.env.now();
         let owner = std::str::from_utf8(contents)
             .ok()
@@ -680,16 +721,18 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             && owner.host == self.me.host
             && !self.env.process_alive(owner)
         {
-            return true;
+            return Some(Death::ProcessGone);
         }
         match watch {
-            Some(w) if w.contents == contents => now.saturating_sub(w.since) >= self.lease,
+            Some(w) if w.contents == contents => {
+                (now.saturating_sub(w.since) >= self.lease).then_some(Death::Silent)
+            }
             _ => {
                 *watch = Some(Watch {
                     contents: contents.to_vec(),
                     since: now,
                 });
-                false
+                None
             }
         }
     }
@@ -718,18 +761,18 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             }
         };
         let mut watch = self.latch_watch.take();
-        let dead = self.judged_dead(&contents, &mut watch);
+        let death = self.judged_dead(&contents, &mut watch);
         self.latch_watch = watch;
-        if !dead {
+        let Some(death) = death else {
             return Ok(());
-        }
+        };
         self.latch_count += 1;
         let mine = format!("{} {}\n", self.me, self.latch_count).into_bytes();
         if !self.files.create_exclusive(LockFileName::Break, &mine)? {
             // Someone else is breaking it, or died doing so.
             if let Some(other) = self.files.read(LockFileName::Break)? {
                 let mut watch = self.break_watch.take();
-                if self.judged_dead(&other, &mut watch) {
+                if self.judged_dead(&other, &mut watch).is_some() {
                     tracing::warn!(file = %self.files.describe(LockFileName::Break), "stale lock-break file removed");
                     self.files.remove(LockFileName::Break)?;
                     watch = None;
@@ -743,8 +786,12 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 tracing::warn!(
                     latch = %self.files.describe(LockFileName::Latch),
                     holder = %String::from_utf8_lossy(&contents).trim(),
+                    reason = ?death,
                     "stale lock latch broken"
                 );
+                // A latch stuck for a lease kept every live holder from renewing: the next
+                // edit tells all observers to start timing silence afresh.
+                self.latch_broken_after_silence |= death == Death::Silent;
                 self.files.remove(LockFileName::Latch).map(|_| ())
             }
             _ => Ok(()),
@@ -1033,9 +1080,61 @@ pub(crate) mod tests {
         assert_eq!(local.lock(Level::Shared).unwrap(), Acquired::Busy);
         env.advance(LEASE / 4);
         assert!(granted(local.lock(Level::Shared).unwrap()));
-        // The remote holder finds out when it next touches the table.
+        // The remote holder finds out when it next touches the table, and stays fenced:
+        // SQLite still believes it holds EXCLUSIVE, so neither I/O nor a new request may
+        // proceed until SQLite lets go of everything.
         assert!(matches!(remote.renew(), Err(LockError::LeaseLost)));
         assert_eq!(remote.level(), Level::None);
+        assert!(remote.lease_expired());
+        assert!(matches!(
+            remote.lock(Level::Reserved),
+            Err(LockError::LeaseLost)
+        ));
+        assert!(remote.lease_expired());
+        remote.unlock(Level::Shared, true).unwrap();
+        assert!(remote.lease_expired(), "still fenced above NONE");
+        remote.unlock(Level::None, false).unwrap();
+        assert!(!remote.lease_expired());
+        assert!(granted(remote.lock(Level::Shared).unwrap()));
+    }
+
+    #[test]
+    fn holders_silent_while_a_dead_latch_blocked_them_are_not_judged_stale() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut reader = client(&files, &env, "h2", 2);
+        let mut breaker = client(&files, &env, "h3", 3);
+        assert!(granted(reader.lock(Level::Shared).unwrap()));
+        // The breaker has seen the reader's entry before the latch got stuck.
+        assert!(granted(breaker.lock(Level::Shared).unwrap()));
+        breaker.unlock(Level::None, false).unwrap();
+        breaker.settle(LATCH_WAIT).unwrap();
+        // A process of another host died between creating the latch and writing its id.
+        files.create_exclusive(LockFileName::Latch, b"").unwrap();
+        // Nobody can renew meanwhile; the reader's renewals fail quietly and it fences.
+        let start = env.now();
+        let mut broken_at = None;
+        while env.now() - start < LEASE * 2 && broken_at.is_none() {
+            if reader.renewal_due() {
+                reader.renew().unwrap();
+            }
+            if granted(breaker.lock(Level::Shared).unwrap()) {
+                broken_at = Some(env.now() - start);
+            }
+            env.advance(LEASE / 20);
+        }
+        let broken_at = broken_at.expect("the dead latch is broken");
+        assert!(broken_at >= LEASE, "broken after {broken_at:?}");
+        assert!(reader.lease_expired());
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        assert_eq!(table.latch_breaks, 1);
+        assert_eq!(
+            table.level_of(reader.owner()),
+            Level::Shared,
+            "a live reader removed for a silence it could not help"
+        );
+        // The reader renews as soon as the latch is free, and may read again.
+        reader.renew().unwrap();
+        assert!(!reader.lease_expired());
     }
 
     #[test]

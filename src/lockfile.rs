@@ -209,6 +209,18 @@ impl DirLockFiles {
             {
                 return Ok(false);
             }
+            // Still ambiguous after every round: the token came and went between our create
+            // and our open each time (a busy latch on sshfs). A directory we may write in
+            // means the refusal was the token, not a permission.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+                    && self
+                        .db_path
+                        .parent()
+                        .is_some_and(|dir| crate::ffi::os::check_writable_dir(dir).is_ok()) =>
+            {
+                return Ok(false);
+            }
             Err(e) => return Err(self.context(name, "create", e)),
         };
         // The owner id is informational (for stale-latch recovery); if writing it fails the

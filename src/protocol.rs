@@ -140,6 +140,9 @@ pub struct Busy {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LockTable {
     pub generation: u64,
+    /// How many times a dead holder's latch was broken. While a latch is stuck nobody can
+    /// renew, so silence before a break is not held against anyone ([`StaleTracker`]).
+    pub latch_breaks: u64,
     pub holders: Vec<Holder>,
 }
 
@@ -171,7 +174,10 @@ impl LockTable {
     /// The file image: text lines, a checksum line, then newline padding to a block multiple
     /// of at least `min_len` bytes (the file never shrinks, see [`TABLE_BLOCK`]).
     pub fn encode(&self, min_len: usize) -> Vec<u8> {
-        let mut body = format!("{MAGIC}\ngeneration {}\n", self.generation);
+        let mut body = format!(
+            "{MAGIC}\ngeneration {}\nlatch-breaks {}\n",
+            self.generation, self.latch_breaks
+        );
         for h in &self.holders {
             body.push_str(&format!("holder {} {} {}\n", h.owner, h.level, h.seq));
         }
@@ -214,6 +220,17 @@ impl LockTable {
             .and_then(|l| l.strip_prefix("generation "))
             .and_then(|g| g.parse().ok())
             .ok_or_else(|| ParseError::Malformed("lock table has no generation".into()))?;
+        let mut lines = lines.peekable();
+        let latch_breaks = match lines.peek().and_then(|l| l.strip_prefix("latch-breaks ")) {
+            Some(n) => {
+                let n = n.parse().map_err(|_| {
+                    ParseError::Malformed("lock table has a bad latch-breaks line".into())
+                })?;
+                lines.next();
+                n
+            }
+            None => 0,
+        };
         let mut holders = Vec::new();
         for line in lines {
             let bad = || ParseError::Malformed(format!("bad lock table line: {line:?}"));
@@ -228,6 +245,7 @@ impl LockTable {
         }
         Ok(LockTable {
             generation,
+            latch_breaks,
             holders,
         })
     }
@@ -376,9 +394,20 @@ impl LockTable {
 #[derive(Debug, Default)]
 pub struct StaleTracker {
     first_seen: HashMap<(OwnerId, u64), Duration>,
+    /// The table's `latch_breaks` these observations were made under.
+    latch_breaks: u64,
 }
 
 impl StaleTracker {
+    /// Starts every observation afresh once a latch was broken: while it was stuck, live
+    /// holders could not renew, and their silence says nothing.
+    pub fn observe(&mut self, table: &LockTable) {
+        if table.latch_breaks != self.latch_breaks {
+            self.first_seen.clear();
+            self.latch_breaks = table.latch_breaks;
+        }
+    }
+
     /// True once `owner`'s entry has shown `seq` for at least `lease` since this observer
     /// first saw it. `now` is the observer's monotonic clock.
     pub fn unchanged_for(
@@ -571,6 +600,7 @@ mod tests {
     fn encode_decode_round_trip_and_padding() {
         let mut t = LockTable {
             generation: 42,
+            latch_breaks: 3,
             holders: vec![],
         };
         t.request(&owner("host-a/1f2e", 1), Level::Shared, 9)

@@ -199,6 +199,27 @@ fn connect(job: &Job) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Opens the database, retrying for up to a minute: an application restarted after a crash
+/// would retry too, and a worker that gave up would look like a stuck lock. Each failure is
+/// logged as an `open:` error.
+fn connect_retrying(job: &Job, log: &mut AckLog, tally: &mut Tally) -> Option<Connection> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match connect(job) {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                let kind = format!("open:{}", worker::error_kind(&e));
+                log.line(&format!("# error {kind}"));
+                *tally.errors.entry(kind).or_default() += 1;
+                if Instant::now() > deadline || job.stop_file.exists() {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -252,12 +273,8 @@ fn fault_writer(job: &Job) {
     let phase = PhaseFile::create(&job.out);
     phase.set("idle");
     let mut tally = Tally::default();
-    let conn = match connect(job) {
-        Ok(c) => c,
-        Err(e) => {
-            tally.error(&mut log, &e);
-            return tally.close(&mut log, "open-failed");
-        }
+    let Some(conn) = connect_retrying(job, &mut log, &mut tally) else {
+        return tally.close(&mut log, "open-failed");
     };
     let mut rng = Rng::new(u64::from(std::process::id()) << 20 | u64::from(job.worker_id));
     let mut seq = 0u32;
@@ -315,12 +332,8 @@ fn fault_reader(job: &Job) {
     let phase = PhaseFile::create(&job.out);
     phase.set("idle");
     let mut tally = Tally::default();
-    let conn = match connect(job) {
-        Ok(c) => c,
-        Err(e) => {
-            tally.error(&mut log, &e);
-            return tally.close(&mut log, "open-failed");
-        }
+    let Some(conn) = connect_retrying(job, &mut log, &mut tally) else {
+        return tally.close(&mut log, "open-failed");
     };
     let mut rng = Rng::new(u64::from(std::process::id()) << 20 | u64::from(job.worker_id));
     let mut checks = 0u64;
@@ -859,7 +872,10 @@ pub struct FaultReport {
     pub acknowledged: u64,
     pub kills: u64,
     pub kills_by_phase: BTreeMap<String, u64>,
+    /// Workers that did not exit when asked to stop.
     pub stuck_workers: u64,
+    /// Writers that committed nothing more after the last kill (a lock left stuck).
+    pub stalled_writers: u64,
     pub busy_retries: u64,
     pub errors: BTreeMap<String, u64>,
     pub reader_checks: u64,
@@ -880,6 +896,7 @@ impl FaultReport {
             && v.counter == v.rows
             && self.torn_reads == 0
             && self.stuck_workers == 0
+            && self.stalled_writers == 0
     }
 
     /// The `FIGURES` line (printed by [`FaultReport::print`]).
@@ -896,7 +913,7 @@ impl FaultReport {
             .map(|(k, n)| format!("{k}:{n}"))
             .collect();
         format!(
-            "FIGURES fault={fault} testbed={} label={} runs=1 txns={} kills={} kill_phases={} lost={} corrupt={} unacked_present={} partial={} counter={:?} rows={:?} torn={} reader_checks={} stuck={} busy_retries={} errors={} wall_s={:.1} => {}",
+            "FIGURES fault={fault} testbed={} label={} runs=1 txns={} kills={} kill_phases={} lost={} corrupt={} unacked_present={} partial={} counter={:?} rows={:?} torn={} reader_checks={} stuck={} stalled={} busy_retries={} errors={} wall_s={:.1} => {}",
             self.testbed,
             self.label,
             self.acknowledged,
@@ -911,6 +928,7 @@ impl FaultReport {
             self.torn_reads,
             self.reader_checks,
             self.stuck_workers,
+            self.stalled_writers,
             self.busy_retries,
             if errors.is_empty() {
                 "none".to_owned()
@@ -996,6 +1014,6 @@ pub fn run_with_kills(plan: &FaultPlan, kills: &KillPlan) -> FaultReport {
     }
     let stalled = run.wait_for_progress(kills.progress_timeout);
     let mut report = run.finish(kills.finish_timeout);
-    report.stuck_workers += stalled.len() as u64;
+    report.stalled_writers = stalled.len() as u64;
     report
 }

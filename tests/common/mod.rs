@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod acceptance;
+pub mod faults;
 pub mod scratch;
 pub mod stress;
 pub mod testbed;

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod acceptance;
+pub mod faults;
 pub mod stress;
 pub mod testbed;
 pub mod worker;

@@ -131,6 +131,7 @@ pub fn run_from_env() {
         "writer" => writer(&job),
         "reader" => reader(&job),
         "wal-writer" => wal_writer(&job),
+        fault if fault.starts_with("fault-") => super::faults::run_role(&job),
         other => panic!("unknown worker role {other}"),
     }
 }

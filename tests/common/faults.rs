@@ -53,6 +53,8 @@ pub const SEED_ENV: &str = "SQLITE_NETFS_FAULT_SEED";
 
 /// Transactions with more rows than this many are "large": several pages each.
 const LARGE_ROWS: u32 = 3;
+/// Rows a holder with a payload writes: far more pages than the workers' page cache holds.
+const HOLDER_SPILL_ROWS: u32 = 40;
 
 /// Registers the shim as `netfs` with `lease` (the default lease if `None`). Every process of a
 /// test binary must use one lease: a second registration with other options is refused.
@@ -170,7 +172,14 @@ impl AckLog {
                 .open(out)
                 .expect("ack log"),
         );
-        log.line(&format!("# start {incarnation} pid={}", std::process::id()));
+        // The wall clock as this process sees it, so a test can confirm a clock skew took hold.
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        log.line(&format!(
+            "# start {incarnation} pid={} wall={wall}",
+            std::process::id()
+        ));
         (log, incarnation)
     }
 
@@ -366,11 +375,22 @@ fn fault_holder(job: &Job) {
         let conn = connect(job)?;
         let txn = incarnation as i64 * 1_000_000;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        conn.execute("UPDATE counter SET v = v + 1 WHERE id = 1", [])?;
+        // With a payload, enough rows to spill: the holder then holds EXCLUSIVE with a live
+        // journal and changed pages in the database file.
+        let (parts, payload) = match job.payload_bytes {
+            0 => (1, vec![0u8]),
+            n => (HOLDER_SPILL_ROWS, vec![0x33u8; n]),
+        };
         conn.execute(
-            "INSERT INTO rows(worker, txn, part, parts, payload) VALUES (?1, ?2, 0, 1, x'00')",
-            rusqlite::params![job.worker_id, txn],
+            "UPDATE counter SET v = v + ?1 WHERE id = 1",
+            [i64::from(parts)],
         )?;
+        for part in 0..parts {
+            conn.execute(
+                "INSERT INTO rows(worker, txn, part, parts, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![job.worker_id, txn, part, parts, payload],
+            )?;
+        }
         phase.set("holding");
         let started = Instant::now();
         let hold = Duration::from_millis(u64::from(job.transactions));
@@ -409,6 +429,44 @@ pub fn create_schema(db: &Path) {
 // Driver side
 // ---------------------------------------------------------------------------------------------
 
+/// A connection of the test process itself through the shim (registered with `lease`).
+pub fn open_observer(db: &Path, uri_params: &str, lease: Option<Duration>) -> Connection {
+    register(lease);
+    let conn = Connection::open(format!("file:{}?vfs=netfs{uri_params}", db.display()))
+        .expect("open through the shim");
+    conn.busy_timeout(Duration::from_secs(120)).unwrap();
+    conn
+}
+
+/// Commits one transaction of the fault schema on `conn` (one row, counter + 1) and returns
+/// when the write lock was granted, so callers can time lock recovery apart from the commit.
+pub fn commit_one(conn: &Connection, worker: i64, txn: i64) -> rusqlite::Result<Instant> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let locked = Instant::now();
+    let body = (|| {
+        conn.execute("UPDATE counter SET v = v + 1 WHERE id = 1", [])?;
+        conn.execute(
+            "INSERT INTO rows(worker, txn, part, parts, payload) VALUES (?1, ?2, 0, 1, x'01')",
+            rusqlite::params![worker, txn],
+        )?;
+        conn.execute_batch("COMMIT")
+    })();
+    if body.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    body.map(|()| locked)
+}
+
+/// Median and maximum of durations, in milliseconds.
+pub fn median_max_ms(samples: &[Duration]) -> (u128, u128) {
+    let mut ms: Vec<u128> = samples.iter().map(Duration::as_millis).collect();
+    ms.sort_unstable();
+    match ms.len() {
+        0 => (0, 0),
+        n => ((ms[(n - 1) / 2] + ms[n / 2]) / 2, ms[n - 1]),
+    }
+}
+
 /// What one worker's log says.
 #[derive(Debug, Clone, Default)]
 pub struct LogSummary {
@@ -423,6 +481,8 @@ pub struct LogSummary {
     pub reader_checks: u64,
     /// Transactions whose `COMMIT` failed with an error other than BUSY.
     pub unknown_outcomes: u64,
+    /// The wall clock (Unix seconds) the latest incarnation saw when it started.
+    pub wall_at_start: Option<u64>,
 }
 
 /// Reads a worker's acknowledgement log.
@@ -431,8 +491,11 @@ pub fn read_log(out: &Path) -> LogSummary {
     for line in std::fs::read_to_string(out).unwrap_or_default().lines() {
         if let Ok(txn) = line.parse::<i64>() {
             s.acked.insert(txn);
-        } else if line.starts_with("# start") {
+        } else if let Some(rest) = line.strip_prefix("# start") {
             s.starts += 1;
+            s.wall_at_start = rest
+                .split(' ')
+                .find_map(|f| f.strip_prefix("wall=")?.parse().ok());
         } else if let Some(kind) = line.strip_prefix("# error ") {
             *s.errors.entry(kind.to_owned()).or_default() += 1;
         } else if line.starts_with("# unknown-outcome") {
@@ -515,7 +578,17 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn spawn(&mut self) {
+    /// A worker slot; `env` is added to the worker's environment (see the module doc).
+    pub fn new(job: Job, env: Vec<(String, String)>) -> Slot {
+        Slot {
+            job,
+            env,
+            child: None,
+        }
+    }
+
+    /// Starts the next incarnation.
+    pub fn spawn(&mut self) {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -530,6 +603,44 @@ impl Slot {
             .unwrap_or_default()
             .trim()
             .to_owned()
+    }
+
+    /// Waits until the worker reports `phase`; false on timeout or if it exited first.
+    pub fn wait_for_phase(&mut self, phase: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.phase() == phase {
+                return true;
+            }
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().expect("wait").is_some()
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    /// Waits for the running incarnation to exit; false (and killed) after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        while Instant::now() < deadline {
+            if child.try_wait().expect("wait").is_some() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        false
+    }
+
+    pub fn log(&self) -> LogSummary {
+        read_log(&self.job.out)
     }
 
     pub fn is_writer(&self) -> bool {
@@ -592,11 +703,7 @@ impl FaultRun {
             if let Ok(trace) = std::env::var("NETFS_TEST_TRACE") {
                 env.push(("NETFS_TEST_TRACE".to_owned(), trace));
             }
-            let mut slot = Slot {
-                job,
-                env,
-                child: None,
-            };
+            let mut slot = Slot::new(job, env);
             slot.spawn();
             slots.push(slot);
         }
@@ -720,7 +827,11 @@ pub fn verify_after_faults(server_db: &Path, acked: &BTreeSet<(i64, i64)>) -> Ve
         lost: acked.len() as u64,
         ..Default::default()
     };
-    register(lease_from_env());
+    // Any lease will do for checking; the test process may have registered one already.
+    match sqlite_netfs::register() {
+        Ok(()) | Err(sqlite_netfs::Error::AlreadyRegistered(_)) => {}
+        Err(e) => panic!("register the shim: {e}"),
+    }
     let uri = format!("file:{}?vfs=netfs&netfs=on", server_db.display());
     let conn = match Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(c) => c,

@@ -199,6 +199,27 @@ fn connect(job: &Job) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Opens the database, retrying for up to a minute: an application restarted after a crash
+/// would retry too, and a worker that gave up would look like a stuck lock. Each failure is
+/// logged as an `open:` error.
+fn connect_retrying(job: &Job, log: &mut AckLog, tally: &mut Tally) -> Option<Connection> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match connect(job) {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                let kind = format!("open:{}", worker::error_kind(&e));
+                log.line(&format!("# error {kind}"));
+                *tally.errors.entry(kind).or_default() += 1;
+                if Instant::now() > deadline || job.stop_file.exists() {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -252,12 +273,8 @@ fn fault_writer(job: &Job) {
     let phase = PhaseFile::create(&job.out);
     phase.set("idle");
     let mut tally = Tally::default();
-    let conn = match connect(job) {
-        Ok(c) => c,
-        Err(e) => {
-            tally.error(&mut log, &e);
-            return tally.close(&mut log, "open-failed");
-        }
+    let Some(conn) = connect_retrying(job, &mut log, &mut tally) else {
+        return tally.close(&mut log, "open-failed");
     };
     let mut rng = Rng::new(u64::from(std::process::id()) << 20 | u64::from(job.worker_id));
     let mut seq = 0u32;
@@ -324,12 +341,8 @@ fn fault_reader(job: &Job) {
     let phase = PhaseFile::create(&job.out);
     phase.set("idle");
     let mut tally = Tally::default();
-    let conn = match connect(job) {
-        Ok(c) => c,
-        Err(e) => {
-            tally.error(&mut log, &e);
-            return tally.close(&mut log, "open-failed");
-        }
+    let Some(conn) = connect_retrying(job, &mut log, &mut tally) else {
+        return tally.close(&mut log, "open-failed");
     };
     let mut rng = Rng::new(u64::from(std::process::id()) << 20 | u64::from(job.worker_id));
     let mut checks = 0u64;
@@ -873,7 +886,10 @@ pub struct FaultReport {
     pub acknowledged: u64,
     pub kills: u64,
     pub kills_by_phase: BTreeMap<String, u64>,
+    /// Workers that did not exit when asked to stop.
     pub stuck_workers: u64,
+    /// Writers that committed nothing more after the last kill (a lock left stuck).
+    pub stalled_writers: u64,
     /// File-server outages made (see [`run_with_outages`]).
     pub outages: Vec<Outage>,
     /// Transactions whose `COMMIT` failed with an error other than BUSY. With the file server
@@ -900,6 +916,7 @@ impl FaultReport {
             && v.counter == v.rows
             && self.torn_reads == 0
             && self.stuck_workers == 0
+            && self.stalled_writers == 0
     }
 
     /// The `FIGURES` line (printed by [`FaultReport::print`]).
@@ -916,7 +933,7 @@ impl FaultReport {
             .map(|(k, n)| format!("{k}:{n}"))
             .collect();
         format!(
-            "FIGURES fault={fault} testbed={} label={} runs=1 txns={} kills={} kill_phases={}{} lost={} corrupt={} unacked_present={} partial={} counter={:?} rows={:?} torn={} reader_checks={} stuck={} busy_retries={} errors={} wall_s={:.1} => {}",
+            "FIGURES fault={fault} testbed={} label={} runs=1 txns={} kills={} kill_phases={}{} lost={} corrupt={} unacked_present={} partial={} counter={:?} rows={:?} torn={} reader_checks={} stuck={} stalled={} busy_retries={} errors={} wall_s={:.1} => {}",
             self.testbed,
             self.label,
             self.acknowledged,
@@ -932,6 +949,7 @@ impl FaultReport {
             self.torn_reads,
             self.reader_checks,
             self.stuck_workers,
+            self.stalled_writers,
             self.busy_retries,
             if errors.is_empty() {
                 "none".to_owned()
@@ -1017,7 +1035,7 @@ pub fn run_with_kills(plan: &FaultPlan, kills: &KillPlan) -> FaultReport {
     }
     let stalled = run.wait_for_progress(kills.progress_timeout);
     let mut report = run.finish(kills.finish_timeout);
-    report.stuck_workers += stalled.len() as u64;
+    report.stalled_writers = stalled.len() as u64;
     report
 }
 
@@ -1117,10 +1135,8 @@ pub fn run_with_outages(
         std::thread::sleep(*down);
         testbed.start_server().expect("restart the file server");
         let restarted = Instant::now();
-        let (first_commit, all_writers) = run.time_to_commit_again(outages.progress_timeout);
-        if all_writers.is_none() {
-            stalled += 1;
-        }
+        let (first_commit, all_writers, still) = run.time_to_commit_again(outages.progress_timeout);
+        stalled += still;
         made.push(Outage {
             down: restarted - killed_at,
             processes,
@@ -1129,15 +1145,15 @@ pub fn run_with_outages(
         });
     }
     let mut report = run.finish(outages.finish_timeout);
-    report.stuck_workers += stalled;
+    report.stalled_writers = stalled;
     report.outages = made;
     report
 }
 
 impl FaultRun {
     /// From now: how long until any writer, and until every writer, acknowledged one more
-    /// transaction (`None` if not within `timeout`).
-    fn time_to_commit_again(&self, timeout: Duration) -> (Option<Duration>, Option<Duration>) {
+    /// transaction (`None` if not within `timeout`), and how many writers did not in time.
+    fn time_to_commit_again(&self, timeout: Duration) -> (Option<Duration>, Option<Duration>, u64) {
         let from = Instant::now();
         let before: Vec<usize> = (0..self.plan.writers).map(|i| self.acked_by(i)).collect();
         let mut first = None;
@@ -1149,10 +1165,10 @@ impl FaultRun {
                 first = Some(from.elapsed());
             }
             if moved == self.plan.writers {
-                return (first, Some(from.elapsed()));
+                return (first, Some(from.elapsed()), 0);
             }
             if from.elapsed() > timeout {
-                return (first, None);
+                return (first, None, (self.plan.writers - moved) as u64);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

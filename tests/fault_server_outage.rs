@@ -32,14 +32,27 @@ fn worker_process() {
 /// entries expire while the server is away, as they would for a user.
 const LEASE: Duration = sqlite_netfs::DEFAULT_LEASE;
 
-fn check(testbed: &TwoHostTestbed, between: Duration) {
+/// What a worker may be told while the file server is away: an I/O error (`SQLITE_IOERR_*`),
+/// BUSY, or that the database cannot be opened. Never that it is corrupt.
+fn allowed_error(kind: &str) -> bool {
+    [
+        "SystemIoFailure(",
+        "DatabaseBusy(",
+        "DatabaseLocked(",
+        "CannotOpen(",
+    ]
+    .iter()
+    .any(|k| kind.starts_with(k))
+}
+
+fn check(testbed: &TwoHostTestbed, writers: usize, between: Duration) {
     let mut plan = FaultPlan::new(
         &format!("outage-{}", testbed.kind()),
         testbed.kind(),
         vec![testbed.mount_a().to_owned(), testbed.mount_b().to_owned()],
         testbed.server_dir().to_owned(),
     );
-    plan.writers = 4;
+    plan.writers = writers;
     let downs = vec![Duration::from_secs(3), LEASE + Duration::from_secs(2)];
     let outages = OutagePlan::sized(downs, between, LEASE);
     let report = faults::run_with_outages(&plan, testbed, &outages);
@@ -50,6 +63,11 @@ fn check(testbed: &TwoHostTestbed, between: Duration) {
         "an outage found no client connected to the server: {figures}"
     );
     assert!(report.correct(), "{figures}\nerrors: {:?}", report.errors);
+    let unexpected: Vec<&String> = report.errors.keys().filter(|k| !allowed_error(k)).collect();
+    assert!(
+        unexpected.is_empty(),
+        "workers were told something other than I/O error or BUSY: {unexpected:?}\n{figures}"
+    );
     for (i, o) in report.outages.iter().enumerate() {
         assert!(
             o.all_writers.is_some(),
@@ -63,7 +81,7 @@ fn writers_keep_every_acknowledged_commit_through_sshfs_server_crashes_and_resum
     let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
         return;
     };
-    check(&testbed, Duration::from_secs(4));
+    check(&testbed, 4, Duration::from_secs(4));
 }
 
 #[test]
@@ -71,7 +89,9 @@ fn writers_keep_every_acknowledged_commit_through_smb_server_crashes_and_resume_
     let Some(testbed) = testbed_or_skip(TwoHostTestbed::smb()) else {
         return;
     };
-    check(&testbed, Duration::from_secs(6));
+    // Three writers, not four: on SMB (about 5 transactions/s) the fourth mostly waits its
+    // turn, and the wait until every writer has committed again grew to 75 s.
+    check(&testbed, 3, Duration::from_secs(6));
 }
 
 /// One connection, idle while the server is away and alone afterwards, so no other writer's

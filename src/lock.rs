@@ -124,8 +124,8 @@ struct LatchTimeout;
 /// Why a latch or break token was judged dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Death {
-    /// Its owner, on this host, no longer runs.
-    ProcessGone,
+    /// Its owner, on this host, no longer runs, or is ourselves (an orphan).
+    OwnerGone,
     /// Unchanged for a whole lease (another host's, or unreadable).
     Silent,
 }
@@ -712,6 +712,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     /// Whether a latch or break file with these contents belongs to a dead holder, given how
     /// long we have watched it unchanged.
+    ///
+    /// A token that names ourselves is an orphan: we look only while holding neither (edits
+    /// never nest), so it is one whose removal failed, or whose create reached the server
+    /// while its answer did not (both seen when the file server goes down mid-edit). Waiting a
+    /// lease for it would stall every writer for nothing.
     fn judged_dead(&self, contents: &[u8], watch: &mut Option<Watch>) -> Option<Death> {
         let now = self.env.now();
         let owner = std::str::from_utf8(contents)
@@ -719,9 +724,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             .and_then(|s| OwnerId::parse_fields(&mut s.split_whitespace()));
         if let Some(owner) = &owner
             && owner.host == self.me.host
-            && !self.env.process_alive(owner)
+            && (*owner == self.me || !self.env.process_alive(owner))
         {
-            return Some(Death::ProcessGone);
+            return Some(Death::OwnerGone);
         }
         match watch {
             Some(w) if w.contents == contents => {
@@ -1146,6 +1151,33 @@ pub(crate) mod tests {
             .unwrap();
         env.kill(1);
         assert!(granted(next.lock(Level::Shared).unwrap()));
+        assert!(files.read(LockFileName::Break).unwrap().is_none());
+    }
+
+    #[test]
+    fn latch_we_left_ourselves_is_broken_at_once() {
+        // An edit whose latch removal failed (file server down) left our own latch behind;
+        // the process is alive, so only recognising ourselves avoids a lease of waiting.
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut me = client(&files, &env, "h1", 2);
+        let other_conn = b"h1 2 1 3 7\n";
+        files
+            .create_exclusive(LockFileName::Latch, other_conn)
+            .unwrap();
+        let t0 = env.now();
+        assert_eq!(me.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert!(
+            env.now() - t0 >= LATCH_WAIT,
+            "another connection's latch is live"
+        );
+        files.remove(LockFileName::Latch).unwrap();
+        files
+            .create_exclusive(LockFileName::Latch, b"h1 2 1 2 7\n")
+            .unwrap();
+        let t0 = env.now();
+        assert!(granted(me.lock(Level::Shared).unwrap()));
+        assert!(env.now() - t0 < LATCH_WAIT, "took {:?}", env.now() - t0);
+        assert!(files.read(LockFileName::Latch).unwrap().is_none());
         assert!(files.read(LockFileName::Break).unwrap().is_none());
     }
 

@@ -3,7 +3,7 @@
 //!
 //! | moment                          | what this file does                                        | why |
 //! |---------------------------------|------------------------------------------------------------|-----|
-//! | NONE -> SHARED granted          | if the table's generation moved since our last look: reopen the file and refetch its size from the server | a fresh open drops the client's cached pages (FUSE, NFS close-to-open, SMB); `statx(FORCE_SYNC)` fixes a stale cached size |
+//! | NONE -> SHARED granted          | if the table's generation moved since our last look, or the descriptor has failed: reopen the file and refetch its size from the server | a fresh open drops the client's cached pages (FUSE, NFS close-to-open, SMB); `statx(FORCE_SYNC)` fixes a stale cached size; after a file-server restart sshfs fails every old descriptor with EIO for good |
 //! | every read and write            | refuse once the lease may have run out                     | a holder others may have judged dead must not touch the file |
 //! | before a lock is lowered        | `fsync` if anything was written since the last sync        | the next holder, on another host, must find the bytes at the server |
 //! | lowering from a write           | the table's generation moves on                            | tells every other reader to drop its cache |
@@ -202,6 +202,10 @@ pub struct NetworkFile {
     /// Our own change, flushed, whose generation bump is not in the table yet (its release
     /// lingers): when it is published, our cache matches that generation.
     own_change_unpublished: bool,
+    /// An operation on the descriptor failed with an I/O error: reopen it at the next SHARED.
+    /// sshfs reconnects after a file-server restart but answers EIO for every descriptor
+    /// opened before, forever; smbnetfs reopens its handles itself.
+    descriptor_failed: bool,
     powersafe_overwrite: bool,
     /// The level SQLite has been refused since this moment (busy handler retrying).
     waiting_since: Option<(Level, Duration)>,
@@ -232,6 +236,7 @@ impl NetworkFile {
             unsynced: false,
             changed: false,
             own_change_unpublished: false,
+            descriptor_failed: false,
             powersafe_overwrite,
             waiting_since: None,
         })
@@ -270,8 +275,14 @@ impl NetworkFile {
         Ok(())
     }
 
+    /// Notes an I/O error of the descriptor (see `descriptor_failed`) and passes it on.
+    fn descriptor_error(&mut self, op: IoOp, e: io::Error) -> FileError {
+        self.descriptor_failed = true;
+        FileError::io(op, e)
+    }
+
     /// Fills `buf` from `offset`; a read past the end zero-fills and reports `ShortRead`.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), FileError> {
+    pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), FileError> {
         self.check_lease()?;
         let mut done = 0;
         while done < buf.len() {
@@ -281,7 +292,7 @@ impl NetworkFile {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FileError::io(IoOp::Read, e)),
+                Err(e) => return Err(self.descriptor_error(IoOp::Read, e)),
             }
         }
         if done < buf.len() {
@@ -298,7 +309,7 @@ impl NetworkFile {
         // Rewriting the same bytes at the same offset is idempotent, so a passing EIO is
         // retried; a failed fsync never is (the kernel may have dropped the dirty pages).
         crate::lockfile::retry_eio(|| self.file.write_all_at(buf, offset))
-            .map_err(|e| FileError::io(IoOp::Write, e))
+            .map_err(|e| self.descriptor_error(IoOp::Write, e))
     }
 
     pub fn truncate(&mut self, size: u64) -> Result<(), FileError> {
@@ -321,21 +332,22 @@ impl NetworkFile {
         } else {
             self.file.sync_all()
         };
-        synced.map_err(|e| FileError::io(IoOp::Fsync, e))?;
+        synced.map_err(|e| self.descriptor_error(IoOp::Fsync, e))?;
         self.unsynced = false;
         Ok(())
     }
 
-    pub fn size(&self) -> Result<u64, FileError> {
-        crate::lockfile::retry_eio(|| self.file.metadata())
-            .map(|m| m.len())
-            .or_else(|e| {
-                // smbnetfs can keep failing a descriptor while the path still answers.
-                match crate::lockfile::open_revalidated(&self.path) {
-                    Ok(Some((_, size))) => Ok(size),
-                    _ => Err(FileError::io(IoOp::Fstat, e)),
-                }
-            })
+    pub fn size(&mut self) -> Result<u64, FileError> {
+        let e = match crate::lockfile::retry_eio(|| self.file.metadata()) {
+            Ok(m) => return Ok(m.len()),
+            Err(e) => e,
+        };
+        self.descriptor_failed = true;
+        // smbnetfs can keep failing a descriptor while the path still answers.
+        match crate::lockfile::open_revalidated(&self.path) {
+            Ok(Some((_, size))) => Ok(size),
+            _ => Err(FileError::io(IoOp::Fstat, e)),
+        }
     }
 
     /// SQLite's `xLock`.
@@ -453,9 +465,10 @@ impl NetworkFile {
         Ok(())
     }
 
-    /// Reopens the file and refetches its size when another holder may have changed it.
+    /// Reopens the file and refetches its size when another holder may have changed it, or
+    /// when the descriptor has failed.
     fn refresh_if_changed(&mut self, generation: u64) -> Result<(), FileError> {
-        if self.synced_generation == Some(generation) {
+        if self.synced_generation == Some(generation) && !self.descriptor_failed {
             return Ok(());
         }
         // A new descriptor: the client drops (FUSE, SMB) or revalidates (NFS) cached pages.
@@ -477,8 +490,9 @@ impl NetworkFile {
         };
         self.file = fresh;
         self.synced_generation = Some(generation);
-        // The generation moved without us: whatever we owed was published by someone else.
+        // A fresh view of the file: it matches this generation, whatever we owed before.
         self.own_change_unpublished = false;
+        self.descriptor_failed = false;
         Ok(())
     }
 
@@ -492,7 +506,7 @@ impl NetworkFile {
             self.file
                 .sync_data()
                 .map(|()| self.unsynced = false)
-                .map_err(|e| FileError::io(IoOp::Fsync, e))
+                .map_err(|e| self.descriptor_error(IoOp::Fsync, e))
         } else {
             Ok(())
         };

@@ -288,6 +288,7 @@ fn fault_writer(job: &Job) {
             (1, 64)
         };
         let payload = vec![(txn % 251) as u8; size];
+        let mut in_commit = false;
         let result = (|| -> rusqlite::Result<()> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             phase.set("reserved");
@@ -304,6 +305,7 @@ fn fault_writer(job: &Job) {
                     )?;
                 }
                 phase.set("commit");
+                in_commit = true;
                 conn.execute_batch("COMMIT")
             })();
             if body.is_err() && !conn.is_autocommit() {
@@ -317,7 +319,14 @@ fn fault_writer(job: &Job) {
                 log.line(&txn.to_string());
                 done += 1;
             }
-            Err(e) => tally.error(&mut log, &e),
+            Err(e) => {
+                if in_commit && !is_busy(&e) {
+                    // The commit may have reached the server before the error (a file server
+                    // that went away before answering): present without an acknowledgement.
+                    log.line(&format!("# unknown-outcome {txn}"));
+                }
+                tally.error(&mut log, &e)
+            }
         }
         phase.set("idle");
         std::thread::sleep(Duration::from_millis(rng.below(10)));
@@ -483,6 +492,8 @@ pub struct LogSummary {
     pub errors: BTreeMap<String, u64>,
     pub torn: u64,
     pub reader_checks: u64,
+    /// Transactions whose `COMMIT` failed with an error other than BUSY.
+    pub unknown_outcomes: u64,
     /// The wall clock (Unix seconds) the latest incarnation saw when it started.
     pub wall_at_start: Option<u64>,
 }
@@ -500,6 +511,8 @@ pub fn read_log(out: &Path) -> LogSummary {
                 .find_map(|f| f.strip_prefix("wall=")?.parse().ok());
         } else if let Some(kind) = line.strip_prefix("# error ") {
             *s.errors.entry(kind.to_owned()).or_default() += 1;
+        } else if line.starts_with("# unknown-outcome") {
+            s.unknown_outcomes += 1;
         } else if line.starts_with("# torn") {
             s.torn += 1;
         } else if let Some(rest) = line.strip_prefix("# done ") {
@@ -791,6 +804,7 @@ impl FaultRun {
             report.busy_retries += log.busy;
             report.torn_reads += log.torn;
             report.reader_checks += log.reader_checks;
+            report.unknown_outcomes += log.unknown_outcomes;
             for (k, v) in log.errors {
                 *report.errors.entry(k).or_default() += v;
             }
@@ -876,6 +890,12 @@ pub struct FaultReport {
     pub stuck_workers: u64,
     /// Writers that committed nothing more after the last kill (a lock left stuck).
     pub stalled_writers: u64,
+    /// File-server outages made (see [`run_with_outages`]).
+    pub outages: Vec<Outage>,
+    /// Transactions whose `COMMIT` failed with an error other than BUSY. With the file server
+    /// gone, a commit can reach the server while its answer does not: such a transaction may
+    /// be present without an acknowledgement, as after a kill.
+    pub unknown_outcomes: u64,
     pub busy_retries: u64,
     pub errors: BTreeMap<String, u64>,
     pub reader_checks: u64,
@@ -891,7 +911,7 @@ impl FaultReport {
         v.integrity == "ok"
             && v.lost == 0
             && v.partial == 0
-            && v.unacked_present <= self.kills
+            && v.unacked_present <= self.kills + self.unknown_outcomes
             && v.counter.is_some()
             && v.counter == v.rows
             && self.torn_reads == 0
@@ -913,12 +933,13 @@ impl FaultReport {
             .map(|(k, n)| format!("{k}:{n}"))
             .collect();
         format!(
-            "FIGURES fault={fault} testbed={} label={} runs=1 txns={} kills={} kill_phases={} lost={} corrupt={} unacked_present={} partial={} counter={:?} rows={:?} torn={} reader_checks={} stuck={} stalled={} busy_retries={} errors={} wall_s={:.1} => {}",
+            "FIGURES fault={fault} testbed={} label={} runs=1 txns={} kills={} kill_phases={}{} lost={} corrupt={} unacked_present={} partial={} counter={:?} rows={:?} torn={} reader_checks={} stuck={} stalled={} busy_retries={} errors={} wall_s={:.1} => {}",
             self.testbed,
             self.label,
             self.acknowledged,
             self.kills,
             phases.join(","),
+            self.outage_figures(),
             v.lost,
             u8::from(v.integrity != "ok"),
             v.unacked_present,
@@ -1016,4 +1037,140 @@ pub fn run_with_kills(plan: &FaultPlan, kills: &KillPlan) -> FaultReport {
     let mut report = run.finish(kills.finish_timeout);
     report.stalled_writers = stalled.len() as u64;
     report
+}
+
+// ---------------------------------------------------------------------------------------------
+// The outage driver
+// ---------------------------------------------------------------------------------------------
+
+/// One file-server outage and what the writers made of it.
+#[derive(Debug, Clone)]
+pub struct Outage {
+    /// How long the server was down (from the kill to accepting connections again).
+    pub down: Duration,
+    /// Server processes killed (the daemon and its per-connection children).
+    pub processes: usize,
+    /// From the restart to the first acknowledged commit of any writer.
+    pub first_commit: Option<Duration>,
+    /// From the restart until every writer had committed again (`None`: some never did).
+    pub all_writers: Option<Duration>,
+}
+
+impl FaultReport {
+    fn outage_figures(&self) -> String {
+        if self.outages.is_empty() {
+            return String::new();
+        }
+        let ms = |d: Option<Duration>| d.map_or("never".to_owned(), |d| d.as_millis().to_string());
+        let list = |f: &dyn Fn(&Outage) -> String| {
+            self.outages.iter().map(f).collect::<Vec<_>>().join(",")
+        };
+        format!(
+            " outages={} outage_s={} server_procs_killed={} first_commit_after_restart_ms={} all_writers_after_restart_ms={} unknown_outcomes={}",
+            self.outages.len(),
+            list(&|o| format!("{:.1}", o.down.as_secs_f64())),
+            list(&|o| o.processes.to_string()),
+            list(&|o| ms(o.first_commit)),
+            list(&|o| ms(o.all_writers)),
+            self.unknown_outcomes
+        )
+    }
+}
+
+/// How the outage driver behaves.
+#[derive(Debug, Clone)]
+pub struct OutagePlan {
+    /// The length of each outage, in turn (cycled in soak mode).
+    pub downs: Vec<Duration>,
+    /// Normal running before each outage.
+    pub between: Duration,
+    /// How long [`SOAK_ENV`] asks the outages to go on; `None`: each of `downs` once.
+    pub soak: Option<Duration>,
+    /// After each restart: how long every writer may take to commit again.
+    pub progress_timeout: Duration,
+    /// After the stop request: how long every worker may take to finish.
+    pub finish_timeout: Duration,
+}
+
+impl OutagePlan {
+    pub fn sized(downs: Vec<Duration>, between: Duration, lease: Duration) -> OutagePlan {
+        OutagePlan {
+            downs,
+            between,
+            soak: std::env::var(SOAK_ENV)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs),
+            progress_timeout: lease * 3 + Duration::from_secs(60),
+            finish_timeout: lease * 3 + Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs `plan`'s workers on `testbed` and crashes its file server again and again (SIGKILL of
+/// the daemon and its children, see [`super::testbed::TwoHostTestbed::stop_server`]), restarting
+/// it after each outage's length. The workers keep their connections throughout and never
+/// reopen them: whatever recovery there is, is the shim's and the mounts'. After each restart
+/// every writer must commit again; then everyone stops and the database is verified.
+pub fn run_with_outages(
+    plan: &FaultPlan,
+    testbed: &super::testbed::TwoHostTestbed,
+    outages: &OutagePlan,
+) -> FaultReport {
+    let run = FaultRun::start(plan);
+    let started = Instant::now();
+    let mut made = Vec::new();
+    let mut stalled = 0;
+    for down in outages.downs.iter().cycle() {
+        let done = match outages.soak {
+            Some(soak) => started.elapsed() >= soak,
+            None => made.len() == outages.downs.len(),
+        };
+        if done {
+            break;
+        }
+        std::thread::sleep(outages.between);
+        let killed_at = Instant::now();
+        let processes = testbed.stop_server().expect("stop the file server");
+        std::thread::sleep(*down);
+        testbed.start_server().expect("restart the file server");
+        let restarted = Instant::now();
+        let (first_commit, all_writers, still) = run.time_to_commit_again(outages.progress_timeout);
+        stalled += still;
+        made.push(Outage {
+            down: restarted - killed_at,
+            processes,
+            first_commit,
+            all_writers,
+        });
+    }
+    let mut report = run.finish(outages.finish_timeout);
+    report.stalled_writers = stalled;
+    report.outages = made;
+    report
+}
+
+impl FaultRun {
+    /// From now: how long until any writer, and until every writer, acknowledged one more
+    /// transaction (`None` if not within `timeout`), and how many writers did not in time.
+    fn time_to_commit_again(&self, timeout: Duration) -> (Option<Duration>, Option<Duration>, u64) {
+        let from = Instant::now();
+        let before: Vec<usize> = (0..self.plan.writers).map(|i| self.acked_by(i)).collect();
+        let mut first = None;
+        loop {
+            let moved = (0..self.plan.writers)
+                .filter(|&i| self.acked_by(i) > before[i])
+                .count();
+            if moved > 0 && first.is_none() {
+                first = Some(from.elapsed());
+            }
+            if moved == self.plan.writers {
+                return (first, Some(from.elapsed()), 0);
+            }
+            if from.elapsed() > timeout {
+                return (first, None, (self.plan.writers - moved) as u64);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

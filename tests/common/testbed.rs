@@ -65,6 +65,19 @@ pub struct TwoHostTestbed {
     pid_files: Vec<PathBuf>,
     /// Machine-wide SMB lock, released last.
     smb_lock: Option<File>,
+    /// How to start the file server again after [`TwoHostTestbed::stop_server`].
+    server: Option<ServerDaemon>,
+}
+
+/// The file server of a testbed (sshd or smbd): enough to stop it like a crash and start it
+/// again with the same configuration and port.
+struct ServerDaemon {
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    /// Rewritten by the daemon at each start, so teardown always finds the current one.
+    pid_file: PathBuf,
+    addr: SocketAddr,
+    log: PathBuf,
 }
 
 impl TwoHostTestbed {
@@ -156,6 +169,18 @@ impl TwoHostTestbed {
             return Err(last_err);
         }
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        tb.server = Some(ServerDaemon {
+            program: sshd.clone(),
+            args: vec![
+                "-f".into(),
+                cfg.clone().into(),
+                "-E".into(),
+                sshd_log.clone().into(),
+            ],
+            pid_file: pid_file.clone(),
+            addr,
+            log: sshd_log.clone(),
+        });
         wait_until(DAEMON_READY_TIMEOUT, || {
             pid_from_file(&pid_file).is_some_and(pid_alive) && port_accepts(addr)
         })
@@ -277,6 +302,13 @@ impl TwoHostTestbed {
                 tail(&smbd_log, 30)
             )
         })?;
+        tb.server = Some(ServerDaemon {
+            program: smbd.clone(),
+            args: vec!["-D".into(), "-s".into(), cfg.clone().into()],
+            pid_file: pid_file.clone(),
+            addr: port445,
+            log: smbd_log.clone(),
+        });
         let cfg_str = cfg.to_string_lossy().into_owned();
         let mut bind_failed = false;
         let ready = wait_until(DAEMON_READY_TIMEOUT, || {
@@ -366,6 +398,98 @@ impl TwoHostTestbed {
         &self.server_dir
     }
 
+    /// A file-server crash: SIGKILLs this testbed's server daemon (found by its pid file) and
+    /// everything it forked (sshd's per-connection session processes, which serve SFTP with
+    /// `internal-sftp`; smbd's per-client and helper processes), then waits until they are gone
+    /// and the port refuses connections. Processes of other testbeds are never touched: only
+    /// descendants of our own daemon, whose command line names our temp dir, are signalled.
+    /// Returns how many processes were killed (more than one means clients were connected).
+    pub fn stop_server(&self) -> Result<usize, String> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or("this testbed has no server daemon")?;
+        let pid = pid_from_file(&server.pid_file)
+            .filter(|&p| pid_alive(p) && cmdline_mentions(p, &self.root))
+            .ok_or_else(|| {
+                format!(
+                    "the server is not running (pid file {})",
+                    server.pid_file.display()
+                )
+            })?;
+        // Collect the children before the parent dies: orphans are reparented and lost.
+        let mut pids = descendants(pid);
+        pids.push(pid);
+        send_signal("KILL", &pids);
+        wait_until(KILL_WAIT, || {
+            pids.iter().all(|&p| !pid_alive(p)) && !port_accepts(server.addr)
+        })
+        .map_err(|_| {
+            let left: Vec<u32> = pids.iter().copied().filter(|&p| pid_alive(p)).collect();
+            format!(
+                "server processes {left:?} still alive or {} still accepting {KILL_WAIT:?} \
+                 after SIGKILL",
+                server.addr
+            )
+        })?;
+        trace(&self.root, &format!("server stopped: killed {pids:?}"));
+        Ok(pids.len())
+    }
+
+    /// Starts the server daemon again with the configuration and port it had, after
+    /// [`stop_server`](Self::stop_server), and waits until it accepts connections. The clients
+    /// are not touched: sshfs (`-o reconnect`) and smbnetfs reconnect on their own.
+    pub fn start_server(&self) -> Result<(), String> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or("this testbed has no server daemon")?;
+        if pid_from_file(&server.pid_file)
+            .is_some_and(|p| pid_alive(p) && cmdline_mentions(p, &self.root))
+        {
+            return Err("the server is already running".into());
+        }
+        // Only what the restart logs counts (smbd logs a failed bind and keeps running).
+        let log_offset = fs::metadata(&server.log).map(|m| m.len()).unwrap_or(0);
+        let mut c = Command::new(&server.program);
+        c.args(&server.args);
+        let start_log = self.root.join("server.restart.log");
+        run_checked(c, &start_log, SETUP_CMD_TIMEOUT).map_err(|e| {
+            format!(
+                "restarting the server: {e}\nlog tail:\n{}",
+                tail(&server.log, 20)
+            )
+        })?;
+        let new_log = || {
+            fs::read(&server.log)
+                .map(|b| {
+                    String::from_utf8_lossy(&b[(log_offset as usize).min(b.len())..]).into_owned()
+                })
+                .unwrap_or_default()
+        };
+        let mut bind_failed = false;
+        let ready = wait_until(DAEMON_READY_TIMEOUT, || {
+            let log = new_log();
+            if log.contains("open_socket_in failed") || log.contains("Address already in use") {
+                bind_failed = true;
+                return true;
+            }
+            pid_from_file(&server.pid_file)
+                .is_some_and(|p| pid_alive(p) && cmdline_mentions(p, &self.root))
+                && port_accepts(server.addr)
+        });
+        if ready.is_err() || bind_failed {
+            return Err(format!(
+                "the restarted server did not accept on {} within {DAEMON_READY_TIMEOUT:?} \
+                 (bind failed: {bind_failed})\nlog since the restart:\n{}",
+                server.addr,
+                new_log()
+            ));
+        }
+        trace(&self.root, "server restarted");
+        Ok(())
+    }
+
     fn new_empty(kind: &'static str) -> Result<TwoHostTestbed, String> {
         let dir = tempfile::Builder::new()
             .prefix("snfs-")
@@ -382,6 +506,7 @@ impl TwoHostTestbed {
             fuse_mounts: Vec::new(),
             pid_files: Vec::new(),
             smb_lock: None,
+            server: None,
         })
     }
 

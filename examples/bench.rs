@@ -245,9 +245,9 @@ const QUICK: Profile = Profile {
     testbed_rounds: 1,
     sshfs_seconds: 5.0,
     smb_seconds: 10.0,
-    strace_transactions: 200,
-    testbed_strace_transactions: 100,
-    server_strace_transactions: 30,
+    strace_transactions: 100,
+    testbed_strace_transactions: 60,
+    server_strace_transactions: 20,
 };
 
 const FULL: Profile = Profile {

@@ -47,8 +47,12 @@
 //!    until it returned OK (p50, p99, max) and commits per process (min/max).
 //! 6. `smb`: two-host SMB testbed, 4 writers, shim vs `unix-dotfile` (its errors are reported
 //!    instead of a ratio when it fails).
-//! 7. `cost-anatomy`: system calls per write transaction under `strace -f -c`, network mode
-//!    vs `unix` DELETE; a run of 0 transactions is subtracted.
+//! 7. `cost-anatomy`: where a write transaction's time goes. One writer under
+//!    `strace -ff -T -y`; its calls between two marker look-ups are summed by file (database,
+//!    journal, lock latch, lock table, ...) and call, with the wall time inside them. On the
+//!    local disk network mode vs `unix` DELETE; on the sshfs testbed the shim in auto mode vs
+//!    `unix-dotfile`, plus a shorter second run that also traces the testbed's SFTP servers
+//!    (their file syscalls are the file-server operations).
 //!
 //! A scenario that cannot run (no testbed, no strace) is reported as skipped, with the reason.
 

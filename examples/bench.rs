@@ -47,8 +47,12 @@
 //!    until it returned OK (p50, p99, max) and commits per process (min/max).
 //! 6. `smb`: two-host SMB testbed, 4 writers, shim vs `unix-dotfile` (its errors are reported
 //!    instead of a ratio when it fails).
-//! 7. `cost-anatomy`: system calls per write transaction under `strace -f -c`, network mode
-//!    vs `unix` DELETE; a run of 0 transactions is subtracted.
+//! 7. `cost-anatomy`: where a write transaction's time goes. One writer under
+//!    `strace -ff -T -y`; its calls between two marker look-ups are summed by file (database,
+//!    journal, lock latch, lock table, ...) and call, with the wall time inside them. On the
+//!    local disk network mode vs `unix` DELETE; on the sshfs testbed the shim in auto mode vs
+//!    `unix-dotfile`, plus a shorter second run that also traces the testbed's SFTP servers
+//!    (their file syscalls are the file-server operations).
 //!
 //! A scenario that cannot run (no testbed, no strace) is reported as skipped, with the reason.
 
@@ -82,6 +86,11 @@ const OVERRUN_GRACE: Duration = Duration::from_secs(50);
 /// How long the SMB scenario waits for another SMB testbed (a test run) to finish.
 const SMB_LOCK_WAIT: Duration = Duration::from_secs(30);
 const STRACE: &str = "/usr/bin/strace";
+/// `strace -ff -ttt -T -y`: one file per thread, each call with its start time, its duration
+/// and the path behind every descriptor.
+const STRACE_ARGS: [&str; 4] = ["-ff", "-ttt", "-T", "-y"];
+const WINDOW_START: &str = "/.sqlite-netfs-bench-window-start";
+const WINDOW_END: &str = "/.sqlite-netfs-bench-window-end";
 const ROWS_PER_SESSION: u64 = 100;
 const PAYLOAD_MIN: u64 = 200;
 const PAYLOAD_MAX: u64 = 4096;
@@ -147,32 +156,28 @@ impl Options {
             rounds: None,
             work_dir: None,
         };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-            match flag.as_str() {
+        let mut flags = Flags(args.iter());
+        while let Some(flag) = flags.next_flag() {
+            match flag {
                 "--full" => options.full = true,
-                "--out" => options.out = PathBuf::from(value()?),
-                "--work-dir" => options.work_dir = Some(PathBuf::from(value()?)),
+                "--out" => options.out = PathBuf::from(flags.value(flag)?),
+                "--work-dir" => options.work_dir = Some(PathBuf::from(flags.value(flag)?)),
                 "--only" => {
-                    let name = value()?;
-                    if !SCENARIOS.iter().any(|(known, _)| known == name) {
+                    let name = flags.value(flag)?;
+                    if !SCENARIOS.iter().any(|(known, _)| *known == name) {
                         let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
                         return Err(format!("unknown scenario {name}; known: {known:?}"));
                     }
-                    options.only = Some(name.clone());
+                    options.only = Some(name.to_string());
                 }
                 "--seconds" => {
-                    let seconds: f64 = value()?.parse().map_err(|e| format!("--seconds: {e}"))?;
+                    let seconds: f64 = flags.number(flag)?;
                     if seconds.is_nan() || seconds <= 0.0 {
                         return Err("--seconds must be positive".into());
                     }
                     options.seconds = Some(seconds);
                 }
-                "--rounds" => {
-                    let rounds: u32 = value()?.parse().map_err(|e| format!("--rounds: {e}"))?;
-                    options.rounds = Some(rounds.max(1));
-                }
+                "--rounds" => options.rounds = Some(flags.number::<u32>(flag)?.max(1)),
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -194,6 +199,28 @@ impl Options {
     }
 }
 
+/// Command-line arguments, read as `--flag [value]`.
+struct Flags<'a>(std::slice::Iter<'a, String>);
+
+impl<'a> Flags<'a> {
+    fn next_flag(&mut self) -> Option<&'a str> {
+        self.0.next().map(String::as_str)
+    }
+
+    fn value(&mut self, flag: &str) -> Result<&'a str, String> {
+        self.next_flag().ok_or(format!("{flag} needs a value"))
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, flag: &str) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.value(flag)?
+            .parse()
+            .map_err(|e| format!("{flag}: {e}"))
+    }
+}
+
 /// Sizes and durations of one run.
 #[derive(Clone, Copy)]
 struct Profile {
@@ -206,7 +233,12 @@ struct Profile {
     testbed_rounds: u32,
     sshfs_seconds: f64,
     smb_seconds: f64,
+    /// Write transactions traced per setup for the cost anatomy, on the local disk and on
+    /// the sshfs testbed (where one takes tens of milliseconds).
     strace_transactions: u64,
+    testbed_strace_transactions: u64,
+    /// Write transactions traced with the file server (slowed much more by its tracing).
+    server_strace_transactions: u64,
 }
 
 const QUICK: Profile = Profile {
@@ -217,7 +249,9 @@ const QUICK: Profile = Profile {
     testbed_rounds: 1,
     sshfs_seconds: 5.0,
     smb_seconds: 10.0,
-    strace_transactions: 200,
+    strace_transactions: 100,
+    testbed_strace_transactions: 60,
+    server_strace_transactions: 20,
 };
 
 const FULL: Profile = Profile {
@@ -229,6 +263,8 @@ const FULL: Profile = Profile {
     sshfs_seconds: 10.0,
     smb_seconds: 15.0,
     strace_transactions: 1000,
+    testbed_strace_transactions: 400,
+    server_strace_transactions: 100,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -243,48 +279,29 @@ struct Setup {
     journal: Option<&'static str>,
 }
 
-const NETFS_AUTO_WAL: Setup = Setup {
-    label: "netfs auto WAL",
-    vfs: "netfs",
-    uri_params: "",
-    journal: Some("wal"),
-};
-const NETFS_AUTO: Setup = Setup {
-    label: "netfs auto",
-    vfs: "netfs",
-    uri_params: "",
-    journal: None,
-};
-const NETFS_ON: Setup = Setup {
-    label: "netfs=on",
-    vfs: "netfs",
-    uri_params: "netfs=on",
-    journal: None,
-};
-const UNIX_WAL: Setup = Setup {
-    label: "unix WAL",
-    vfs: "unix",
-    uri_params: "",
-    journal: Some("wal"),
-};
-const UNIX_DELETE: Setup = Setup {
-    label: "unix DELETE",
-    vfs: "unix",
-    uri_params: "",
-    journal: Some("delete"),
-};
-const UNIX_TRUNCATE: Setup = Setup {
-    label: "unix TRUNCATE",
-    vfs: "unix",
-    uri_params: "",
-    journal: Some("truncate"),
-};
-const UNIX_DOTFILE: Setup = Setup {
-    label: "unix-dotfile",
-    vfs: "unix-dotfile",
-    uri_params: "",
-    journal: None,
-};
+impl Setup {
+    const fn new(
+        label: &'static str,
+        vfs: &'static str,
+        uri_params: &'static str,
+        journal: Option<&'static str>,
+    ) -> Setup {
+        Setup {
+            label,
+            vfs,
+            uri_params,
+            journal,
+        }
+    }
+}
+
+const NETFS_AUTO_WAL: Setup = Setup::new("netfs auto WAL", "netfs", "", Some("wal"));
+const NETFS_AUTO: Setup = Setup::new("netfs auto", "netfs", "", None);
+const NETFS_ON: Setup = Setup::new("netfs=on", "netfs", "netfs=on", None);
+const UNIX_WAL: Setup = Setup::new("unix WAL", "unix", "", Some("wal"));
+const UNIX_DELETE: Setup = Setup::new("unix DELETE", "unix", "", Some("delete"));
+const UNIX_TRUNCATE: Setup = Setup::new("unix TRUNCATE", "unix", "", Some("truncate"));
+const UNIX_DOTFILE: Setup = Setup::new("unix-dotfile", "unix-dotfile", "", None);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Role {
@@ -336,6 +353,8 @@ struct WorkerSpec {
     stop: Stop,
     seed: u64,
     record_latency: bool,
+    /// Mark the start and end of the transactions for a tracer (see [`mark_window`]).
+    mark_window: bool,
 }
 
 impl WorkerSpec {
@@ -363,6 +382,9 @@ impl WorkerSpec {
         if self.record_latency {
             args.push("--latency".to_string());
         }
+        if self.mark_window {
+            args.push("--mark-window".to_string());
+        }
         args
     }
 
@@ -376,28 +398,23 @@ impl WorkerSpec {
             stop: Stop::Transactions(0),
             seed: 0,
             record_latency: false,
+            mark_window: false,
         };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--role" => spec.role = Role::parse(value()?)?,
-                "--db" => spec.db = PathBuf::from(value()?),
-                "--vfs" => spec.vfs = value()?.clone(),
-                "--uri-params" => spec.uri_params = value()?.clone(),
-                "--journal" => spec.journal = Some(value()?.clone()),
-                "--seed" => spec.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+        let mut flags = Flags(args.iter());
+        while let Some(flag) = flags.next_flag() {
+            match flag {
+                "--role" => spec.role = Role::parse(flags.value(flag)?)?,
+                "--db" => spec.db = PathBuf::from(flags.value(flag)?),
+                "--vfs" => spec.vfs = flags.value(flag)?.to_string(),
+                "--uri-params" => spec.uri_params = flags.value(flag)?.to_string(),
+                "--journal" => spec.journal = Some(flags.value(flag)?.to_string()),
+                "--seed" => spec.seed = flags.number(flag)?,
                 "--seconds" => {
-                    let seconds: f64 = value()?.parse().map_err(|e| format!("--seconds: {e}"))?;
-                    spec.stop = Stop::After(Duration::from_secs_f64(seconds));
+                    spec.stop = Stop::After(Duration::from_secs_f64(flags.number(flag)?))
                 }
-                "--transactions" => {
-                    let n = value()?
-                        .parse()
-                        .map_err(|e| format!("--transactions: {e}"))?;
-                    spec.stop = Stop::Transactions(n);
-                }
+                "--transactions" => spec.stop = Stop::Transactions(flags.number(flag)?),
                 "--latency" => spec.record_latency = true,
+                "--mark-window" => spec.mark_window = true,
                 other => return Err(format!("unknown worker option {other}")),
             }
         }
@@ -458,13 +475,23 @@ fn run_worker(spec: &WorkerSpec) {
                     if let Ok(wait) = start.duration_since(SystemTime::now()) {
                         std::thread::sleep(wait);
                     }
+                    mark_window(spec, WINDOW_START);
                     worker.run(spec, &mut tally);
+                    mark_window(spec, WINDOW_END);
                 }
                 Err(e) => tally.error(&e),
             }
         }
     }
     tally.print();
+}
+
+/// Under `strace`, a look-up of a path that does not exist shows in the trace as one
+/// `statx` naming `marker`: the calls between the two markers are the transactions'.
+fn mark_window(spec: &WorkerSpec, marker: &str) {
+    if spec.mark_window {
+        let _ = fs::symlink_metadata(marker);
+    }
 }
 
 /// Blocks until the parent sends `GO <start time in ns since the epoch>` on stdin.
@@ -679,8 +706,8 @@ struct Job {
     processes: usize,
     dbs: Vec<PathBuf>,
     record_latency: bool,
-    /// Run each worker under `strace -f -c -o <this file>`.
-    strace_output: Option<PathBuf>,
+    /// Run each worker under strace ([`STRACE_ARGS`]), writing `<this path>.<thread id>`.
+    trace_prefix: Option<PathBuf>,
 }
 
 impl Job {
@@ -691,7 +718,7 @@ impl Job {
             processes,
             dbs,
             record_latency: false,
-            strace_output: None,
+            trace_prefix: None,
         }
     }
 
@@ -705,6 +732,7 @@ impl Job {
             stop,
             seed,
             record_latency: self.record_latency,
+            mark_window: self.trace_prefix.is_some(),
         }
     }
 
@@ -813,15 +841,19 @@ struct RunningWorker {
 
 fn spawn_worker(
     spec: &WorkerSpec,
-    strace_output: Option<&Path>,
+    trace_prefix: Option<&Path>,
     index: usize,
     events: Sender<WorkerEvent>,
 ) -> std::io::Result<RunningWorker> {
     let exe = std::env::current_exe()?;
-    let mut cmd = match strace_output {
-        Some(output) => {
+    let mut cmd = match trace_prefix {
+        Some(prefix) => {
             let mut cmd = Command::new(STRACE);
-            cmd.args(["-f", "-c", "-o"]).arg(output).arg("--").arg(exe);
+            cmd.args(STRACE_ARGS)
+                .arg("-o")
+                .arg(prefix)
+                .arg("--")
+                .arg(exe);
             cmd
         }
         None => Command::new(exe),
@@ -864,7 +896,7 @@ fn measure(job: &Job, stop: Stop, seed: u64) -> Outcome {
     let mut workers = Vec::new();
     for index in 0..job.processes {
         let spec = job.worker_spec(index, stop, seed + index as u64);
-        let strace = job.strace_output.as_deref();
+        let strace = job.trace_prefix.as_deref();
         match spawn_worker(&spec, strace, workers.len(), events_tx.clone()) {
             Ok(worker) => workers.push(worker),
             Err(e) => outcome.add_error(format!("spawn worker: {e}")),
@@ -1145,26 +1177,64 @@ struct LatencyRecord {
     commits_in_all: Vec<u64>,
 }
 
+/// Calls per transaction and the wall time spent in them.
+#[derive(Default, Clone, Copy)]
+struct Cost {
+    calls: f64,
+    ms: f64,
+}
+
+impl Cost {
+    fn add(self, other: Cost) -> Cost {
+        Cost {
+            calls: self.calls + other.calls,
+            ms: self.ms + other.ms,
+        }
+    }
+}
+
+/// Per transaction, by (file, system call).
+type Costs = BTreeMap<(String, String), Cost>;
+
+/// The sum of the costs whose file passes `keep`.
+fn total(costs: &Costs, keep: impl Fn(&str) -> bool) -> Cost {
+    costs
+        .iter()
+        .filter(|((file, _), _)| keep(file))
+        .fold(Cost::default(), |sum, (_, cost)| sum.add(*cost))
+}
+
+/// One writer's transactions under strace (see [`cost_anatomy`]).
 struct AnatomyRecord {
+    testbed: &'static str,
     label: &'static str,
     transactions: u64,
-    per_transaction: BTreeMap<String, f64>,
+    /// Wall time per transaction between the window markers, slowed by tracing.
+    wall_ms: f64,
+    /// The writer's calls.
+    client: Costs,
+    /// Transactions of the run that traced the server.
+    server_transactions: u64,
+    /// The file server's calls, where it was traced.
+    server: Option<Costs>,
 }
 
 impl AnatomyRecord {
-    fn total(&self) -> f64 {
-        self.per_transaction.values().sum()
+    /// The calls of the thread that ran the transactions.
+    fn transaction_thread(&self) -> Cost {
+        total(&self.client, |file| !file.ends_with(OTHER_THREAD))
     }
 
-    fn top(&self, n: usize) -> Vec<(&str, f64)> {
-        let mut all: Vec<(&str, f64)> = self
-            .per_transaction
-            .iter()
-            .map(|(name, v)| (name.as_str(), *v))
-            .collect();
-        all.sort_by(|a, b| b.1.total_cmp(&a.1));
-        all.truncate(n);
-        all
+    /// The server's calls on files but their `lseek`s: one per file operation it was asked
+    /// for (OpenSSH's SFTP server seeks before each read and write).
+    fn server_file_operations(&self) -> Option<Cost> {
+        let server = self.server.as_ref()?;
+        Some(
+            server
+                .iter()
+                .filter(|((file, call), _)| file != CHANNEL && file != NO_FILE && call != "lseek")
+                .fold(Cost::default(), |sum, (_, cost)| sum.add(*cost)),
+        )
     }
 }
 
@@ -1237,7 +1307,7 @@ impl Report {
                 millis(r.max_us)
             )
         });
-        self.push_reference(format!("BEGIN IMMEDIATE until OK, {who}"), sl, al);
+        self.push_reference(format!("BEGIN IMMEDIATE until OK, {who}"), sl, al, None);
         let [sf, af] = cells(&|r| {
             let commits: Vec<String> = r.commits_in_all.iter().map(u64::to_string).collect();
             match r.fairness {
@@ -1245,41 +1315,68 @@ impl Report {
                 None => "no data".into(),
             }
         });
-        self.push_reference(format!("commits per process, min/max, {who}"), sf, af);
+        let measurement = format!("commits per process, min/max, {who}");
+        self.push_reference(measurement, sf, af, None);
         self.latency.extend([s, a]);
     }
 
-    fn push_reference(&mut self, measurement: String, subject: Cell, alternative: Cell) {
+    fn push_reference(
+        &mut self,
+        measurement: String,
+        subject: Cell,
+        alternative: Cell,
+        ratio: Option<f64>,
+    ) {
         self.rows.push(Row {
             scenario: self.scenario,
             measurement,
             subject,
             alternative,
-            ratio: None,
+            ratio,
             goal: None,
             verdict: Verdict::Reference,
         });
     }
 
-    /// The total system calls per write transaction, subject beside alternative.
-    fn anatomy(&mut self, subject: AnatomyRecord, alt: AnatomyRecord) {
-        let cell = |r: &AnatomyRecord| Cell {
-            label: r.label.to_string(),
-            value: format!("{:.1} syscalls/txn", r.total()),
+    /// Rows for the cost anatomy of one filesystem: the calls of a write transaction and,
+    /// where the server was traced, its file operations, subject beside alternative.
+    fn anatomy(&mut self, records: Vec<AnatomyRecord>) {
+        let [subject, alt] = &records[..] else {
+            self.skipped("expected a subject and an alternative");
+            return;
         };
-        self.rows.push(Row {
-            scenario: self.scenario,
-            measurement: format!(
-                "syscalls per write txn, 1 writer ({} txns under strace -f -c)",
-                subject.transactions
-            ),
-            subject: cell(&subject),
-            alternative: cell(&alt),
-            ratio: (alt.total() > 0.0).then(|| subject.total() / alt.total()),
-            goal: None,
-            verdict: Verdict::Reference,
-        });
-        self.anatomy.extend([subject, alt]);
+        let row = |calls_of: &dyn Fn(&AnatomyRecord) -> Option<Cost>, what: &str| {
+            let cell = |r: &AnatomyRecord| Cell {
+                label: r.label.to_string(),
+                value: calls_of(r).map_or("not traced".into(), |c| {
+                    format!("{:.1} {what}, {:.2} ms in them", c.calls, c.ms)
+                }),
+            };
+            let ratio = match (calls_of(subject), calls_of(alt)) {
+                (Some(s), Some(a)) if a.calls > 0.0 => Some(s.calls / a.calls),
+                _ => None,
+            };
+            (cell(subject), cell(alt), ratio)
+        };
+        let (s, a, ratio) = row(&|r| Some(r.transaction_thread()), "syscalls");
+        let walls = format!(
+            "; {:.2} / {:.2} ms per txn traced",
+            subject.wall_ms, alt.wall_ms
+        );
+        let measurement = format!(
+            "syscalls per write txn, 1 writer, {} ({} txns under strace{walls})",
+            subject.testbed, subject.transactions
+        );
+        self.push_reference(measurement, s, a, ratio);
+        if subject.server.is_some() || alt.server.is_some() {
+            let (s, a, ratio) = row(&AnatomyRecord::server_file_operations, "file operations");
+            let measurement = format!(
+                "file-server operations per write txn, {} (the SFTP servers' file syscalls)",
+                subject.testbed
+            );
+            self.push_reference(measurement, s, a, ratio);
+        }
+        self.anatomy.extend(records);
     }
 
     fn skipped(&mut self, reason: &str) {
@@ -1385,6 +1482,34 @@ impl Context {
         }
         Ok(path)
     }
+
+    /// A scratch directory for `scenario` with a copy of the template per setup, named as
+    /// given; the directory goes when the returned handle is dropped.
+    fn local_databases<const N: usize>(
+        &self,
+        scenario: &str,
+        setups: [(&str, Setup); N],
+    ) -> Result<(tempfile::TempDir, [PathBuf; N]), String> {
+        let dir = self.scratch(scenario)?;
+        let mut paths = Vec::with_capacity(N);
+        for (name, setup) in setups {
+            paths.push(self.database(dir.path(), name, setup)?);
+        }
+        let paths = <[PathBuf; N]>::try_from(paths).map_err(|_| "one database per setup")?;
+        Ok((dir, paths))
+    }
+
+    /// A copy of the template in the testbed's server directory; its path through mount A
+    /// ("host A") and through mount B.
+    fn on_testbed(
+        &self,
+        testbed: &TwoHostTestbed,
+        name: &str,
+        setup: Setup,
+    ) -> Result<[PathBuf; 2], String> {
+        self.database(testbed.server_dir(), name, setup)?;
+        Ok([testbed.mount_a(), testbed.mount_b()].map(|mount| mount.join(name)))
+    }
 }
 
 /// Creates the pre-filled database through SQLite's own VFS, in one transaction.
@@ -1425,15 +1550,14 @@ const SCENARIOS: [(&str, Scenario); 7] = [
 
 /// 1. Local disk, WAL, one process: the shim in auto mode passes through to `unix`.
 fn local_wal(ctx: &Context, report: &mut Report) -> Result<(), String> {
-    let dir = ctx.scratch("local-wal")?;
-    let shim = ctx.database(dir.path(), "shim.db", NETFS_AUTO_WAL)?;
-    let native = ctx.database(dir.path(), "native.db", UNIX_WAL)?;
-    let mut series = vec![
-        Series::new(NETFS_AUTO_WAL, Role::Write, 1, vec![shim.clone()]),
-        Series::new(UNIX_WAL, Role::Write, 1, vec![native.clone()]),
-        Series::new(NETFS_AUTO_WAL, Role::Read, 1, vec![shim]),
-        Series::new(UNIX_WAL, Role::Read, 1, vec![native]),
-    ];
+    let setups = [("shim.db", NETFS_AUTO_WAL), ("native.db", UNIX_WAL)];
+    let (_dir, dbs) = ctx.local_databases("local-wal", setups)?;
+    let mut series = Vec::new();
+    for role in [Role::Write, Role::Read] {
+        for ((_, setup), db) in setups.iter().zip(&dbs) {
+            series.push(Series::new(*setup, role, 1, vec![db.clone()]));
+        }
+    }
     run_rounds(&mut series, ctx.profile.rounds, ctx.profile.local_seconds);
     for pair in series.chunks(2) {
         report.compare(pair[0].job.workload(), &pair[0], &pair[1], Some(0.98));
@@ -1444,15 +1568,16 @@ fn local_wal(ctx: &Context, report: &mut Report) -> Result<(), String> {
 
 /// 2. Local disk, network mode forced, against SQLite's rollback modes and dot-file locking.
 fn local_network_mode(ctx: &Context, report: &mut Report) -> Result<(), String> {
-    let dir = ctx.scratch("local-network-mode")?;
-    let setups = [NETFS_ON, UNIX_DELETE, UNIX_TRUNCATE, UNIX_DOTFILE];
-    let mut dbs = Vec::new();
-    for (i, setup) in setups.iter().enumerate() {
-        dbs.push(ctx.database(dir.path(), &format!("{i}.db"), *setup)?);
-    }
+    let setups = [
+        ("0.db", NETFS_ON),
+        ("1.db", UNIX_DELETE),
+        ("2.db", UNIX_TRUNCATE),
+        ("3.db", UNIX_DOTFILE),
+    ];
+    let (_dir, dbs) = ctx.local_databases("local-network-mode", setups)?;
     let mut series = Vec::new();
     for writers in [1, 4] {
-        for (setup, db) in setups.iter().zip(&dbs) {
+        for ((_, setup), db) in setups.iter().zip(&dbs) {
             series.push(Series::new(*setup, Role::Write, writers, vec![db.clone()]));
         }
     }
@@ -1481,15 +1606,14 @@ fn local_network_mode(ctx: &Context, report: &mut Report) -> Result<(), String> 
 
 /// 3. Does a second reader process add throughput in network mode (2 cores)?
 fn reader_scaling(ctx: &Context, report: &mut Report) -> Result<(), String> {
-    let dir = ctx.scratch("reader-scaling")?;
-    let shim = ctx.database(dir.path(), "shim.db", NETFS_ON)?;
-    let dotfile = ctx.database(dir.path(), "dotfile.db", UNIX_DOTFILE)?;
-    let mut series = vec![
-        Series::new(NETFS_ON, Role::Read, 1, vec![shim.clone()]),
-        Series::new(NETFS_ON, Role::Read, 2, vec![shim]),
-        Series::new(UNIX_DOTFILE, Role::Read, 1, vec![dotfile.clone()]),
-        Series::new(UNIX_DOTFILE, Role::Read, 2, vec![dotfile]),
-    ];
+    let setups = [("shim.db", NETFS_ON), ("dotfile.db", UNIX_DOTFILE)];
+    let (_dir, dbs) = ctx.local_databases("reader-scaling", setups)?;
+    let mut series = Vec::new();
+    for ((_, setup), db) in setups.iter().zip(&dbs) {
+        for readers in [1, 2] {
+            series.push(Series::new(*setup, Role::Read, readers, vec![db.clone()]));
+        }
+    }
     run_rounds(&mut series, ctx.profile.rounds, ctx.profile.local_seconds);
     let scaling = "read txn/s, 2 readers / 1 reader".to_string();
     report.compare(scaling.clone(), &series[1], &series[0], Some(1.7));
@@ -1501,19 +1625,15 @@ fn reader_scaling(ctx: &Context, report: &mut Report) -> Result<(), String> {
 /// 4. Two-host sshfs testbed: the shim against dot-file locking and against native WAL.
 fn sshfs(ctx: &Context, report: &mut Report) -> Result<(), String> {
     let testbed = TwoHostTestbed::sshfs()?;
-    let server = testbed.server_dir();
-    let [a, b] = [testbed.mount_a(), testbed.mount_b()];
-    ctx.database(server, "shim.db", NETFS_AUTO)?;
-    ctx.database(server, "dotfile.db", UNIX_DOTFILE)?;
-    ctx.database(server, "wal.db", UNIX_WAL)?;
-    let both = |name: &str| vec![a.join(name), b.join(name)];
-    let mut series = vec![
-        Series::new(NETFS_AUTO, Role::Write, 4, both("shim.db")),
-        Series::new(UNIX_DOTFILE, Role::Write, 4, both("dotfile.db")),
-        Series::new(NETFS_AUTO, Role::Write, 1, vec![a.join("shim.db")]),
-        Series::new(UNIX_DOTFILE, Role::Write, 1, vec![a.join("dotfile.db")]),
-        Series::new(UNIX_WAL, Role::Write, 1, vec![a.join("wal.db")]),
-    ];
+    let mut series = four_writers_over_both_mounts(ctx, &testbed)?;
+    // One writer through mount A, on the same databases.
+    let [shim, dotfile] = [0, 1].map(|i| series[i].job.dbs[0].clone());
+    let [wal, _] = ctx.on_testbed(&testbed, "wal.db", UNIX_WAL)?;
+    series.extend([
+        Series::new(NETFS_AUTO, Role::Write, 1, vec![shim]),
+        Series::new(UNIX_DOTFILE, Role::Write, 1, vec![dotfile]),
+        Series::new(UNIX_WAL, Role::Write, 1, vec![wal]),
+    ]);
     run_rounds(
         &mut series,
         ctx.profile.testbed_rounds,
@@ -1533,13 +1653,27 @@ fn sshfs(ctx: &Context, report: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// The testbeds' common pair: four writers split over both mounts, the shim in auto mode,
+/// then `unix-dotfile`, each on its own copy of the template (`shim.db`, `dotfile.db`).
+fn four_writers_over_both_mounts(
+    ctx: &Context,
+    testbed: &TwoHostTestbed,
+) -> Result<Vec<Series>, String> {
+    let mut series = Vec::new();
+    for (name, setup) in [("shim.db", NETFS_AUTO), ("dotfile.db", UNIX_DOTFILE)] {
+        let both = ctx.on_testbed(testbed, name, setup)?;
+        series.push(Series::new(setup, Role::Write, 4, both.to_vec()));
+    }
+    Ok(series)
+}
+
 /// Scenario 5, lock latency: four writers in network mode on a local disk. How long a
 /// writer waits for the lock, and whether every process gets its share.
 fn lock_latency(ctx: &Context, report: &mut Report) -> Result<(), String> {
-    let dir = ctx.scratch("lock-latency")?;
+    let setups = [("shim.db", NETFS_ON), ("delete.db", UNIX_DELETE)];
+    let (_dir, dbs) = ctx.local_databases("lock-latency", setups)?;
     let mut series = Vec::new();
-    for (name, setup) in [("shim.db", NETFS_ON), ("delete.db", UNIX_DELETE)] {
-        let db = ctx.database(dir.path(), name, setup)?;
+    for ((_, setup), db) in setups.into_iter().zip(dbs) {
         let mut job = Job::new(setup, Role::Write, 4, vec![db]);
         job.record_latency = true;
         series.push(Series::of(job));
@@ -1555,15 +1689,7 @@ fn lock_latency(ctx: &Context, report: &mut Report) -> Result<(), String> {
 fn smb(ctx: &Context, report: &mut Report) -> Result<(), String> {
     wait_for_smb_testbed_lock()?;
     let testbed = TwoHostTestbed::smb()?;
-    let server = testbed.server_dir();
-    let [a, b] = [testbed.mount_a(), testbed.mount_b()];
-    ctx.database(server, "shim.db", NETFS_AUTO)?;
-    ctx.database(server, "dotfile.db", UNIX_DOTFILE)?;
-    let both = |name: &str| vec![a.join(name), b.join(name)];
-    let mut series = vec![
-        Series::new(NETFS_AUTO, Role::Write, 4, both("shim.db")),
-        Series::new(UNIX_DOTFILE, Role::Write, 4, both("dotfile.db")),
-    ];
+    let mut series = four_writers_over_both_mounts(ctx, &testbed)?;
     run_rounds(
         &mut series,
         ctx.profile.testbed_rounds,
@@ -1601,77 +1727,406 @@ fn wait_for_smb_testbed_lock() -> Result<(), String> {
     }
 }
 
-/// 7. System calls per write transaction, network mode beside native DELETE mode.
+/// Scenario 7, where a write transaction's time goes: every system call of one writer under
+/// strace, by file and by call, with the wall time spent in it. On the local disk network mode
+/// beside `unix` DELETE; on the sshfs testbed the shim in auto mode beside `unix-dotfile`, with
+/// the file server's side too: the SFTP servers' own system calls, one per file operation.
 fn cost_anatomy(ctx: &Context, report: &mut Report) -> Result<(), String> {
     if !Path::new(STRACE).exists() {
         return Err(format!("{STRACE} not found (apt-get install strace)"));
     }
-    let dir = ctx.scratch("cost-anatomy")?;
-    let n = ctx.profile.strace_transactions;
+    let setups = [("shim.db", NETFS_ON), ("delete.db", UNIX_DELETE)];
+    let (dir, dbs) = ctx.local_databases("cost-anatomy", setups)?;
+    let local = Traced {
+        testbed: "local disk",
+        trace_dir: dir.path(),
+        transactions: ctx.profile.strace_transactions,
+        server_transactions: 0,
+        server: None,
+    };
     let mut records = Vec::new();
-    for (name, setup) in [("shim.db", NETFS_ON), ("delete.db", UNIX_DELETE)] {
-        let db = ctx.database(dir.path(), name, setup)?;
-        let job = Job::new(setup, Role::Write, 1, vec![db]);
-        let idle = syscall_counts(&job, &dir.path().join(format!("{name}.idle.strace")), 0)?;
-        let busy = syscall_counts(&job, &dir.path().join(format!("{name}.strace")), n)?;
-        let per_transaction = busy
-            .iter()
-            .map(|(call, &count)| {
-                let own = count.saturating_sub(idle.get(call).copied().unwrap_or(0));
-                (call.clone(), own as f64 / n as f64)
-            })
-            .filter(|(_, per_txn)| *per_txn > 0.0)
-            .collect();
-        eprintln!("  {}: strace done", setup.label);
-        records.push(AnatomyRecord {
-            label: setup.label,
-            transactions: n,
-            per_transaction,
-        });
+    for ((_, setup), db) in setups.into_iter().zip(&dbs) {
+        records.push(local.run(setup, db)?);
     }
-    let [subject, alt] = <[AnatomyRecord; 2]>::try_from(records)
-        .map_err(|_| "expected two strace profiles".to_string())?;
-    report.anatomy(subject, alt);
+    report.anatomy(records);
+    if let Err(reason) = sshfs_anatomy(ctx, dir.path(), report) {
+        eprintln!("  sshfs: skipped: {reason}");
+        report.skipped(&format!("on sshfs: {}", first_line(&reason)));
+    }
     Ok(())
 }
 
-/// Runs the job's single writer under `strace -f -c` for `transactions` transactions and
-/// returns the number of calls per system call.
-fn syscall_counts(
-    job: &Job,
-    output: &Path,
-    transactions: u64,
-) -> Result<BTreeMap<String, u64>, String> {
-    let mut job = job.clone();
-    job.strace_output = Some(output.to_path_buf());
-    let outcome = measure(&job, Stop::Transactions(transactions), 0);
-    if !outcome.errors.is_empty() {
-        return Err(format!("worker under strace: {:?}", outcome.errors));
+fn sshfs_anatomy(ctx: &Context, trace_dir: &Path, report: &mut Report) -> Result<(), String> {
+    let testbed = TwoHostTestbed::sshfs()?;
+    let serving = testbed.serving_processes();
+    if serving.is_empty() {
+        eprintln!("  sshfs: no SFTP server process found; the server side is not traced");
     }
-    let text = fs::read_to_string(output)
-        .map_err(|e| format!("strace wrote no summary ({}): {e}", output.display()))?;
-    let counts = parse_strace_summary(&text);
-    if counts.is_empty() {
-        return Err(format!(
-            "no counts in strace's summary {}",
-            output.display()
-        ));
+    let sshfs = Traced {
+        testbed: "sshfs",
+        trace_dir,
+        transactions: ctx.profile.testbed_strace_transactions,
+        server_transactions: ctx.profile.server_strace_transactions,
+        server: (!serving.is_empty()).then_some((serving.as_slice(), testbed.server_dir())),
+    };
+    let mut records = Vec::new();
+    for (name, setup) in [("shim.db", NETFS_AUTO), ("dotfile.db", UNIX_DOTFILE)] {
+        let [db, _] = ctx.on_testbed(&testbed, name, setup)?;
+        records.push(sshfs.run(setup, &db)?);
     }
-    Ok(counts)
+    report.anatomy(records);
+    Ok(())
 }
 
-/// Reads `strace -c` output: `% time  seconds  usecs/call  calls  [errors]  syscall`.
-fn parse_strace_summary(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let name = *fields.last()?;
-            if fields.len() < 5 || name == "total" || fields[0].parse::<f64>().is_err() {
-                return None;
+/// How the cost anatomy traces one writer on one filesystem.
+struct Traced<'a> {
+    testbed: &'static str,
+    trace_dir: &'a Path,
+    transactions: u64,
+    /// Transactions of the second run, which traces the server too.
+    server_transactions: u64,
+    /// The file server's processes to trace beside the writer, and the directory they serve.
+    server: Option<(&'a [u32], &'a Path)>,
+}
+
+impl Traced<'_> {
+    /// Runs one writer of `setup` on `db` under strace and sums what the trace shows
+    /// between the worker's window markers. Where there is a server to trace, a second,
+    /// shorter run traces it too: every call of the server stops it for the tracer, which
+    /// would inflate the writer's times in the first run.
+    fn run(&self, setup: Setup, db: &Path) -> Result<AnatomyRecord, String> {
+        let db_name = db
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{} has no file name", db.display()))?;
+        let mut dirs: Vec<&Path> = db.parent().into_iter().collect();
+        dirs.extend(self.server.map(|(_, dir)| dir));
+        let files = FileKinds {
+            db_name: db_name.clone(),
+            dirs: &dirs,
+        };
+        let name = format!("{}-{db_name}", self.testbed.replace(' ', "-"));
+        let writer = self.pass(setup, db, &name, self.transactions, None)?;
+        let writer_window = Window::find(&writer.client)?;
+        let server = match self.server {
+            Some((pids, _)) => {
+                let name = format!("{name}-server-pass");
+                let pass = self.pass(setup, db, &name, self.server_transactions, Some(pids))?;
+                let window = Window::find(&pass.client)?;
+                pass.server.map(|threads| {
+                    (
+                        pass.commits,
+                        window.costs(&threads, None, &files, pass.commits),
+                    )
+                })
             }
-            Some((name.to_string(), fields[3].parse().ok()?))
+            None => None,
+        };
+        eprintln!("  {} on {}: strace done", setup.label, self.testbed);
+        Ok(AnatomyRecord {
+            testbed: self.testbed,
+            label: setup.label,
+            transactions: writer.commits,
+            wall_ms: (writer_window.end - writer_window.start) * 1000.0 / writer.commits as f64,
+            client: writer_window.costs(
+                &writer.client,
+                Some(writer_window.thread),
+                &files,
+                writer.commits,
+            ),
+            server_transactions: server.as_ref().map_or(0, |(n, _)| *n),
+            server: server.map(|(_, costs)| costs),
         })
-        .collect()
+    }
+
+    /// One traced run of `transactions` write transactions; the traces are read back.
+    fn pass(
+        &self,
+        setup: Setup,
+        db: &Path,
+        name: &str,
+        transactions: u64,
+        server_pids: Option<&[u32]>,
+    ) -> Result<TracedPass, String> {
+        let prefix = |side: &str| self.trace_dir.join(format!("{name}.{side}"));
+        let server_trace = match server_pids {
+            Some(pids) => match ServerTrace::attach(pids, &prefix("server")) {
+                Ok(trace) => Some(trace),
+                Err(e) => {
+                    eprintln!("  {}: the server side is not traced: {e}", setup.label);
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut job = Job::new(setup, Role::Write, 1, vec![db.to_path_buf()]);
+        job.trace_prefix = Some(prefix("client"));
+        let outcome = measure(&job, Stop::Transactions(transactions), 0);
+        let server = server_trace.map(ServerTrace::finish).transpose()?;
+        if !outcome.errors.is_empty() {
+            return Err(format!("worker under strace: {:?}", outcome.errors));
+        }
+        let commits: u64 = outcome.commits_per_process.iter().sum();
+        if commits == 0 {
+            return Err("no transaction committed under strace".into());
+        }
+        Ok(TracedPass {
+            commits,
+            client: read_traces(&prefix("client"))?,
+            server,
+        })
+    }
+}
+
+/// What one traced run left: each thread's calls, the writer's and the server's.
+struct TracedPass {
+    commits: u64,
+    client: Vec<Vec<TracedCall>>,
+    server: Option<Vec<Vec<TracedCall>>>,
+}
+
+/// One system call from a line of `strace -ttt -T -y`.
+struct TracedCall {
+    /// When it started, in seconds since the epoch.
+    at: f64,
+    name: String,
+    /// The file it worked on: a path argument or the path behind its first descriptor.
+    path: Option<String>,
+    seconds: f64,
+}
+
+impl TracedCall {
+    /// `1712345678.123456 pwrite64(5</db/app.db>, "..."..., 4096, 0) = 4096 <0.000123>`;
+    /// signals, exits and calls that never returned give `None`.
+    fn parse(line: &str) -> Option<TracedCall> {
+        let (at, call) = line.split_once(' ')?;
+        let (name, args) = call.split_once('(')?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        let (_, duration) = call.rsplit_once('<')?;
+        Some(TracedCall {
+            at: at.parse().ok()?,
+            name: name.to_string(),
+            path: first_path(args),
+            seconds: duration.strip_suffix('>')?.parse().ok()?,
+        })
+    }
+}
+
+/// `3</db/app.db>, ...` gives the descriptor's path; otherwise the first string argument
+/// (`AT_FDCWD, "/db/app.db-journal", ...`), which is a path for the calls that take one.
+fn first_path(args: &str) -> Option<String> {
+    let digits = args.len() - args.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if let Some(rest) = args[digits..].strip_prefix('<').filter(|_| digits > 0) {
+        return rest.split_once('>').map(|(path, _)| path.to_string());
+    }
+    let (_, quoted) = args.split_once('"')?;
+    quoted.split_once('"').map(|(path, _)| path.to_string())
+}
+
+/// Every thread's calls from the files `<prefix>.<thread id>` that `strace -ff` wrote.
+fn read_traces(prefix: &Path) -> Result<Vec<Vec<TracedCall>>, String> {
+    let dir = prefix.parent().unwrap_or(Path::new("."));
+    let stem = format!(
+        "{}.",
+        prefix.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let entries = fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    let mut threads = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_thread = name
+            .strip_prefix(&stem)
+            .is_some_and(|tid| tid.parse::<u32>().is_ok());
+        if is_thread {
+            let text = fs::read_to_string(entry.path())
+                .map_err(|e| format!("read {}: {e}", entry.path().display()))?;
+            threads.push(text.lines().filter_map(TracedCall::parse).collect());
+        }
+    }
+    if threads.is_empty() {
+        return Err(format!("strace wrote no {}<thread id>", prefix.display()));
+    }
+    Ok(threads)
+}
+
+/// The stretch of a trace between the worker's window markers: its transactions.
+struct Window {
+    start: f64,
+    end: f64,
+    /// The thread that ran the transactions (the one that looked the markers up).
+    thread: usize,
+}
+
+impl Window {
+    fn find(threads: &[Vec<TracedCall>]) -> Result<Window, String> {
+        for (thread, calls) in threads.iter().enumerate() {
+            let at = |marker: &str| {
+                calls
+                    .iter()
+                    .find(|c| c.path.as_deref() == Some(marker))
+                    .map(|c| c.at)
+            };
+            if let (Some(start), Some(end)) = (at(WINDOW_START), at(WINDOW_END)) {
+                return Ok(Window { start, end, thread });
+            }
+        }
+        Err("the trace holds no transaction window (no marker look-ups)".into())
+    }
+
+    /// The calls that started inside the window, by file and call, per transaction. Calls
+    /// of threads other than `main` (the lease heartbeat) are filed under "(other thread)",
+    /// but for those on no file: its sleeps and waits are off the transactions' path. Time
+    /// past the window's end is not counted.
+    fn costs(
+        &self,
+        threads: &[Vec<TracedCall>],
+        main: Option<usize>,
+        files: &FileKinds,
+        transactions: u64,
+    ) -> Costs {
+        let per = transactions as f64;
+        let mut costs = Costs::new();
+        for (thread, calls) in threads.iter().enumerate() {
+            let inside = calls
+                .iter()
+                .filter(|c| c.at > self.start && c.at < self.end);
+            for call in inside {
+                let mut file = files.kind(call.path.as_deref()).to_string();
+                if main.is_some_and(|main| main != thread) {
+                    if file == NO_FILE {
+                        continue;
+                    }
+                    file.push_str(OTHER_THREAD);
+                }
+                let seconds = call.seconds.min(self.end - call.at);
+                let cost = costs.entry((file, call.name.clone())).or_default();
+                cost.calls += 1.0 / per;
+                cost.ms += seconds * 1000.0 / per;
+            }
+        }
+        costs
+    }
+}
+
+/// Names the file a traced call worked on, by its relation to one database.
+struct FileKinds<'a> {
+    db_name: String,
+    /// The database's directory as each traced process sees it.
+    dirs: &'a [&'a Path],
+}
+
+impl FileKinds<'_> {
+    fn kind(&self, path: Option<&str>) -> &'static str {
+        let Some(path) = path else {
+            return NO_FILE;
+        };
+        if let Some((_, suffix)) = path.split_once(self.db_name.as_str()) {
+            let suffix = suffix.trim_end_matches(" (deleted)");
+            return [
+                ("-journal", "journal"),
+                ("-wal", "WAL"),
+                ("-shm", "WAL index"),
+                ("-netfs-latch", "lock latch"),
+                ("-netfs-table", "lock table"),
+                ("-netfs-break", "lock break"),
+                (".lock", "dot-file lock"),
+            ]
+            .into_iter()
+            .find(|(ending, _)| suffix.starts_with(ending))
+            .map_or(
+                if suffix.is_empty() {
+                    "database"
+                } else {
+                    "other file"
+                },
+                |(_, kind)| kind,
+            );
+        }
+        if self.dirs.iter().any(|dir| Path::new(path) == *dir) {
+            "directory"
+        } else if path.starts_with("pipe:") || path.starts_with("socket:") {
+            CHANNEL
+        } else {
+            "other file"
+        }
+    }
+}
+
+/// Marks the calls of a thread other than the one running the transactions.
+const OTHER_THREAD: &str = " (other thread)";
+/// The kind of calls that name no file (memory, time, futexes).
+const NO_FILE: &str = "(no file)";
+/// Pipes and sockets: a worker's report to the bench, an SFTP server's requests and replies.
+const CHANNEL: &str = "pipes and sockets";
+
+/// strace attached to running processes (the file server's) for one traced run.
+struct ServerTrace {
+    strace: Child,
+    prefix: PathBuf,
+}
+
+impl ServerTrace {
+    fn attach(pids: &[u32], prefix: &Path) -> Result<ServerTrace, String> {
+        let mut cmd = Command::new(STRACE);
+        cmd.args(STRACE_ARGS).arg("-o").arg(prefix);
+        for pid in pids {
+            cmd.arg("-p").arg(pid.to_string());
+        }
+        let strace = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start {STRACE}: {e}"))?;
+        let mut trace = ServerTrace {
+            strace,
+            prefix: prefix.to_path_buf(),
+        };
+        // strace opens a process's output file when it has attached to it.
+        let attached = |pid: &u32| PathBuf::from(format!("{}.{pid}", prefix.display())).exists();
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !pids.iter().all(attached) {
+            if Instant::now() > give_up || trace.strace.try_wait().ok().flatten().is_some() {
+                trace.stop();
+                return Err(format!("strace could not attach to {pids:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(trace)
+    }
+
+    fn finish(mut self) -> Result<Vec<Vec<TracedCall>>, String> {
+        self.stop();
+        read_traces(&self.prefix)
+    }
+
+    /// SIGINT makes strace detach, leaving the server running, and write out its files.
+    fn stop(&mut self) {
+        if self.strace.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.strace.id().to_string())
+            .status();
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while self.strace.try_wait().ok().flatten().is_none() {
+            if Instant::now() > give_up {
+                let _ = self.strace.kill();
+                let _ = self.strace.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServerTrace {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1917,39 +2372,121 @@ fn render_markdown(run: &Run) -> String {
     md
 }
 
-/// The top system calls per write transaction of each profiled setup, side by side.
+/// The cost anatomy of each filesystem: the writer's calls and, where traced, the file
+/// server's, by file and call, subject beside alternative.
 fn anatomy_markdown(records: &[AnatomyRecord]) -> String {
-    if records.is_empty() {
-        return String::new();
-    }
-    let mut names: Vec<&str> = Vec::new();
-    for record in records {
-        for (name, _) in record.top(8) {
-            if !names.contains(&name) {
-                names.push(name);
-            }
+    let mut md = String::new();
+    for pair in records.chunks(2) {
+        let first = &pair[0];
+        let _ = write!(
+            md,
+            "\n## Where a write transaction's time goes: {}\n\n\
+             One writer, {} write transactions under `strace -ff -T -y`, per transaction: \
+             calls, and milliseconds of wall time inside them (a call on a network \
+             filesystem waits for its round trips to the server). Tracing slows every call; \
+             the counts are exact, the times inflated alike for both sides.\n\n",
+            first.testbed, first.transactions
+        );
+        let server_runs = pair
+            .iter()
+            .filter(|r| r.server.is_some())
+            .map(|r| r.server_transactions)
+            .max();
+        costs_table(&mut md, "The writer's system calls", pair, |r| {
+            Some(&r.client)
+        });
+        if let Some(transactions) = server_runs {
+            let title = format!(
+                "The file server's system calls, from a second run of {transactions} \
+                 transactions that traced the SFTP servers too (each request served is one \
+                 call on a file, a read or write one more `lseek`; \"pipes and sockets\" \
+                 carry the requests and replies)"
+            );
+            costs_table(&mut md, &title, pair, |r| r.server.as_ref());
         }
-    }
-    let mut md =
-        "\n## System calls per write transaction (top 8 of each)\n\n| syscall |".to_string();
-    for record in records {
-        let _ = write!(md, " {} |", record.label);
-    }
-    md.push_str("\n|---|");
-    md.push_str(&"---:|".repeat(records.len()));
-    md.push('\n');
-    for name in names.iter().copied().chain(["**all**"]) {
-        let _ = write!(md, "| {name} |");
-        for record in records {
-            let value = match name {
-                "**all**" => record.total(),
-                _ => record.per_transaction.get(name).copied().unwrap_or(0.0),
-            };
-            let _ = write!(md, " {value:.1} |");
-        }
-        md.push('\n');
     }
     md
+}
+
+/// A table of `costs` side by side: a bold subtotal per file, most time first, then its
+/// calls; calls below 0.05 per transaction are left to the JSON.
+fn costs_table(
+    md: &mut String,
+    title: &str,
+    records: &[AnatomyRecord],
+    costs: impl Fn(&AnatomyRecord) -> Option<&Costs>,
+) {
+    let _ = write!(md, "{title}:\n\n| file | call |");
+    for record in records {
+        let _ = write!(md, " {0} calls | {0} ms |", escape_md(record.label));
+    }
+    md.push_str("\n|---|---|");
+    md.push_str(&"---:|---:|".repeat(records.len()));
+    md.push('\n');
+    let cell = |record: &AnatomyRecord, keep: &dyn Fn(&(String, String)) -> bool| {
+        costs(record).map_or(Cost::default(), |c| {
+            c.iter()
+                .filter(|(key, _)| keep(key))
+                .fold(Cost::default(), |sum, (_, cost)| sum.add(*cost))
+        })
+    };
+    let row =
+        |md: &mut String, file: &str, call: &str, keep: &dyn Fn(&(String, String)) -> bool| {
+            let _ = write!(md, "| {file} | {call} |");
+            for record in records {
+                let c = cell(record, keep);
+                let _ = write!(md, " {:.2} | {:.2} |", c.calls, c.ms);
+            }
+            md.push('\n');
+        };
+    let most = |keep: &dyn Fn(&(String, String)) -> bool| {
+        records
+            .iter()
+            .map(|r| cell(r, keep))
+            .fold(Cost::default(), |a, b| Cost {
+                calls: a.calls.max(b.calls),
+                ms: a.ms.max(b.ms),
+            })
+    };
+    let keys: Vec<&(String, String)> = records
+        .iter()
+        .filter_map(&costs)
+        .flat_map(|c| c.keys())
+        .collect();
+    let mut files: Vec<&str> = keys.iter().map(|(file, _)| file.as_str()).collect();
+    files.sort_unstable();
+    files.dedup();
+    files.sort_by(|a, b| {
+        let ms = |f: &str| most(&|(file, _)| file == f).ms;
+        ms(b).total_cmp(&ms(a))
+    });
+    for file in files {
+        row(md, &format!("**{file}**"), "all", &|(f, _)| f == file);
+        let mut calls: Vec<&str> = keys
+            .iter()
+            .filter(|(f, _)| f == file)
+            .map(|(_, call)| call.as_str())
+            .collect();
+        calls.sort_unstable();
+        calls.dedup();
+        let key = |call: &str| (file.to_string(), call.to_string());
+        calls.retain(|call| most(&|k| *k == key(call)).calls >= 0.05);
+        calls.sort_by(|a, b| {
+            let ms = |call: &str| most(&|k| *k == key(call)).ms;
+            ms(b).total_cmp(&ms(a))
+        });
+        for call in calls {
+            row(md, "", call, &|k| *k == key(call));
+        }
+    }
+    // Other threads run beside the transactions, not in their time.
+    let own = |(file, _): &(String, String)| !file.ends_with(OTHER_THREAD);
+    if keys.iter().all(|key| own(key)) {
+        row(md, "**all**", "", &own);
+    } else {
+        row(md, "**all, transaction thread**", "", &own);
+    }
+    md.push('\n');
 }
 
 /// "1 round", "3 rounds"
@@ -1977,7 +2514,7 @@ fn render_json(run: &Run) -> String {
         json_str(&m.source)
     );
     let profile = format!(
-        "{{\"mode\": {}, \"rows\": {}, \"rounds\": {}, \"seconds\": {}, \"testbed_rounds\": {}, \"sshfs_seconds\": {}, \"smb_seconds\": {}, \"strace_transactions\": {}}}",
+        "{{\"mode\": {}, \"rows\": {}, \"rounds\": {}, \"seconds\": {}, \"testbed_rounds\": {}, \"sshfs_seconds\": {}, \"smb_seconds\": {}, \"strace_transactions\": {}, \"testbed_strace_transactions\": {}, \"server_strace_transactions\": {}}}",
         json_str(p.name),
         p.rows,
         p.rounds,
@@ -1985,7 +2522,9 @@ fn render_json(run: &Run) -> String {
         p.testbed_rounds,
         json_num(p.sshfs_seconds),
         json_num(p.smb_seconds),
-        p.strace_transactions
+        p.strace_transactions,
+        p.testbed_strace_transactions,
+        p.server_strace_transactions
     );
     let rows = json_list(run.report.rows.iter().map(|r| {
         format!(
@@ -2025,17 +2564,15 @@ fn render_json(run: &Run) -> String {
         )
     }));
     let anatomy = json_list(run.report.anatomy.iter().map(|a| {
-        let calls = a
-            .per_transaction
-            .iter()
-            .map(|(name, v)| format!("{}: {}", json_str(name), json_num(*v)))
-            .collect::<Vec<_>>()
-            .join(", ");
         format!(
-            "{{\"setup\": {}, \"transactions\": {}, \"syscalls_per_transaction\": {}, \"per_syscall\": {{{calls}}}}}",
+            "{{\"testbed\": {}, \"setup\": {}, \"transactions\": {}, \"wall_ms_per_transaction\": {}, \"client\": {}, \"server_transactions\": {}, \"server\": {}}}",
+            json_str(a.testbed),
             json_str(a.label),
             a.transactions,
-            json_num(a.total())
+            json_num(a.wall_ms),
+            costs_json(&a.client),
+            a.server_transactions,
+            a.server.as_ref().map_or("null".into(), costs_json)
         )
     }));
     format!(
@@ -2043,6 +2580,19 @@ fn render_json(run: &Run) -> String {
         json_str(&run.command),
         json_num(run.elapsed.as_secs_f64())
     )
+}
+
+/// Per transaction: `[{"file", "call", "calls", "ms"}, ...]`.
+fn costs_json(costs: &Costs) -> String {
+    json_list(costs.iter().map(|((file, call), cost)| {
+        format!(
+            "{{\"file\": {}, \"call\": {}, \"calls\": {}, \"ms\": {}}}",
+            json_str(file),
+            json_str(call),
+            json_num(cost.calls),
+            json_num(cost.ms)
+        )
+    }))
 }
 
 fn series_json(scenario: &str, s: &Series) -> String {

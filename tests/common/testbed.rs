@@ -490,6 +490,23 @@ impl TwoHostTestbed {
         Ok(())
     }
 
+    /// The file server's processes that serve the mounts: descendants of the daemons this
+    /// testbed started that have no children of their own (on sshfs, the SFTP server of each
+    /// mount's session). For tracing the server's side of a workload.
+    pub fn serving_processes(&self) -> Vec<u32> {
+        let below: Vec<u32> = self
+            .pid_files
+            .iter()
+            .filter_map(|pf| pid_from_file(pf))
+            .flat_map(descendants)
+            .collect();
+        below
+            .iter()
+            .copied()
+            .filter(|&p| pid_alive(p) && !below.iter().any(|&c| ppid_of(c) == Some(p)))
+            .collect()
+    }
+
     fn new_empty(kind: &'static str) -> Result<TwoHostTestbed, String> {
         let dir = tempfile::Builder::new()
             .prefix("snfs-")

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::faults::{self, Slot};
+use common::faults::{self, Slot, libfaketime};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
 use common::worker::Job;
 
@@ -34,25 +34,6 @@ const LEASE: Duration = Duration::from_secs(4);
 const HOLD: Duration = Duration::from_secs(10);
 /// The skews, as libfaketime offsets and in seconds.
 const SKEWS: [(&str, i64); 2] = [("-5m", -300), ("+5m", 300)];
-
-/// The preload library of Debian's `faketime` (the thread-safe variant: the shim runs a lease
-/// heartbeat thread). `None` outside CI when it is not installed.
-fn libfaketime() -> Option<PathBuf> {
-    let found = std::fs::read_dir("/usr/lib").ok().and_then(|dirs| {
-        dirs.flatten()
-            .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
-            .find(|p| p.exists())
-    });
-    if found.is_none() {
-        let in_ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-        assert!(
-            !in_ci,
-            "libfaketime is missing (CI=true): install faketime (.ci/install-testbed-deps)"
-        );
-        eprintln!("SKIPPED: libfaketime not installed (apt-get install faketime)");
-    }
-    found
-}
 
 struct Place {
     testbed: &'static str,

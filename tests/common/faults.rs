@@ -551,6 +551,8 @@ pub struct FaultPlan {
     pub lease: Option<Duration>,
     /// Workers with an odd index use this host identity (they look like another machine).
     pub other_host_id: Option<String>,
+    /// Extra environment for single workers, by index (e.g. a skewed clock).
+    pub worker_env: Vec<(usize, String, String)>,
 }
 
 impl FaultPlan {
@@ -567,6 +569,7 @@ impl FaultPlan {
             busy_timeout_ms: 30_000,
             lease: None,
             other_host_id: Some("fault-other-host".into()),
+            worker_env: Vec::new(),
         }
     }
 
@@ -670,6 +673,25 @@ impl Slot {
     }
 }
 
+/// The preload library of Debian's `faketime` (the thread-safe variant: the shim runs a lease
+/// heartbeat thread). `None` outside CI when it is not installed.
+pub fn libfaketime() -> Option<PathBuf> {
+    let found = std::fs::read_dir("/usr/lib").ok().and_then(|dirs| {
+        dirs.flatten()
+            .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+            .find(|p| p.exists())
+    });
+    if found.is_none() {
+        let in_ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        assert!(
+            !in_ci,
+            "libfaketime is missing (CI=true): install faketime (.ci/install-testbed-deps)"
+        );
+        eprintln!("SKIPPED: libfaketime not installed (apt-get install faketime)");
+    }
+    found
+}
+
 /// Workers of a plan, running.
 pub struct FaultRun {
     pub plan: FaultPlan,
@@ -715,6 +737,9 @@ impl FaultRun {
             }
             if let Ok(trace) = std::env::var("NETFS_TEST_TRACE") {
                 env.push(("NETFS_TEST_TRACE".to_owned(), trace));
+            }
+            for (_, k, v) in plan.worker_env.iter().filter(|(w, _, _)| *w == i) {
+                env.push((k.clone(), v.clone()));
             }
             let mut slot = Slot::new(job, env);
             slot.spawn();
@@ -1012,31 +1037,70 @@ const AIMS: [&str; 6] = ["read", "reserved", "pages", "commit", "acked", "any"];
 /// it, again and again for `kills.duration`; then requires every writer to commit again, stops
 /// everyone and verifies.
 pub fn run_with_kills(plan: &FaultPlan, kills: &KillPlan) -> FaultReport {
+    run_mixed(plan, kills, None)
+}
+
+/// File-server outages mixed into a kill run: every `every`, the server goes down for the next
+/// of `downs` (cycled).
+pub struct OutageMix<'a> {
+    pub testbed: &'a super::testbed::TwoHostTestbed,
+    pub every: Duration,
+    pub downs: Vec<Duration>,
+}
+
+/// The soak's driver: kills as [`run_with_kills`] does, with file-server outages among them
+/// when `outages` is given, for `kills.duration`; then every writer must commit again, everyone
+/// stops, and the database is verified.
+pub fn run_mixed(
+    plan: &FaultPlan,
+    kills: &KillPlan,
+    outages: Option<OutageMix<'_>>,
+) -> FaultReport {
     let mut rng = Rng::for_run(&plan.label);
     let mut run = FaultRun::start(plan);
     let started = Instant::now();
+    let mut made = Vec::new();
+    let mut stalled = 0;
+    let mut next_outage = outages.as_ref().map(|o| o.every);
     while started.elapsed() < kills.duration {
         std::thread::sleep(rng.between(kills.gap.0, kills.gap.1));
-        let aim = AIMS[rng.below(AIMS.len() as u64) as usize];
-        let candidates: Vec<usize> = (0..run.slots.len())
-            .filter(|&i| aim != "read" || !run.slots[i].is_writer())
-            .collect();
-        let aim_deadline = Instant::now() + kills.aim_for;
-        let victim = loop {
-            if aim == "any" || Instant::now() > aim_deadline {
-                break candidates[rng.below(candidates.len() as u64) as usize];
-            }
-            if let Some(&i) = candidates.iter().find(|&&i| run.slots[i].phase() == aim) {
-                break i;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        };
-        run.kill_and_restart(victim);
+        if let (Some(mix), Some(at)) = (&outages, next_outage)
+            && started.elapsed() >= at
+        {
+            let down = mix.downs[made.len() % mix.downs.len()];
+            let (outage, still) = crash_server(&run, mix.testbed, down, kills.progress_timeout);
+            made.push(outage);
+            stalled += still;
+            next_outage = Some(started.elapsed() + mix.every);
+            continue;
+        }
+        kill_one(&mut run, &mut rng, kills.aim_for);
     }
-    let stalled = run.wait_for_progress(kills.progress_timeout);
+    stalled += run.wait_for_progress(kills.progress_timeout).len() as u64;
     let mut report = run.finish(kills.finish_timeout);
-    report.stalled_writers = stalled.len() as u64;
+    report.stalled_writers = stalled;
+    report.outages = made;
     report
+}
+
+/// Kills one worker, aimed at a random phase (waiting up to `aim_for` for a worker in it), and
+/// restarts it.
+fn kill_one(run: &mut FaultRun, rng: &mut Rng, aim_for: Duration) {
+    let aim = AIMS[rng.below(AIMS.len() as u64) as usize];
+    let candidates: Vec<usize> = (0..run.slots.len())
+        .filter(|&i| aim != "read" || !run.slots[i].is_writer())
+        .collect();
+    let aim_deadline = Instant::now() + aim_for;
+    let victim = loop {
+        if aim == "any" || Instant::now() > aim_deadline {
+            break candidates[rng.below(candidates.len() as u64) as usize];
+        }
+        if let Some(&i) = candidates.iter().find(|&&i| run.slots[i].phase() == aim) {
+            break i;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    run.kill_and_restart(victim);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1130,24 +1194,37 @@ pub fn run_with_outages(
             break;
         }
         std::thread::sleep(outages.between);
-        let killed_at = Instant::now();
-        let processes = testbed.stop_server().expect("stop the file server");
-        std::thread::sleep(*down);
-        testbed.start_server().expect("restart the file server");
-        let restarted = Instant::now();
-        let (first_commit, all_writers, still) = run.time_to_commit_again(outages.progress_timeout);
+        let (outage, still) = crash_server(&run, testbed, *down, outages.progress_timeout);
+        made.push(outage);
         stalled += still;
-        made.push(Outage {
-            down: restarted - killed_at,
-            processes,
-            first_commit,
-            all_writers,
-        });
     }
     let mut report = run.finish(outages.finish_timeout);
     report.stalled_writers = stalled;
     report.outages = made;
     report
+}
+
+/// Crashes the file server for `down`, restarts it, and times the writers' return; also
+/// returns how many writers did not commit again within `progress_timeout`.
+fn crash_server(
+    run: &FaultRun,
+    testbed: &super::testbed::TwoHostTestbed,
+    down: Duration,
+    progress_timeout: Duration,
+) -> (Outage, u64) {
+    let killed_at = Instant::now();
+    let processes = testbed.stop_server().expect("stop the file server");
+    std::thread::sleep(down);
+    testbed.start_server().expect("restart the file server");
+    let restarted = Instant::now();
+    let (first_commit, all_writers, still) = run.time_to_commit_again(progress_timeout);
+    let outage = Outage {
+        down: restarted - killed_at,
+        processes,
+        first_commit,
+        all_writers,
+    };
+    (outage, still)
 }
 
 impl FaultRun {

@@ -33,18 +33,6 @@ fn integrity(db: &Path) -> String {
         .unwrap()
 }
 
-fn siblings(db: &Path) -> Vec<String> {
-    let name = db.file_name().unwrap().to_string_lossy().into_owned();
-    let mut v: Vec<String> = std::fs::read_dir(db.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&name) && n != &name)
-        .map(|n| n[name.len()..].to_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// One small write transaction, as the writer workers do it.
 fn commit_one(conn: &Connection, worker: i64, seq: i64) -> sqlite_netfs::rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -176,9 +164,9 @@ fn lock_files_that_cannot_be_created_answer_sqlite_full_and_leave_no_lock_behind
     assert_eq!(err.sqlite_error_code(), Some(ErrorCode::DiskFull), "{err}");
     let refused_ms = started.elapsed().as_millis();
     assert!(
-        !siblings(&db).contains(&"-netfs-latch".to_owned()),
+        !common::siblings(&db).contains(&"-netfs-latch".to_owned()),
         "a latch was left behind: {:?}",
-        siblings(&db)
+        common::siblings(&db)
     );
 
     // Inodes back: both connections carry on, nothing lost, nothing stuck.

@@ -1,6 +1,8 @@
 //! The public contract, seen from one process: registration, URI selection, mode decision,
 //! journal pinning, error messages, and locking between connections of one process.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,18 +11,6 @@ use sqlite_netfs::rusqlite::{Connection, ErrorCode};
 fn open(path: &Path, params: &str) -> sqlite_netfs::rusqlite::Result<Connection> {
     sqlite_netfs::register().unwrap();
     Connection::open(format!("file:{}?vfs=netfs{params}", path.display()))
-}
-
-fn siblings(path: &Path) -> Vec<String> {
-    let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    let mut v: Vec<String> = std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&name) && n != &name)
-        .map(|n| n[name.len()..].to_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -71,7 +61,7 @@ fn network_mode_writes_reads_and_pins_the_journal() {
         .unwrap();
     assert_eq!(n, 2);
     // The journal stays, empty; no WAL or shared memory is ever created.
-    assert_eq!(siblings(&db), ["-journal", "-netfs-table"]);
+    assert_eq!(common::siblings(&db), ["-journal", "-netfs-table"]);
     assert_eq!(
         std::fs::metadata(dir.path().join("app.db-journal"))
             .unwrap()
@@ -104,11 +94,11 @@ fn local_disk_in_auto_mode_is_native_with_wal() {
     conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
     assert!(
-        siblings(&db).contains(&"-shm".to_owned()),
+        common::siblings(&db).contains(&"-shm".to_owned()),
         "{:?}",
-        siblings(&db)
+        common::siblings(&db)
     );
-    assert!(siblings(&db).contains(&"-wal".to_owned()));
+    assert!(common::siblings(&db).contains(&"-wal".to_owned()));
 }
 
 #[test]

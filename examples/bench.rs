@@ -248,7 +248,7 @@ const QUICK: Profile = Profile {
     local_seconds: 1.5,
     testbed_rounds: 1,
     sshfs_seconds: 5.0,
-    smb_seconds: 10.0,
+    smb_seconds: 6.0,
     strace_transactions: 100,
     testbed_strace_transactions: 60,
     server_strace_transactions: 20,

@@ -1104,6 +1104,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_grant_the_holder_never_heard_of_is_lowered_to_what_it_holds() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
+        // An EXCLUSIVE request whose edit was written but whose answer was lost (the latch
+        // removal failed): the table says EXCLUSIVE, the holder believes RESERVED.
+        let mut table =
+            LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        table.holders[0].level = Level::Exclusive;
+        files.write(LockFileName::Table, &table.encode(0));
+        assert_eq!(w.level(), Level::Reserved);
+        assert!(granted(w.lock(Level::Exclusive).unwrap()));
+        w.unlock(Level::None, true).unwrap();
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        assert!(table.holders.is_empty());
+        // And from RESERVED straight to NONE (a rollback).
+        let mut w = client(&files, &env, "h1", 2);
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
+        let mut table =
+            LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        table.holders[0].level = Level::Exclusive;
+        files.write(LockFileName::Table, &table.encode(0));
+        w.unlock(Level::Shared, false).unwrap();
+        w.unlock(Level::None, false).unwrap();
+        w.settle(LATCH_WAIT).unwrap();
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        assert!(table.holders.is_empty());
+    }
+
+    #[test]
     fn holders_silent_while_a_dead_latch_blocked_them_are_not_judged_stale() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut reader = client(&files, &env, "h2", 2);

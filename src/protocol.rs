@@ -332,10 +332,12 @@ impl LockTable {
         }
     }
 
-    /// Lowers `me` to SHARED or NONE. `changed_file` says whether the holder may have written
-    /// the database file since it last published; then the generation moves on.
+    /// Lowers `me` to `to`: SHARED or NONE when SQLite unlocks, or any level when a holder
+    /// brings its entry back to what it knows it holds (an edit that failed after its write
+    /// may have recorded a grant the holder never heard of). `changed_file` says whether the
+    /// holder may have written the database file since it last published; then the
+    /// generation moves on.
     pub fn release(&mut self, me: &OwnerId, to: Level, seq: u64, changed_file: bool) {
-        debug_assert!(to <= Level::Shared, "SQLite unlocks only to SHARED or NONE");
         if changed_file {
             self.generation += 1;
         }
@@ -548,7 +550,8 @@ mod tests {
             Level::Reserved,
             Level::Exclusive,
         ];
-        let n = owners.len() * (actions.len() + 1);
+        // Each action, plus a release to SHARED and a lowering to RESERVED.
+        let n = owners.len() * (actions.len() + 2);
         let mut count = 0;
         for code in 0..n.pow(5) {
             let mut t = LockTable::default();
@@ -556,11 +559,13 @@ mod tests {
             for step in 0..5 {
                 let pick = c % n;
                 c /= n;
-                let o = &owners[pick / (actions.len() + 1)];
-                let a = pick % (actions.len() + 1);
+                let o = &owners[pick / (actions.len() + 2)];
+                let a = pick % (actions.len() + 2);
                 let have = t.level_of(o);
                 if a == actions.len() {
                     t.release(o, Level::Shared.min(have), step, false);
+                } else if a == actions.len() + 1 {
+                    t.release(o, Level::Reserved.min(have), step, have >= Level::Reserved);
                 } else if actions[a] == Level::None {
                     t.release(o, Level::None, step, false);
                 } else if actions[a] == Level::Reserved && have != Level::Shared {

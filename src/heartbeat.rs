@@ -43,20 +43,31 @@ fn beat_forever() {
         };
         tick = TICK;
         for lock in live {
-            let mut lock = lock.lock();
-            if lock.renewal_due()
-                && let Err(e) = lock.renew()
-            {
-                tracing::warn!(owner = %lock.owner(), error = %e, "lease renewal failed");
-            }
-            if lock.settle_due()
-                && let Err(e) = lock.settle(crate::lock::LATCH_WAIT)
-            {
-                tracing::warn!(owner = %lock.owner(), error = %e, "deferred lock release failed");
-            }
-            if lock.release_owed() {
-                tick = SETTLE_TICK;
+            // A panic must not end the thread: every lock of the process would stop renewing.
+            let beat = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| beat(&lock)));
+            match beat {
+                Ok(true) => tick = SETTLE_TICK,
+                Ok(false) => {}
+                Err(_) => {
+                    tracing::error!("lease heartbeat panicked; it goes on with the next beat")
+                }
             }
         }
     }
+}
+
+/// Renews and settles one lock as due; true if a release is still owed afterwards.
+fn beat(lock: &SharedLock) -> bool {
+    let mut lock = lock.lock();
+    if lock.renewal_due()
+        && let Err(e) = lock.renew()
+    {
+        tracing::warn!(owner = %lock.owner(), error = %e, "lease renewal failed");
+    }
+    if lock.settle_due()
+        && let Err(e) = lock.settle(crate::lock::LATCH_WAIT)
+    {
+        tracing::warn!(owner = %lock.owner(), error = %e, "deferred lock release failed");
+    }
+    lock.release_owed()
 }

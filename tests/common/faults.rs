@@ -162,8 +162,7 @@ impl AckLog {
     fn open(out: &Path) -> (AckLog, u64) {
         let incarnation = std::fs::read_to_string(out)
             .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("# start"))
+            .matches("# start ")
             .count() as u64;
         let mut log = AckLog(
             OpenOptions::new()
@@ -183,8 +182,12 @@ impl AckLog {
         (log, incarnation)
     }
 
+    /// One `write` per line: `writeln!` would issue several, and a kill between them would
+    /// glue the next incarnation's first line onto a half-written one.
     fn line(&mut self, text: &str) {
-        writeln!(self.0, "{text}").expect("ack log write");
+        self.0
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("ack log write");
         self.0.sync_data().expect("ack log fsync");
     }
 }

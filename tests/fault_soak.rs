@@ -5,8 +5,10 @@
 //! all three at the same time. Afterwards each database is intact and holds every acknowledged
 //! transaction, and every writer commits again.
 //!
-//! In CI it runs for a minute. The soak (documented in README.md) runs it for half an hour:
-//! `SQLITE_NETFS_SOAK_SECS=1800 cargo test --test fault_soak -- --nocapture`.
+//! The soak runs outside CI (README.md, "Guarantees"), for half an hour per testbed, all at once:
+//! `SQLITE_NETFS_SOAK_SECS=1800 cargo test --test fault_soak -- --ignored --nocapture`.
+//! Without `SQLITE_NETFS_SOAK_SECS` it runs for a minute. CI runs each fault on its own
+//! (`fault_sigkill`, `fault_server_outage`, ...).
 
 mod common;
 
@@ -55,6 +57,7 @@ fn soak(plan: &FaultPlan, testbed: Option<&TwoHostTestbed>, gap: (u64, u64)) -> 
 }
 
 #[test]
+#[ignore = "the soak: run outside CI with SQLITE_NETFS_SOAK_SECS (see the module doc)"]
 fn every_fault_at_once_on_both_testbeds_and_a_local_disk_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
     let mut local = plan(

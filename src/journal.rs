@@ -17,6 +17,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -63,10 +64,24 @@ pub fn companion_of_network_database(name: &str) -> Option<Companion> {
     guard.as_ref()?.contains_key(db).then_some(kind)
 }
 
+/// How long "does the journal exist" keeps asking through EIO. SQLite asks at every SHARED
+/// lock, and an error fails the caller's statement: the SMB testbed's client has answered EIO
+/// for longer than the 2 s every single request is retried (a reader failed with
+/// `SQLITE_IOERR_ACCESS` in CI), so this question gets more patience.
+const ACCESS_EIO_PATIENCE: Duration = Duration::from_secs(8);
+
 /// "Exists" for SQLite: has bytes at the server (a missed hot journal would let a reader see
 /// a half-written database, so no cached size is trusted).
 pub fn has_content(path: &Path) -> io::Result<bool> {
-    Ok(crate::lockfile::open_revalidated(path)?.is_some_and(|(_, size)| size > 0))
+    let started = Instant::now();
+    loop {
+        match crate::lockfile::open_revalidated(path) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EIO)
+                    && started.elapsed() < ACCESS_EIO_PATIENCE => {}
+            result => return Ok(result?.is_some_and(|(_, size)| size > 0)),
+        }
+    }
 }
 
 /// "Delete" for SQLite: truncate to zero bytes (and sync if asked), keeping the file.

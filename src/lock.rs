@@ -976,6 +976,17 @@ pub(crate) mod tests {
         assert!(files.read(LockFileName::Latch).unwrap().is_none());
     }
 
+    fn table_of(files: &FakeFiles) -> LockTable {
+        LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap()
+    }
+
+    /// Rewrites the first holder's level, as an edit whose answer was lost would leave it.
+    fn record_level(files: &FakeFiles, level: Level) {
+        let mut table = table_of(files);
+        table.holders[0].level = level;
+        files.write(LockFileName::Table, &table.encode(0));
+    }
+
     fn table_writes(files: &FakeFiles) -> u64 {
         files.writes.load(Ordering::Relaxed)
     }
@@ -1033,7 +1044,7 @@ pub(crate) mod tests {
         assert_eq!(w.unlock(Level::None, false).unwrap(), Some(1));
         assert_eq!(table_writes(&files), writes + 1);
         assert!(!w.release_owed());
-        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let table = table_of(&files);
         assert!(table.holders.is_empty());
         // A downgrade not followed by NONE is published once the connection is idle.
         for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
@@ -1043,7 +1054,7 @@ pub(crate) mod tests {
         env.advance(RELEASE_LINGER);
         assert!(w.settle_due());
         w.settle(LATCH_WAIT).unwrap();
-        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let table = table_of(&files);
         assert_eq!(table.level_of(w.owner()), Level::Shared);
         assert_eq!(table.generation, 2);
     }
@@ -1111,27 +1122,21 @@ pub(crate) mod tests {
         assert!(granted(w.lock(Level::Reserved).unwrap()));
         // An EXCLUSIVE request whose edit was written but whose answer was lost (the latch
         // removal failed): the table says EXCLUSIVE, the holder believes RESERVED.
-        let mut table =
-            LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
-        table.holders[0].level = Level::Exclusive;
-        files.write(LockFileName::Table, &table.encode(0));
+        record_level(&files, Level::Exclusive);
         assert_eq!(w.level(), Level::Reserved);
         assert!(granted(w.lock(Level::Exclusive).unwrap()));
         w.unlock(Level::None, true).unwrap();
-        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let table = table_of(&files);
         assert!(table.holders.is_empty());
         // And from RESERVED straight to NONE (a rollback).
         let mut w = client(&files, &env, "h1", 2);
         assert!(granted(w.lock(Level::Shared).unwrap()));
         assert!(granted(w.lock(Level::Reserved).unwrap()));
-        let mut table =
-            LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
-        table.holders[0].level = Level::Exclusive;
-        files.write(LockFileName::Table, &table.encode(0));
+        record_level(&files, Level::Exclusive);
         w.unlock(Level::Shared, false).unwrap();
         w.unlock(Level::None, false).unwrap();
         w.settle(LATCH_WAIT).unwrap();
-        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let table = table_of(&files);
         assert!(table.holders.is_empty());
     }
 
@@ -1162,7 +1167,7 @@ pub(crate) mod tests {
         let broken_at = broken_at.expect("the dead latch is broken");
         assert!(broken_at >= LEASE, "broken after {broken_at:?}");
         assert!(reader.lease_expired());
-        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let table = table_of(&files);
         assert_eq!(table.latch_breaks, 1);
         assert_eq!(
             table.level_of(reader.owner()),
@@ -1256,7 +1261,7 @@ pub(crate) mod tests {
         assert!(holder.lease_expired());
         env.advance(LEASE / 4);
         assert!(granted(next.lock(Level::Shared).unwrap()));
-        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let table = table_of(&files);
         assert_eq!(table.holders.len(), 1, "only the new holder: {table:?}");
         assert!(table.generation > 1, "a generation no client has cached");
         // Garbage that keeps changing (someone is writing it) is never replaced.
@@ -1312,7 +1317,7 @@ pub(crate) mod tests {
         // The heartbeat settles it: the entry goes and the generation moves on.
         a.settle(LATCH_WAIT).unwrap();
         assert!(!a.release_owed());
-        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let table = table_of(&files);
         assert!(table.holders.is_empty());
         assert!(table.generation >= 1, "readers must drop their caches");
         assert!(granted(a.lock(Level::Shared).unwrap()));

@@ -305,16 +305,20 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
     }
 
+    /// The table as a read without the latch finds it; `None` if missing, unreadable or
+    /// caught mid-rewrite. Good only for answers that a later edit checks again.
+    fn glance_at_table(&self) -> Option<LockTable> {
+        let bytes = self.files.read(LockFileName::Table).ok()??;
+        LockTable::decode(&bytes).ok()
+    }
+
     /// For a retry after a refusal: reads the table without the latch and tells whether the
     /// request would surely be refused again. True only if the request would leave the table
     /// as it is (so a writer still records PENDING through a real edit) and no holder in the
     /// way is suspected dead. A stale or torn snapshot costs only a retry. This keeps the
     /// busy-handler retries of waiting processes off the latch.
     fn refused_at_a_glance(&mut self, want: Level) -> bool {
-        let Ok(Some(bytes)) = self.files.read(LockFileName::Table) else {
-            return false;
-        };
-        let Ok(table) = LockTable::decode(&bytes) else {
+        let Some(table) = self.glance_at_table() else {
             return false;
         };
         if table.level_of(&self.me) != self.level {
@@ -344,8 +348,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         {
             return None;
         }
-        let bytes = self.files.read(LockFileName::Table).ok()??;
-        let table = LockTable::decode(&bytes).ok()?;
+        let table = self.glance_at_table()?;
         if !table.shared_reusable_by(&self.me) {
             return None;
         }

@@ -26,7 +26,7 @@
 //! cached entry.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -249,7 +249,7 @@ impl DirLockFiles {
     }
 
     fn read_path(&self, name: LockFileName, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        let mut file = match OpenOptions::new()
+        let file = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
@@ -258,10 +258,9 @@ impl DirLockFiles {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.context(name, "open", e)),
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| self.context(name, "read", e))?;
-        Ok(Some(bytes))
+        read_whole(&file)
+            .map(Some)
+            .map_err(|e| self.context(name, "read", e))
     }
 
     fn remove_path(&self, name: LockFileName, path: &Path, is_dir: bool) -> io::Result<bool> {
@@ -414,6 +413,23 @@ impl LockFiles for DirLockFiles {
     }
 }
 
+/// A whole lock file, by positioned reads into a buffer larger than a usual table: one
+/// request to the server, no size query or seek first (lock files are read on every lock
+/// change and every latch-free look).
+fn read_whole(file: &File) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; 2 * crate::protocol::TABLE_BLOCK];
+    let mut len = 0;
+    loop {
+        let n = retry_eio(|| file.read_at(&mut bytes[len..], len as u64))?;
+        len += n;
+        if n == 0 || len < bytes.len() {
+            bytes.truncate(len);
+            return Ok(bytes);
+        }
+        bytes.resize(bytes.len() * 2, 0);
+    }
+}
+
 /// The table of a [`DirLockFiles`], open for one edit.
 pub struct DirTableFile {
     files: DirLockFiles,
@@ -422,20 +438,7 @@ pub struct DirTableFile {
 
 impl TableFile for DirTableFile {
     fn read_all(&mut self) -> io::Result<Vec<u8>> {
-        // Positioned reads into a buffer larger than a usual table: one request to the
-        // server for the whole table, no size query first.
-        let mut bytes = vec![0u8; 2 * crate::protocol::TABLE_BLOCK];
-        let mut len = 0;
-        loop {
-            let n = retry_eio(|| self.file.read_at(&mut bytes[len..], len as u64))
-                .map_err(|e| self.files.context(LockFileName::Table, "read", e))?;
-            len += n;
-            if n == 0 || len < bytes.len() {
-                bytes.truncate(len);
-                return Ok(bytes);
-            }
-            bytes.resize(bytes.len() * 2, 0);
-        }
+        read_whole(&self.file).map_err(|e| self.files.context(LockFileName::Table, "read", e))
     }
 
     fn revalidate(&mut self) -> io::Result<()> {

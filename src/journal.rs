@@ -11,18 +11,33 @@
 //!
 //! The same applies to the `-wal` name: it exists for SQLite only if it has bytes at the
 //! server, so a deleted WAL is not resurrected by a stale cache.
+//!
+//! The journal is fenced by the lease like the database file ([`JournalPermit`]): it is
+//! written, truncated or emptied only while a connection of this process to its database holds
+//! the write lock under a lease that cannot have run out. A writer that stalled past its lease
+//! and was taken over still believes it holds the lock when it runs again; without the fence,
+//! its COMMIT would write its journal header into the next writer's journal, and its failed
+//! COMMIT would empty that journal, leaving the next writer's spilled pages with nothing to
+//! roll them back.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// Main databases open in network mode in this process, by full path, with open counts.
-static NETWORK_DATABASES: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+use crate::lock::LeaseView;
+use crate::protocol::Level;
+
+/// Main databases open in network mode in this process, by full path, with the journal permit
+/// of each connection.
+static NETWORK_DATABASES: Mutex<Option<HashMap<String, Vec<Arc<JournalPermit>>>>> =
+    Mutex::new(None);
 
 /// A file SQLite names that belongs to a network-mode database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,21 +46,49 @@ pub enum Companion {
     Wal,
 }
 
-pub fn register_database(path: &str) {
-    *NETWORK_DATABASES
+/// One connection's right to write its database's journal: the lock level SQLite believes
+/// the connection holds, and that lock's lease. The network file keeps the level current.
+#[derive(Debug)]
+pub struct JournalPermit {
+    level: AtomicU8,
+    lease: LeaseView,
+}
+
+impl JournalPermit {
+    pub fn new(lease: LeaseView) -> JournalPermit {
+        JournalPermit {
+            level: AtomicU8::new(Level::None as u8),
+            lease,
+        }
+    }
+
+    pub fn set_level(&self, level: Level) {
+        self.level.store(level as u8, Ordering::Release);
+    }
+
+    /// RESERVED or more (SQLite writes its journal only then), under a lease that cannot have
+    /// run out (a lost lease reads as run out until SQLite unlocks to NONE).
+    fn allows_writes(&self, now: Duration) -> bool {
+        self.level.load(Ordering::Acquire) >= Level::Reserved as u8 && !self.lease.expired(now)
+    }
+}
+
+pub fn register_database(path: &str, permit: Arc<JournalPermit>) {
+    NETWORK_DATABASES
         .lock()
         .get_or_insert_with(HashMap::new)
         .entry(path.to_owned())
-        .or_default() += 1;
+        .or_default()
+        .push(permit);
 }
 
-pub fn unregister_database(path: &str) {
+pub fn unregister_database(path: &str, permit: &Arc<JournalPermit>) {
     let mut guard = NETWORK_DATABASES.lock();
     if let Some(map) = guard.as_mut()
-        && let Some(count) = map.get_mut(path)
+        && let Some(permits) = map.get_mut(path)
     {
-        *count -= 1;
-        if *count == 0 {
+        permits.retain(|p| !Arc::ptr_eq(p, permit));
+        if permits.is_empty() {
             map.remove(path);
         }
     }
@@ -62,6 +105,22 @@ pub fn companion_of_network_database(name: &str) -> Option<Companion> {
     };
     let guard = NETWORK_DATABASES.lock();
     guard.as_ref()?.contains_key(db).then_some(kind)
+}
+
+/// Whether the journal named `journal` may be written, truncated or emptied now: some
+/// connection of this process to its database holds the write lock under a live lease.
+/// (Within one process, a connection whose lease was lost cannot be told apart from another
+/// that holds the lock rightly; the write lock is held by one connection at a time, so the
+/// other case needs two connections of one process, one of them stalled past its lease.)
+pub fn may_write(journal: &str, now: Duration) -> bool {
+    let Some(db) = journal.strip_suffix("-journal") else {
+        return false;
+    };
+    let guard = NETWORK_DATABASES.lock();
+    guard
+        .as_ref()
+        .and_then(|map| map.get(db))
+        .is_some_and(|permits| permits.iter().any(|p| p.allows_writes(now)))
 }
 
 /// How long "does the journal exist" keeps asking through EIO. SQLite asks at every SHARED
@@ -108,9 +167,14 @@ pub fn discard(path: &Path, sync: bool) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn permit() -> Arc<JournalPermit> {
+        Arc::new(JournalPermit::new(LeaseView::ending_at(Duration::ZERO)))
+    }
+
     #[test]
     fn companions_are_recognised_only_for_registered_databases() {
-        register_database("/x/companion-test.db");
+        let permit = permit();
+        register_database("/x/companion-test.db", permit.clone());
         assert_eq!(
             companion_of_network_database("/x/companion-test.db-journal"),
             Some(Companion::Journal)
@@ -120,11 +184,54 @@ mod tests {
             Some(Companion::Wal)
         );
         assert_eq!(companion_of_network_database("/x/other.db-journal"), None);
-        unregister_database("/x/companion-test.db");
+        unregister_database("/x/companion-test.db", &permit);
         assert_eq!(
             companion_of_network_database("/x/companion-test.db-journal"),
             None
         );
+    }
+
+    #[test]
+    fn only_a_write_lock_under_a_live_lease_may_write_the_journal() {
+        let db = "/x/permit-test.db";
+        let journal = "/x/permit-test.db-journal";
+        let now = Duration::from_secs(100);
+        let reader = permit();
+        register_database(db, reader.clone());
+        reader.set_level(Level::Shared);
+        assert!(
+            !may_write(journal, now),
+            "a reader never writes the journal"
+        );
+
+        let writer = Arc::new(JournalPermit::new(LeaseView::ending_at(now * 2)));
+        register_database(db, writer.clone());
+        for level in [Level::Reserved, Level::Pending, Level::Exclusive] {
+            writer.set_level(level);
+            assert!(may_write(journal, now), "{level}");
+        }
+        assert!(!may_write("/x/other.db-journal", now));
+        assert!(!may_write(db, now), "not a journal name");
+
+        let run_out = Arc::new(JournalPermit::new(LeaseView::ending_at(now)));
+        run_out.set_level(Level::Exclusive);
+        let lost = Arc::new(JournalPermit::new(LeaseView::ending_at(
+            Duration::from_nanos(1),
+        )));
+        lost.set_level(Level::Reserved);
+        unregister_database(db, &writer);
+        register_database(db, run_out.clone());
+        register_database(db, lost.clone());
+        assert!(!may_write(journal, now), "lease run out or lost");
+
+        register_database(db, writer.clone());
+        assert!(may_write(journal, now), "one rightful writer among them");
+        writer.set_level(Level::Shared);
+        assert!(!may_write(journal, now), "the writer went back to SHARED");
+        for p in [&reader, &writer, &run_out, &lost] {
+            unregister_database(db, p);
+        }
+        assert_eq!(companion_of_network_database(journal), None);
     }
 
     #[test]

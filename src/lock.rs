@@ -188,6 +188,15 @@ pub struct LeaseView {
 }
 
 impl LeaseView {
+    /// A lease that ends at `end` on the boot-time clock (zero: no lock held), for tests of
+    /// what the lease fences.
+    #[cfg(test)]
+    pub fn ending_at(end: Duration) -> LeaseView {
+        LeaseView {
+            lease_end: Arc::new(AtomicU64::new(end.as_nanos() as u64)),
+        }
+    }
+
     /// True once the lease of a held lock may have run out.
     pub fn expired(&self, now: Duration) -> bool {
         let end = self.lease_end.load(Ordering::Acquire);

@@ -23,6 +23,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::ffi::os::{self, RangeLock};
+use crate::journal::JournalPermit;
 use crate::lock::{Acquired, DbLock, LeaseView, LockError, SystemEnvironment};
 use crate::lockfile::DirLockFiles;
 use crate::protocol::Level;
@@ -191,8 +192,10 @@ pub struct NetworkFile {
     lock: SharedLock,
     lease: LeaseView,
     native: NativeRangeLocks,
-    /// The level SQLite believes it holds.
+    /// The level SQLite believes it holds (change it with `set_level`).
     level: Level,
+    /// That level and the lease, for the journal's fence.
+    journal_permit: Arc<JournalPermit>,
     /// The table generation our cached view of the file matches.
     synced_generation: Option<u64>,
     /// Written since the last fsync.
@@ -229,6 +232,7 @@ impl NetworkFile {
             file,
             writable,
             lock,
+            journal_permit: Arc::new(JournalPermit::new(lease.clone())),
             lease,
             native: NativeRangeLocks::new(),
             level: Level::None,
@@ -252,6 +256,16 @@ impl NetworkFile {
 
     pub fn level(&self) -> Level {
         self.level
+    }
+
+    fn set_level(&mut self, level: Level) {
+        self.level = level;
+        self.journal_permit.set_level(level);
+    }
+
+    /// What the journal of this connection may do, kept current with the lock.
+    pub fn journal_permit(&self) -> &Arc<JournalPermit> {
+        &self.journal_permit
     }
 
     /// Opened for writing (a read-write request may fall back to read-only).
@@ -390,7 +404,7 @@ impl NetworkFile {
         let Acquired::Granted { generation } = self.lock_files(Level::Shared)? else {
             return Err(FileError::Busy);
         };
-        self.level = Level::Shared;
+        self.set_level(Level::Shared);
         let native = self.refresh_if_changed(generation).and_then(|()| {
             self.native
                 .lock(&self.file, Level::Shared)
@@ -418,7 +432,7 @@ impl NetworkFile {
             .lock(&self.file, Level::Reserved)
             .map_err(|e| FileError::io(IoOp::Lock, e));
         if got.as_ref().is_ok_and(|&g| g) {
-            self.level = Level::Reserved;
+            self.set_level(Level::Reserved);
             return Ok(());
         }
         self.lock
@@ -441,7 +455,7 @@ impl NetworkFile {
         let files_level = self.lock.lock().level();
         if outcome == Acquired::Busy {
             if files_level >= Level::Pending {
-                self.level = Level::Pending;
+                self.set_level(Level::Pending);
             } else if !had_native_pending {
                 // We never got PENDING in the table: do not keep same-host readers out.
                 self.native
@@ -450,7 +464,7 @@ impl NetworkFile {
             }
             return Err(FileError::Busy);
         }
-        self.level = self.level.max(Level::Pending);
+        self.set_level(self.level.max(Level::Pending));
         if want == Level::Pending {
             return Ok(());
         }
@@ -461,7 +475,7 @@ impl NetworkFile {
         {
             return Err(FileError::Busy);
         }
-        self.level = Level::Exclusive;
+        self.set_level(Level::Exclusive);
         Ok(())
     }
 
@@ -519,7 +533,7 @@ impl NetworkFile {
         // owes the generation bump to its next edit.)
         let changed = self.changed;
         let published = self.lock.lock().unlock(to, changed);
-        self.level = to;
+        self.set_level(to);
         self.changed = false;
         let own_change_current = if changed {
             flushed.is_ok()

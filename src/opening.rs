@@ -24,7 +24,7 @@ pub struct OpenDatabase {
 
 impl Drop for OpenDatabase {
     fn drop(&mut self) {
-        crate::journal::unregister_database(&self.registry_name);
+        crate::journal::unregister_database(&self.registry_name, self.file.journal_permit());
     }
 }
 
@@ -185,7 +185,7 @@ fn open_network(
     let file = open_file_with_fallback(path, req, lock)
         .map_err(|e| cant(format!("netfs: cannot open {}: {e}", path.display())))?;
     let registry_name = String::from_utf8_lossy(req.name).into_owned();
-    crate::journal::register_database(&registry_name);
+    crate::journal::register_database(&registry_name, file.journal_permit().clone());
     Ok(OpenDatabase {
         file,
         registry_name,

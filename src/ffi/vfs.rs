@@ -12,6 +12,9 @@
 //!   `xClose` takes back and drops.
 //! - Refused open: a [`RefusedShimFile`] with a `Box<Refusal>`; its methods fail, and the
 //!   auto-extension turns the refusal into `sqlite3_open`'s error message.
+//! - The journal of a network-mode database: a [`JournalShimFile`], our header, a
+//!   `Box<String>` with the journal's name, then the base VFS's own file object, which does
+//!   the I/O. Writes and truncations pass the journal fence first (`crate::journal`).
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -51,6 +54,14 @@ struct NetworkShimFile {
 struct RefusedShimFile {
     header: ffi::sqlite3_file,
     refusal: *mut Refusal,
+}
+
+#[repr(C)]
+struct JournalShimFile {
+    header: ffi::sqlite3_file,
+    name: *mut String,
+    /// The base VFS's file object: from here on, the base VFS's `szOsFile` bytes are its own.
+    native: ffi::sqlite3_file,
 }
 
 /// Filled by the refused file's `xFileControl(NETFS_FCNTL_OPEN_ERROR)`.
@@ -170,7 +181,8 @@ pub fn register(options: Options, make_default: bool) -> Result<(), Error> {
         unsafe { ((*base).iVersion, (*base).szOsFile, (*base).mxPathname) };
     let size = base_size
         .max(std::mem::size_of::<NetworkShimFile>() as c_int)
-        .max(std::mem::size_of::<RefusedShimFile>() as c_int);
+        .max(std::mem::size_of::<RefusedShimFile>() as c_int)
+        .max(std::mem::offset_of!(JournalShimFile, native) as c_int + base_size);
     let state = Box::leak(Box::new(VfsState {
         base,
         options: options.clone(),
@@ -313,21 +325,15 @@ unsafe extern "C" fn x_open(
     };
     if name.is_null() || flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
         // SAFETY: SQLite passes a NUL-terminated name (or null, which `companion` accepts).
-        if unsafe { companion(name) }.is_some() {
-            // The journal of a network-mode database: smbnetfs fails opens with a passing
-            // EIO under load, which the base VFS reports as SQLITE_CANTOPEN. A failed base
-            // open leaves the file untouched, so it can be tried again.
-            let mut pause = std::time::Duration::from_millis(2);
-            loop {
-                let rc = pass_through();
-                if rc != ffi::SQLITE_CANTOPEN || pause > std::time::Duration::from_millis(1024) {
-                    return rc;
-                }
-                std::thread::sleep(pause);
-                pause *= 2;
+        return match unsafe { companion(name) } {
+            Some((crate::journal::Companion::Journal, path)) => {
+                // SAFETY: `file` has szOsFile bytes, enough for a JournalShimFile whose
+                // `native` part has the base VFS's szOsFile bytes.
+                unsafe { open_journal(base, name, path, file, flags, out_flags) }
             }
-        }
-        return pass_through();
+            Some((crate::journal::Companion::Wal, _)) => retry_cantopen(pass_through),
+            None => pass_through(),
+        };
     }
     let plan = catch_unwind(AssertUnwindSafe(|| {
         #[cfg(test)]
@@ -402,6 +408,56 @@ unsafe extern "C" fn x_open(
     }
 }
 
+/// Runs a base-VFS open again while it fails with SQLITE_CANTOPEN, for about two seconds:
+/// smbnetfs fails opens with a passing EIO under load, which the base VFS reports as
+/// SQLITE_CANTOPEN. A failed base open leaves the file untouched, so it can be tried again.
+fn retry_cantopen(mut open: impl FnMut() -> c_int) -> c_int {
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        let rc = open();
+        if rc != ffi::SQLITE_CANTOPEN || pause > std::time::Duration::from_millis(1024) {
+            return rc;
+        }
+        std::thread::sleep(pause);
+        pause *= 2;
+    }
+}
+
+/// Opens the journal of a network-mode database through the base VFS, inside a
+/// [`JournalShimFile`].
+///
+/// # Safety
+/// As for `xOpen`, with `file` pointing to at least
+/// `offset_of!(JournalShimFile, native)` + the base VFS's `szOsFile` bytes.
+unsafe fn open_journal(
+    base: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    journal: &Path,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let shim = file as *mut JournalShimFile;
+    // SAFETY: as required, `native` lies inside the allocation, with room for the base file.
+    let native = unsafe { &raw mut (*shim).native };
+    let rc = retry_cantopen(|| {
+        // SAFETY: SQLite's own arguments, with the base file object placed inside ours.
+        unsafe { (*base).xOpen.expect("unix VFS has xOpen")(base, name, native, flags, out_flags) }
+    });
+    // SAFETY: the header and `name` lie inside the allocation, before the base file object.
+    unsafe {
+        if rc != ffi::SQLITE_OK {
+            // A failed open leaves nothing for SQLite to close.
+            (*shim).header.pMethods = ptr::null();
+            return rc;
+        }
+        let name = Box::new(journal.to_string_lossy().into_owned());
+        ptr::write(&raw mut (*shim).name, Box::into_raw(name));
+        (*shim).header.pMethods = &JOURNAL_METHODS;
+    }
+    ffi::SQLITE_OK
+}
+
 /// The journal or WAL of a network-mode database, by the name SQLite uses.
 ///
 /// # Safety
@@ -426,6 +482,9 @@ unsafe extern "C" fn x_delete(
     // SAFETY: SQLite passes a NUL-terminated name.
     if let Some((crate::journal::Companion::Journal, path)) = unsafe { companion(name) } {
         return guarded(ffi::SQLITE_IOERR_DELETE, || {
+            if let Some(refused) = journal_fence(path, "empty") {
+                return refused;
+            }
             match crate::journal::discard(path, sync_dir != 0) {
                 Ok(()) => ffi::SQLITE_OK,
                 Err(e) => {
@@ -894,6 +953,205 @@ unsafe extern "C" fn net_device_characteristics(file: *mut ffi::sqlite3_file) ->
                 0
             }
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The journal of a network-mode database: the base VFS's file, fenced. Version 1 of the method
+// table, as for the database: SQLite maps no journal into memory.
+
+static JOURNAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(journal_close),
+    xRead: Some(journal_read),
+    xWrite: Some(journal_write),
+    xTruncate: Some(journal_truncate),
+    xSync: Some(journal_sync),
+    xFileSize: Some(journal_file_size),
+    xLock: Some(journal_lock),
+    xUnlock: Some(journal_unlock),
+    xCheckReservedLock: Some(journal_check_reserved_lock),
+    xFileControl: Some(journal_file_control),
+    xSectorSize: Some(journal_sector_size),
+    xDeviceCharacteristics: Some(journal_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+/// SQLITE_IOERR_LOCK (as for the database under a lost lease) if no connection of this
+/// process may change the journal at `path` now; `what` names the refused change.
+fn journal_fence(path: &Path, what: &str) -> Option<c_int> {
+    let name = path.to_string_lossy();
+    if crate::journal::may_write(&name, super::os::boot_time()) {
+        return None;
+    }
+    tracing::error!(journal = %name, refused = what, "journal change refused: no connection here holds the write lock under a live lease (taken over after a stall or an outage?)");
+    Some(ffi::SQLITE_IOERR_LOCK)
+}
+
+/// The base file inside a journal and its method table.
+///
+/// # Safety
+/// `file` must be a journal opened by `open_journal` and not yet closed.
+unsafe fn native_journal(
+    file: *mut ffi::sqlite3_file,
+) -> (*mut ffi::sqlite3_file, &'static ffi::sqlite3_io_methods) {
+    // SAFETY: as required, the base file object was opened in place and its method table is
+    // the base VFS's static table.
+    unsafe {
+        let native = &raw mut (*(file as *mut JournalShimFile)).native;
+        (native, &*(*native).pMethods)
+    }
+}
+
+/// The fence for a change to the journal `file`: `None` if it may go ahead.
+///
+/// # Safety
+/// As for [`native_journal`].
+unsafe fn journal_change_refused(file: *mut ffi::sqlite3_file, what: &str) -> Option<c_int> {
+    // SAFETY: as required, `name` is the Box set by `open_journal`.
+    let name = unsafe { &*(*(file as *mut JournalShimFile)).name };
+    let refused = guarded(ffi::SQLITE_IOERR_LOCK, || {
+        journal_fence(Path::new(name), what).unwrap_or(ffi::SQLITE_OK)
+    });
+    (refused != ffi::SQLITE_OK).then_some(refused)
+}
+
+unsafe extern "C" fn journal_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: SQLite closes a journal `open_journal` set up, once; the name Box is taken back
+    // and the base file closed by its own method.
+    unsafe {
+        let shim = file as *mut JournalShimFile;
+        let name = (*shim).name;
+        (*shim).name = ptr::null_mut();
+        if !name.is_null() {
+            drop(Box::from_raw(name));
+        }
+        let (native, methods) = native_journal(file);
+        methods.xClose.expect("base xClose")(native)
+    }
+}
+
+unsafe extern "C" fn journal_read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    // SAFETY: forwarding SQLite's arguments to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xRead.expect("base xRead")(native, buf, amount, offset)
+    }
+}
+
+unsafe extern "C" fn journal_write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    // SAFETY: `file` is a journal; then forwarding SQLite's arguments to the base file.
+    unsafe {
+        if let Some(refused) = journal_change_refused(file, "write") {
+            return refused;
+        }
+        let (native, methods) = native_journal(file);
+        methods.xWrite.expect("base xWrite")(native, buf, amount, offset)
+    }
+}
+
+unsafe extern "C" fn journal_truncate(
+    file: *mut ffi::sqlite3_file,
+    size: ffi::sqlite3_int64,
+) -> c_int {
+    // SAFETY: as for journal_write.
+    unsafe {
+        if let Some(refused) = journal_change_refused(file, "truncate") {
+            return refused;
+        }
+        let (native, methods) = native_journal(file);
+        methods.xTruncate.expect("base xTruncate")(native, size)
+    }
+}
+
+unsafe extern "C" fn journal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xSync.expect("base xSync")(native, flags)
+    }
+}
+
+unsafe extern "C" fn journal_file_size(
+    file: *mut ffi::sqlite3_file,
+    size: *mut ffi::sqlite3_int64,
+) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xFileSize.expect("base xFileSize")(native, size)
+    }
+}
+
+unsafe extern "C" fn journal_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xLock.expect("base xLock")(native, level)
+    }
+}
+
+unsafe extern "C" fn journal_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xUnlock.expect("base xUnlock")(native, level)
+    }
+}
+
+unsafe extern "C" fn journal_check_reserved_lock(
+    file: *mut ffi::sqlite3_file,
+    res_out: *mut c_int,
+) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xCheckReservedLock.expect("base xCheckReservedLock")(native, res_out)
+    }
+}
+
+unsafe extern "C" fn journal_file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xFileControl.expect("base xFileControl")(native, op, arg)
+    }
+}
+
+unsafe extern "C" fn journal_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods.xSectorSize.expect("base xSectorSize")(native)
+    }
+}
+
+unsafe extern "C" fn journal_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: forwarding to the base file.
+    unsafe {
+        let (native, methods) = native_journal(file);
+        methods
+            .xDeviceCharacteristics
+            .expect("base xDeviceCharacteristics")(native)
     }
 }
 

@@ -37,7 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlite_netfs::rusqlite::{self, Connection, ErrorCode, OpenFlags};
@@ -666,6 +666,22 @@ impl Slot {
         self.job.role == "fault-writer"
     }
 
+    /// Sends `signal` ("STOP", "CONT") to the running incarnation with kill(1): a stopped
+    /// process stands in for one the scheduler, swap or a file-server outage has stalled.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("a running worker")
+            .id()
+            .to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILLs the running incarnation and reaps it at once: an unreaped (zombie) process still
     /// exists for the liveness check, as it would under a parent that never waits.
     pub fn kill(&mut self) {
@@ -673,6 +689,13 @@ impl Slot {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A worker never outlives its test, even one that failed while the worker was stopped.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -112,9 +112,8 @@ fn stalled_holder_cannot_touch_the_next_writers_journal(
     );
 }
 
-#[test]
-fn on_sshfs_across_two_mounts() {
-    let Some(tb) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
+fn across_two_mounts(testbed: Result<TwoHostTestbed, String>) {
+    let Some(tb) = testbed_or_skip(testbed) else {
         return;
     };
     let name = "stalled.db";
@@ -127,15 +126,11 @@ fn on_sshfs_across_two_mounts() {
 }
 
 #[test]
+fn on_sshfs_across_two_mounts() {
+    across_two_mounts(TwoHostTestbed::sshfs());
+}
+
+#[test]
 fn on_smb_across_two_mounts() {
-    let Some(tb) = testbed_or_skip(TwoHostTestbed::smb()) else {
-        return;
-    };
-    let name = "stalled.db";
-    stalled_holder_cannot_touch_the_next_writers_journal(
-        &tb.mount_a().join(name),
-        &tb.mount_b().join(name),
-        &tb.server_dir().join(name),
-        "",
-    );
+    across_two_mounts(TwoHostTestbed::smb());
 }

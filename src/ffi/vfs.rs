@@ -1036,17 +1036,30 @@ unsafe extern "C" fn journal_close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-unsafe extern "C" fn journal_read(
-    file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    amount: c_int,
-    offset: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: forwarding SQLite's arguments to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xRead.expect("base xRead")(native, buf, amount, offset)
-    }
+/// Journal methods that go to the base file as they are: no change to the journal's bytes.
+macro_rules! forward_to_base_journal {
+    ($($callback:ident => $method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        unsafe extern "C" fn $callback(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
+            // SAFETY: SQLite calls this on a journal `open_journal` set up; its arguments go
+            // unchanged to the base file's own method.
+            unsafe {
+                let (native, methods) = native_journal(file);
+                methods.$method.expect(concat!("base ", stringify!($method)))(native, $($arg),*)
+            }
+        }
+    )*};
+}
+
+forward_to_base_journal! {
+    journal_read => xRead(buf: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64);
+    journal_sync => xSync(flags: c_int);
+    journal_file_size => xFileSize(size: *mut ffi::sqlite3_int64);
+    journal_lock => xLock(level: c_int);
+    journal_unlock => xUnlock(level: c_int);
+    journal_check_reserved_lock => xCheckReservedLock(res_out: *mut c_int);
+    journal_file_control => xFileControl(op: c_int, arg: *mut c_void);
+    journal_sector_size => xSectorSize();
+    journal_device_characteristics => xDeviceCharacteristics();
 }
 
 unsafe extern "C" fn journal_write(
@@ -1076,82 +1089,6 @@ unsafe extern "C" fn journal_truncate(
         }
         let (native, methods) = native_journal(file);
         methods.xTruncate.expect("base xTruncate")(native, size)
-    }
-}
-
-unsafe extern "C" fn journal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xSync.expect("base xSync")(native, flags)
-    }
-}
-
-unsafe extern "C" fn journal_file_size(
-    file: *mut ffi::sqlite3_file,
-    size: *mut ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xFileSize.expect("base xFileSize")(native, size)
-    }
-}
-
-unsafe extern "C" fn journal_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xLock.expect("base xLock")(native, level)
-    }
-}
-
-unsafe extern "C" fn journal_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xUnlock.expect("base xUnlock")(native, level)
-    }
-}
-
-unsafe extern "C" fn journal_check_reserved_lock(
-    file: *mut ffi::sqlite3_file,
-    res_out: *mut c_int,
-) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xCheckReservedLock.expect("base xCheckReservedLock")(native, res_out)
-    }
-}
-
-unsafe extern "C" fn journal_file_control(
-    file: *mut ffi::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xFileControl.expect("base xFileControl")(native, op, arg)
-    }
-}
-
-unsafe extern "C" fn journal_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods.xSectorSize.expect("base xSectorSize")(native)
-    }
-}
-
-unsafe extern "C" fn journal_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: forwarding to the base file.
-    unsafe {
-        let (native, methods) = native_journal(file);
-        methods
-            .xDeviceCharacteristics
-            .expect("base xDeviceCharacteristics")(native)
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::faults::{self, Slot, libfaketime};
+use common::faults::{self, DbPlace, Slot, libfaketime};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
 use common::worker::Job;
 
@@ -36,12 +36,8 @@ const HOLD: Duration = Duration::from_secs(10);
 const SKEWS: [(&str, i64); 2] = [("-5m", -300), ("+5m", 300)];
 
 struct Place {
-    testbed: &'static str,
-    /// Where the holder opens the database (host A) and where the other party does (host B).
-    holder_db: PathBuf,
-    waiter_db: PathBuf,
-    server_db: PathBuf,
-    uri_params: String,
+    /// The holder opens the database as host A, the other party as host B.
+    db: DbPlace,
     logs: tempfile::TempDir,
     lib: PathBuf,
     next_worker: Cell<u32>,
@@ -52,29 +48,9 @@ struct Place {
 }
 
 impl Place {
-    fn local(dir: &Path, lib: PathBuf) -> Place {
-        let db = dir.join("skew.db");
+    fn new(db: DbPlace, lib: PathBuf) -> Place {
         Place {
-            testbed: "local",
-            holder_db: db.clone(),
-            waiter_db: db.clone(),
-            server_db: db,
-            uri_params: "&netfs=on".into(),
-            logs: tempfile::tempdir().unwrap(),
-            lib,
-            next_worker: Cell::new(1),
-            worker_logs: RefCell::default(),
-            own_commits: RefCell::default(),
-        }
-    }
-
-    fn testbed(testbed: &TwoHostTestbed, lib: PathBuf) -> Place {
-        Place {
-            testbed: testbed.kind(),
-            holder_db: testbed.mount_a().join("skew.db"),
-            waiter_db: testbed.mount_b().join("skew.db"),
-            server_db: testbed.server_dir().join("skew.db"),
-            uri_params: String::new(),
+            db,
             logs: tempfile::tempdir().unwrap(),
             lib,
             next_worker: Cell::new(1),
@@ -94,7 +70,7 @@ impl Place {
             role: "fault-holder".into(),
             db: db.to_owned(),
             vfs: "netfs".into(),
-            uri_params: self.uri_params.clone(),
+            uri_params: self.db.uri_params.clone(),
             worker_id,
             transactions: hold.as_millis() as u32,
             out: self.logs.path().join(name),
@@ -146,13 +122,13 @@ fn assert_skewed(slot: &Slot, skew_secs: i64) {
 /// writer on the true clock, then commits; the writer gets the lock only afterwards.
 fn skewed_live_holder_is_not_broken(place: &Place, offset: &str, secs: i64) {
     let name = format!("live-skewed{offset}");
-    let mut holder = place.holder(&name, &place.holder_db, HOLD, Some(offset));
+    let mut holder = place.holder(&name, &place.db.host_a, HOLD, Some(offset));
     assert!(holder.wait_for_phase("holding", Duration::from_secs(120)));
     let holding_since = Instant::now();
     assert_skewed(&holder, secs);
     let (tx, rx) = mpsc::channel();
-    let db = place.waiter_db.clone();
-    let params = place.uri_params.clone();
+    let db = place.db.host_b.clone();
+    let params = place.db.uri_params.clone();
     let waiter = std::thread::spawn(move || {
         let conn = faults::open_observer(&db, &params, Some(LEASE));
         tx.send(()).unwrap();
@@ -177,11 +153,11 @@ fn skewed_live_holder_is_not_broken(place: &Place, offset: &str, secs: i64) {
 /// An observer with a shifted clock does not break a live holder on the true clock, and gets
 /// the lock after it commits.
 fn skewed_observer_does_not_break_a_live_holder(place: &Place, offset: &str, secs: i64) {
-    let mut holder = place.holder(&format!("live-true{offset}"), &place.holder_db, HOLD, None);
+    let mut holder = place.holder(&format!("live-true{offset}"), &place.db.host_a, HOLD, None);
     assert!(holder.wait_for_phase("holding", Duration::from_secs(120)));
     let mut observer = place.holder(
         &format!("observer-skewed{offset}"),
-        &place.waiter_db,
+        &place.db.host_b,
         Duration::from_millis(1),
         Some(offset),
     );
@@ -209,15 +185,15 @@ fn dead_holder_is_recovered_within_the_lease(
     let tag = if skewed_holder { "holder" } else { "observer" };
     let mut holder = place.holder(
         &format!("dead-{tag}{offset}"),
-        &place.holder_db,
+        &place.db.host_a,
         Duration::ZERO,
         skewed_holder.then_some(offset),
     );
     assert!(holder.wait_for_phase("holding", Duration::from_secs(120)));
     let recovered_after = if skewed_holder {
         let (tx, rx) = mpsc::channel();
-        let db = place.waiter_db.clone();
-        let params = place.uri_params.clone();
+        let db = place.db.host_b.clone();
+        let params = place.db.uri_params.clone();
         let txn = i64::from(offset.starts_with('+'));
         let waiter = std::thread::spawn(move || {
             let conn = faults::open_observer(&db, &params, Some(LEASE));
@@ -234,7 +210,7 @@ fn dead_holder_is_recovered_within_the_lease(
     } else {
         let mut observer = place.holder(
             &format!("recoverer-{tag}{offset}"),
-            &place.waiter_db,
+            &place.db.host_b,
             Duration::from_millis(1),
             Some(offset),
         );
@@ -258,7 +234,7 @@ fn dead_holder_is_recovered_within_the_lease(
 }
 
 fn all_cases(place: Place) {
-    faults::create_schema(&place.server_db);
+    faults::create_schema(&place.db.server);
     let mut recoveries = Vec::new();
     for (offset, secs) in SKEWS {
         skewed_live_holder_is_not_broken(&place, offset, secs);
@@ -270,7 +246,7 @@ fn all_cases(place: Place) {
             &place, offset, false,
         ));
     }
-    let v = faults::verify_after_faults(&place.server_db, &place.acknowledged());
+    let v = faults::verify_after_faults(&place.db.server, &place.acknowledged());
     assert_eq!(v.integrity, "ok");
     assert_eq!(v.lost, 0, "{v:?}");
     assert_eq!(
@@ -282,7 +258,7 @@ fn all_cases(place: Place) {
     let (med, max) = faults::median_max_ms(&recoveries);
     eprintln!(
         "FIGURES fault=clock-skew testbed={} skews=-300s,+300s lease_ms={} runs={} kills={} live_holders_broken=0 lost=0 corrupt=0 recovery_ms_median={med} recovery_ms_max={max}",
-        place.testbed,
+        place.db.testbed,
         LEASE.as_millis(),
         SKEWS.len() * 4,
         recoveries.len(),
@@ -293,7 +269,7 @@ fn all_cases(place: Place) {
 fn skewed_clocks_neither_break_live_locks_nor_keep_dead_ones_in_forced_network_mode() {
     let Some(lib) = libfaketime() else { return };
     let dir = tempfile::tempdir().unwrap();
-    all_cases(Place::local(dir.path(), lib));
+    all_cases(Place::new(DbPlace::local(dir.path(), "skew.db"), lib));
 }
 
 #[test]
@@ -302,7 +278,7 @@ fn skewed_clocks_neither_break_live_locks_nor_keep_dead_ones_on_sshfs() {
     let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
         return;
     };
-    all_cases(Place::testbed(&testbed, lib));
+    all_cases(Place::new(DbPlace::on(&testbed, "skew.db"), lib));
 }
 
 #[test]
@@ -311,5 +287,5 @@ fn skewed_clocks_neither_break_live_locks_nor_keep_dead_ones_on_smb() {
     let Some(testbed) = testbed_or_skip(TwoHostTestbed::smb()) else {
         return;
     };
-    all_cases(Place::testbed(&testbed, lib));
+    all_cases(Place::new(DbPlace::on(&testbed, "skew.db"), lib));
 }

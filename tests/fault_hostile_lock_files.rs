@@ -1,11 +1,17 @@
-//! Fault 7: hostile or broken lock state in forced network mode. Each case ends in a clear
-//! error naming the file, or in a safe recovery:
-//! - a lock table with garbage or truncated contents;
+//! Fault 7: hostile or broken lock state. Each case ends in a clear error naming the file, or
+//! in a safe recovery:
+//! - a lock table with garbage or truncated contents (local disk in forced network mode, and
+//!   written at the file server of each testbed while the shim opens through a client);
 //! - lock files of another user with mode 0600 (the shim runs as `nobody`);
 //! - a symbolic link planted where a lock file goes (never followed; its target untouched),
 //!   before the open or while a connection is open;
 //! - a latch and a lock-table entry left by a crash on a host that no longer exists
-//!   (recovered after the lease, the half-done transaction rolled back).
+//!   (recovered after the lease, the half-done transaction rolled back; local disk and both
+//!   testbeds).
+//!
+//! The other-user and symbolic-link cases run on a local disk only: the testbeds' servers run
+//! as root and map every client to one user, and neither SFTP nor smbnetfs passes a symbolic
+//! link through as one.
 
 mod common;
 
@@ -13,7 +19,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::faults::DbPlace;
 use common::scratch::{self, NOBODY};
+use common::testbed::{TwoHostTestbed, testbed_or_skip};
 use sqlite_netfs::rusqlite::{Connection, ErrorCode, OpenFlags};
 
 #[test]
@@ -69,6 +77,36 @@ fn shared_database(rows: i64) -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
+fn host_a_uri(place: &DbPlace) -> String {
+    format!(
+        "file:{}?vfs=netfs{}",
+        place.host_a.display(),
+        place.uri_params
+    )
+}
+
+/// A database with `rows` rows in `t` at `place`, written through the shim from host A.
+fn database_at(place: &DbPlace, rows: i64) {
+    sqlite_netfs::register().unwrap();
+    let conn = Connection::open(host_a_uri(place)).unwrap();
+    conn.execute_batch("CREATE TABLE t(x)").unwrap();
+    for _ in 0..rows {
+        conn.execute("INSERT INTO t VALUES (randomblob(100))", [])
+            .unwrap();
+    }
+}
+
+/// A connection from host B with the short lease.
+fn short_lease_connection(place: &DbPlace) -> Connection {
+    register_short_lease();
+    Connection::open(format!(
+        "file:{}?vfs={SHORT_LEASE_VFS}{}",
+        place.host_b.display(),
+        place.uri_params
+    ))
+    .unwrap()
+}
+
 fn count(conn: &Connection) -> sqlite_netfs::rusqlite::Result<i64> {
     conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
 }
@@ -80,8 +118,11 @@ fn integrity(db: &Path) -> String {
         .unwrap()
 }
 
-#[test]
-fn garbage_or_truncated_lock_table_is_an_error_until_replaced_after_a_lease() {
+/// The lock table is mangled at the file server; host B's connection must refuse to answer
+/// until the table has stayed unreadable for a lease, then replace it. Each case gets its own
+/// database, `place_of(case)`.
+fn unreadable_table_is_an_error_until_replaced_after_a_lease(place_of: impl Fn(&str) -> DbPlace) {
+    let mut testbed = "";
     let mut recoveries = Vec::new();
     for (case, mangle) in [
         (
@@ -95,16 +136,13 @@ fn garbage_or_truncated_lock_table_is_an_error_until_replaced_after_a_lease() {
             b"holder me at EXCLUSIVE forever\n".repeat(100)
         }),
     ] {
-        let (_dir, db) = shared_database(3);
-        let table = lock_file(&db, "-netfs-table");
+        let place = &place_of(&format!("{case}.db"));
+        testbed = place.testbed;
+        database_at(place, 3);
+        let table = lock_file(&place.server, "-netfs-table");
         let original = std::fs::read(&table).unwrap();
         std::fs::write(&table, mangle(original)).unwrap();
-        register_short_lease();
-        let conn = Connection::open(format!(
-            "file:{}?vfs={SHORT_LEASE_VFS}&netfs=on",
-            db.display()
-        ))
-        .unwrap();
+        let conn = short_lease_connection(place);
         let started = Instant::now();
         // Nobody can tell who holds what: no answer from the database, never a wrong one.
         let err = count(&conn).unwrap_err();
@@ -137,13 +175,14 @@ fn garbage_or_truncated_lock_table_is_an_error_until_replaced_after_a_lease() {
         );
         assert_eq!(rows, 4, "{case}");
         drop(conn);
-        assert_eq!(integrity(&db), "ok", "{case}");
+        assert_eq!(integrity(&place.server), "ok", "{case}");
         eprintln!("{case}: lock table replaced after {recovered:?}");
         recoveries.push(recovered);
     }
     recoveries.sort();
     eprintln!(
-        "FIGURES fault=unreadable-lock-table testbed=local runs={} lost=0 corrupt=0 lease_ms={} recovery_ms_median={} recovery_ms_max={}",
+        "FIGURES fault=unreadable-lock-table testbed={} runs={} lost=0 corrupt=0 lease_ms={} recovery_ms_median={} recovery_ms_max={}",
+        testbed,
         recoveries.len(),
         SHORT_LEASE.as_millis(),
         recoveries[recoveries.len() / 2].as_millis(),
@@ -221,13 +260,13 @@ fn symlink_planted_at_the_latch_after_the_open_is_an_error_not_a_wait() {
     eprintln!("latch symlink planted after open: {err} after {waited:?}");
 }
 
-#[test]
-fn latch_and_lock_left_by_a_crashed_host_are_recovered_after_the_lease() {
-    let (_dir, db) = shared_database(4);
+/// A host A process of a host that then vanished; host B's connection recovers.
+fn crashed_host_lock_files_are_recovered_after_the_lease(place: &DbPlace) {
+    database_at(place, 4);
     // A process of a host that then vanished: dies holding RESERVED mid-transaction.
     let ghost = scratch::probe_with_env(
         None,
-        &uri(&db),
+        &host_a_uri(place),
         &["hold"],
         Duration::from_secs(3),
         &[(sqlite_netfs::HOST_ID_ENV, "vanished-host")],
@@ -235,15 +274,10 @@ fn latch_and_lock_left_by_a_crashed_host_are_recovered_after_the_lease() {
     assert_eq!(ghost.step("hold"), &Ok("held".to_owned()), "{ghost:?}");
     assert!(ghost.hung, "the ghost was to be killed holding its lock");
     // And its latch, as if it died inside a table edit.
-    let latch = lock_file(&db, "-netfs-latch");
+    let latch = lock_file(&place.server, "-netfs-latch");
     std::fs::write(&latch, b"vanished-host 4242 99 1 7\n").unwrap();
 
-    register_short_lease();
-    let conn = Connection::open(format!(
-        "file:{}?vfs={SHORT_LEASE_VFS}&netfs=on",
-        db.display()
-    ))
-    .unwrap();
+    let conn = short_lease_connection(place);
     conn.busy_timeout(Duration::from_secs(20)).unwrap();
     let started = Instant::now();
     conn.execute("INSERT INTO t VALUES (randomblob(100))", [])
@@ -257,10 +291,42 @@ fn latch_and_lock_left_by_a_crashed_host_are_recovered_after_the_lease() {
     assert!(recovered < SHORT_LEASE * 5, "{recovered:?}");
     assert!(!latch.exists());
     drop(conn);
-    assert_eq!(integrity(&db), "ok");
+    assert_eq!(integrity(&place.server), "ok");
     eprintln!(
-        "FIGURES fault=crashed-host-lock-files testbed=local runs=1 txns=1 lost=0 corrupt=0 lease_ms={} recovery_ms={}",
+        "FIGURES fault=crashed-host-lock-files testbed={} runs=1 txns=1 lost=0 corrupt=0 lease_ms={} recovery_ms={}",
+        place.testbed,
         SHORT_LEASE.as_millis(),
         recovered.as_millis()
     );
+}
+
+#[test]
+fn garbage_or_truncated_lock_table_is_an_error_until_replaced_after_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    unreadable_table_is_an_error_until_replaced_after_a_lease(|name| {
+        DbPlace::local(dir.path(), name)
+    });
+}
+
+#[test]
+fn latch_and_lock_left_by_a_crashed_host_are_recovered_after_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    crashed_host_lock_files_are_recovered_after_the_lease(&DbPlace::local(dir.path(), "app.db"));
+}
+
+fn broken_lock_state_at_the_file_server(testbed: Result<TwoHostTestbed, String>) {
+    if let Some(tb) = testbed_or_skip(testbed) {
+        unreadable_table_is_an_error_until_replaced_after_a_lease(|name| DbPlace::on(&tb, name));
+        crashed_host_lock_files_are_recovered_after_the_lease(&DbPlace::on(&tb, "crashed.db"));
+    }
+}
+
+#[test]
+fn broken_lock_state_written_at_the_file_server_is_recovered_on_sshfs() {
+    broken_lock_state_at_the_file_server(TwoHostTestbed::sshfs());
+}
+
+#[test]
+fn broken_lock_state_written_at_the_file_server_is_recovered_on_smb() {
+    broken_lock_state_at_the_file_server(TwoHostTestbed::smb());
 }

@@ -7,11 +7,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::faults::{self, Slot};
+use common::faults::{self, DbPlace, Slot};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
 use common::worker::Job;
 
@@ -27,19 +26,14 @@ const OTHER_HOST: &str = "stale-recovery-other-host";
 /// Holders whose transaction spills write this much per row (see `faults::fault_holder`).
 const SPILL_PAYLOAD: usize = 3000;
 
-struct Place {
-    testbed: &'static str,
-    /// Where the holder opens the database (host A) and where the waiter does (host B).
-    holder_db: PathBuf,
-    waiter_db: PathBuf,
-    server_db: PathBuf,
-    uri_params: String,
-}
-
 /// Kills `runs` holders in turn and returns the time from each kill to the waiting writer's
 /// lock grant and to its commit.
-fn measure(place: &Place, holder_host: Option<&str>, runs: u32) -> (Vec<Duration>, Vec<Duration>) {
-    faults::create_schema(&place.server_db);
+fn measure(
+    place: &DbPlace,
+    holder_host: Option<&str>,
+    runs: u32,
+) -> (Vec<Duration>, Vec<Duration>) {
+    faults::create_schema(&place.server);
     let logs = tempfile::tempdir().unwrap();
     let mut locked_after = Vec::new();
     let mut committed_after = Vec::new();
@@ -47,7 +41,7 @@ fn measure(place: &Place, holder_host: Option<&str>, runs: u32) -> (Vec<Duration
     for run in 0..runs {
         let job = Job {
             role: "fault-holder".into(),
-            db: place.holder_db.clone(),
+            db: place.host_a.clone(),
             vfs: "netfs".into(),
             uri_params: place.uri_params.clone(),
             worker_id: run,
@@ -69,7 +63,7 @@ fn measure(place: &Place, holder_host: Option<&str>, runs: u32) -> (Vec<Duration
             holder.log()
         );
         let (tx, rx) = mpsc::channel();
-        let waiter_db = place.waiter_db.clone();
+        let waiter_db = place.host_b.clone();
         let uri_params = place.uri_params.clone();
         let waiter = std::thread::spawn(move || {
             let conn = faults::open_observer(&waiter_db, &uri_params, Some(LEASE));
@@ -91,7 +85,7 @@ fn measure(place: &Place, holder_host: Option<&str>, runs: u32) -> (Vec<Duration
             "the holder was killed before COMMIT"
         );
     }
-    let v = faults::verify_after_faults(&place.server_db, &acked);
+    let v = faults::verify_after_faults(&place.server, &acked);
     assert_eq!(v.integrity, "ok");
     assert_eq!(v.lost, 0, "{v:?}");
     assert_eq!(
@@ -103,7 +97,7 @@ fn measure(place: &Place, holder_host: Option<&str>, runs: u32) -> (Vec<Duration
     (locked_after, committed_after)
 }
 
-fn report(place: &Place, holder: &str, locked: &[Duration], committed: &[Duration]) {
+fn report(place: &DbPlace, holder: &str, locked: &[Duration], committed: &[Duration]) {
     let (lock_med, lock_max) = faults::median_max_ms(locked);
     let (med, max) = faults::median_max_ms(committed);
     eprintln!(
@@ -117,7 +111,7 @@ fn report(place: &Place, holder: &str, locked: &[Duration], committed: &[Duratio
 
 /// Same host: the pid check finds the holder gone; the waiter commits well under a second
 /// after the kill.
-fn same_host(place: &Place) {
+fn same_host(place: &DbPlace) {
     let (locked, committed) = measure(place, None, 6);
     report(place, "same-host", &locked, &committed);
     for (l, c) in locked.iter().zip(&committed) {
@@ -130,7 +124,7 @@ fn same_host(place: &Place) {
 
 /// Another host: no pid to check; the waiter must wait out the lease (from the holder's last
 /// renewal, which is at most a quarter lease before the kill) and no longer.
-fn other_host(place: &Place) {
+fn other_host(place: &DbPlace) {
     let (locked, committed) = measure(place, Some(OTHER_HOST), 2);
     report(place, "other-host", &locked, &committed);
     for l in &locked {
@@ -145,37 +139,16 @@ fn other_host(place: &Place) {
     }
 }
 
-fn local_place(dir: &Path) -> Place {
-    let db = dir.join("stale.db");
-    Place {
-        testbed: "local",
-        holder_db: db.clone(),
-        waiter_db: db.clone(),
-        server_db: db,
-        uri_params: "&netfs=on".into(),
-    }
-}
-
-fn testbed_place(testbed: &TwoHostTestbed, name: &str) -> Place {
-    Place {
-        testbed: testbed.kind(),
-        holder_db: testbed.mount_a().join(name),
-        waiter_db: testbed.mount_b().join(name),
-        server_db: testbed.server_dir().join(name),
-        uri_params: String::new(),
-    }
-}
-
 #[test]
 fn dead_holder_on_this_host_is_recovered_well_under_a_second_in_forced_network_mode() {
     let dir = tempfile::tempdir().unwrap();
-    same_host(&local_place(dir.path()));
+    same_host(&DbPlace::local(dir.path(), "stale.db"));
 }
 
 #[test]
 fn dead_holder_of_another_host_is_recovered_after_its_lease_in_forced_network_mode() {
     let dir = tempfile::tempdir().unwrap();
-    other_host(&local_place(dir.path()));
+    other_host(&DbPlace::local(dir.path(), "stale.db"));
 }
 
 #[test]
@@ -183,8 +156,8 @@ fn dead_holders_are_recovered_at_once_on_this_host_and_after_the_lease_from_anot
     let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
         return;
     };
-    same_host(&testbed_place(&testbed, "same.db"));
-    other_host(&testbed_place(&testbed, "other.db"));
+    same_host(&DbPlace::on(&testbed, "same.db"));
+    other_host(&DbPlace::on(&testbed, "other.db"));
 }
 
 #[test]
@@ -192,6 +165,6 @@ fn dead_holders_are_recovered_at_once_on_this_host_and_after_the_lease_from_anot
     let Some(testbed) = testbed_or_skip(TwoHostTestbed::smb()) else {
         return;
     };
-    same_host(&testbed_place(&testbed, "same.db"));
-    other_host(&testbed_place(&testbed, "other.db"));
+    same_host(&DbPlace::on(&testbed, "same.db"));
+    other_host(&DbPlace::on(&testbed, "other.db"));
 }

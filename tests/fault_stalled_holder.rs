@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::faults::{self, Slot};
+use common::faults::{self, DbPlace, Slot};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
 use common::worker::Job;
 
@@ -33,23 +33,29 @@ const OTHER_HOST: &str = "stalled-holder-other-host";
 /// Rows of this size make the next writer spill (see `faults::fault_holder`).
 const SPILL_PAYLOAD: usize = 3000;
 
-fn holder(role_id: u32, db: &Path, logs: &Path, uri_params: &str, spill: bool) -> Slot {
+/// The stalled holder (host A, another host's id) or the next writer (host B, spilling).
+fn holder(role_id: u32, place: &DbPlace, logs: &Path, next_writer: bool) -> Slot {
     let job = Job {
         role: "fault-holder".into(),
-        db: db.to_owned(),
+        db: if next_writer {
+            &place.host_b
+        } else {
+            &place.host_a
+        }
+        .clone(),
         vfs: "netfs".into(),
-        uri_params: uri_params.to_owned(),
+        uri_params: place.uri_params.clone(),
         worker_id: role_id,
         out: logs.join(format!("holder-{role_id}")),
         stop_file: logs.join("never"),
         busy_timeout_ms: 60_000,
-        payload_bytes: if spill { SPILL_PAYLOAD } else { 0 },
+        payload_bytes: if next_writer { SPILL_PAYLOAD } else { 0 },
         // The stalled holder commits once it runs again; the next writer holds until killed.
-        transactions: if spill { 0 } else { 500 },
+        transactions: if next_writer { 0 } else { 500 },
         ..Default::default()
     };
     let mut env = vec![(faults::LEASE_ENV.to_owned(), LEASE.as_millis().to_string())];
-    if !spill {
+    if !next_writer {
         env.push((sqlite_netfs::HOST_ID_ENV.to_owned(), OTHER_HOST.to_owned()));
     }
     let mut slot = Slot::new(job, env);
@@ -57,17 +63,11 @@ fn holder(role_id: u32, db: &Path, logs: &Path, uri_params: &str, spill: bool) -
     slot
 }
 
-/// `stalled_db` and `next_db` are where the stalled holder and the next writer open the
-/// database (two mounts of a testbed: two hosts).
-fn stalled_holder_cannot_touch_the_next_writers_journal(
-    stalled_db: &Path,
-    next_db: &Path,
-    server_db: &Path,
-    uri_params: &str,
-) {
-    faults::create_schema(server_db);
+/// The stalled holder opens the database as host A, the next writer as host B.
+fn stalled_holder_cannot_touch_the_next_writers_journal(place: &DbPlace) {
+    faults::create_schema(&place.server);
     let logs = tempfile::tempdir().unwrap();
-    let mut stalled = holder(1, stalled_db, logs.path(), uri_params, false);
+    let mut stalled = holder(1, place, logs.path(), false);
     assert!(
         stalled.wait_for_phase("holding", Duration::from_secs(60)),
         "the first holder never got the write lock: {:?}",
@@ -77,7 +77,7 @@ fn stalled_holder_cannot_touch_the_next_writers_journal(
 
     // The next writer waits out the stalled holder's lease, takes the lock over and spills its
     // transaction into the database file.
-    let mut next = holder(2, next_db, logs.path(), uri_params, true);
+    let mut next = holder(2, place, logs.path(), true);
     let took_over = next.wait_for_phase("holding", Duration::from_secs(60));
     stalled.signal("CONT");
     assert!(
@@ -99,7 +99,7 @@ fn stalled_holder_cannot_touch_the_next_writers_journal(
     );
     next.kill();
 
-    let v = faults::verify_after_faults(server_db, &BTreeSet::new());
+    let v = faults::verify_after_faults(&place.server, &BTreeSet::new());
     assert_eq!(v.integrity, "ok", "{v:?}");
     assert_eq!(
         v.present, 0,
@@ -113,16 +113,9 @@ fn stalled_holder_cannot_touch_the_next_writers_journal(
 }
 
 fn across_two_mounts(testbed: Result<TwoHostTestbed, String>) {
-    let Some(tb) = testbed_or_skip(testbed) else {
-        return;
-    };
-    let name = "stalled.db";
-    stalled_holder_cannot_touch_the_next_writers_journal(
-        &tb.mount_a().join(name),
-        &tb.mount_b().join(name),
-        &tb.server_dir().join(name),
-        "",
-    );
+    if let Some(tb) = testbed_or_skip(testbed) {
+        stalled_holder_cannot_touch_the_next_writers_journal(&DbPlace::on(&tb, "stalled.db"));
+    }
 }
 
 #[test]

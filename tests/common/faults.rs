@@ -589,6 +589,44 @@ impl FaultPlan {
     }
 }
 
+/// One database as a fault test reaches it: from host A and from host B (the two mounts of a
+/// testbed; the same path on a local disk), and as the file server has it, with the URI
+/// parameters that put it in network mode.
+#[derive(Debug, Clone)]
+pub struct DbPlace {
+    /// "local", "sshfs" or "smb".
+    pub testbed: &'static str,
+    pub host_a: PathBuf,
+    pub host_b: PathBuf,
+    pub server: PathBuf,
+    pub uri_params: String,
+}
+
+impl DbPlace {
+    /// `name` in `dir` on a local disk, in forced network mode.
+    pub fn local(dir: &Path, name: &str) -> DbPlace {
+        let db = dir.join(name);
+        DbPlace {
+            testbed: "local",
+            host_a: db.clone(),
+            host_b: db.clone(),
+            server: db,
+            uri_params: "&netfs=on".into(),
+        }
+    }
+
+    /// `name` on a testbed's export, in network mode by detection.
+    pub fn on(testbed: &super::testbed::TwoHostTestbed, name: &str) -> DbPlace {
+        DbPlace {
+            testbed: testbed.kind(),
+            host_a: testbed.mount_a().join(name),
+            host_b: testbed.mount_b().join(name),
+            server: testbed.server_dir().join(name),
+            uri_params: String::new(),
+        }
+    }
+}
+
 /// One worker slot: its job, its environment, and the running incarnation.
 pub struct Slot {
     pub job: Job,

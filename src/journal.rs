@@ -123,6 +123,49 @@ pub fn may_write(journal: &str, now: Duration) -> bool {
         .is_some_and(|permits| permits.iter().any(|p| p.allows_writes(now)))
 }
 
+/// One open journal of a network-mode database: its name, for the fence, and whether what
+/// this client reads back from it is still what SQLite wrote.
+///
+/// A network client may acknowledge a write before the server has it, and report a failure
+/// only at the next fsync, once (sshfs does; the NFS client alike), while its cache holds the
+/// bytes the server refused. After a failed journal write or sync, reading the journal back
+/// would not return what SQLite wrote. SQLite reads it back exactly then: a failed
+/// transaction restores its page cache from the journal, and a short or torn record ends that
+/// playback early without an error, leaving uncommitted changes in the cache of a connection
+/// that carries on ("database disk image is malformed" until it reconnects; seen on sshfs
+/// with the server's disk full). So once a write, truncation or sync of this journal has
+/// failed, its reads and syncs fail too: SQLite's pager goes into its error state, which
+/// throws the page cache away, and the journal, if it matters, is rolled back from the
+/// server's copy by the next transaction's hot-journal check.
+#[derive(Debug)]
+pub struct OpenJournal {
+    name: String,
+    failed: Option<&'static str>,
+}
+
+impl OpenJournal {
+    pub fn new(name: String) -> OpenJournal {
+        OpenJournal { name, failed: None }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Records that `what` (write, truncate, sync) failed on this journal.
+    pub fn note_failure(&mut self, what: &'static str) {
+        if self.failed.is_none() {
+            tracing::warn!(journal = %self.name, failed = what, "journal no longer read back: a change to it failed, and the client may hold bytes the server refused");
+            self.failed = Some(what);
+        }
+    }
+
+    /// Whether reads and syncs may go to the file: no change to it has failed.
+    pub fn trusted(&self) -> bool {
+        self.failed.is_none()
+    }
+}
+
 /// How long "does the journal exist" keeps asking through EIO. SQLite asks at every SHARED
 /// lock, and an error fails the caller's statement: the SMB testbed's client has answered EIO
 /// for longer than the 2 s every single request is retried (a reader failed with
@@ -232,6 +275,17 @@ mod tests {
             unregister_database(db, p);
         }
         assert_eq!(companion_of_network_database(journal), None);
+    }
+
+    #[test]
+    fn a_journal_is_not_read_back_after_a_change_to_it_failed() {
+        let mut journal = OpenJournal::new("/x/a.db-journal".into());
+        assert!(journal.trusted());
+        assert_eq!(journal.name(), "/x/a.db-journal");
+        journal.note_failure("sync");
+        assert!(!journal.trusted());
+        journal.note_failure("write");
+        assert!(!journal.trusted(), "it stays untrusted until closed");
     }
 
     #[test]

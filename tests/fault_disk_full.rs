@@ -1,16 +1,19 @@
-//! Fault 5: a full disk under forced network mode, on a size-limited tmpfs this test mounts.
-//! Writers get SQLITE_FULL, never corruption; every acknowledged commit stays; once space is
-//! freed, writes succeed again. A filesystem out of inodes, where the lock files themselves
-//! cannot be created, gives the same clear answer and leaves no lock behind.
+//! Fault 5: a full disk, on a size-limited tmpfs this test mounts: under forced network mode on
+//! a local disk, and at the file server of each testbed (mounted inside the export, so the
+//! clients see it as a subdirectory). Writers get SQLITE_FULL (or, where the protocol has no
+//! word for a full disk, an I/O error), never corruption; every acknowledged commit stays; once
+//! space is freed, writes succeed again. A filesystem out of inodes, where the lock files
+//! themselves cannot be created, gives the same clear answer and leaves no lock behind.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::scratch;
+use common::scratch::{self, SmallTmpfs};
 use common::stress::{self, StressPlan};
+use common::testbed::{TwoHostTestbed, testbed_or_skip};
 use sqlite_netfs::rusqlite::{Connection, ErrorCode, OpenFlags};
 
 #[test]
@@ -60,23 +63,28 @@ fn rows_and_counter(conn: &Connection) -> (i64, i64) {
     (rows, counter)
 }
 
-#[test]
-fn full_disk_answers_sqlite_full_loses_no_acknowledged_commit_and_writes_resume_when_space_is_freed()
- {
-    let Some(fs) = scratch::mount_or_skip("size=2m") else {
-        return;
-    };
+/// Where the full disk is: the tmpfs as the file server has it, and as each host sees it.
+struct FullDisk<'a> {
+    testbed: &'static str,
+    fs: &'a SmallTmpfs,
+    hosts: Vec<PathBuf>,
+    uri_params: &'static str,
+    /// The error kinds a writer may get for a full disk (`worker::error_kind` prefixes).
+    full_errors: &'static [&'static str],
+}
+
+fn fill_the_disk_then_free_it(disk: &FullDisk) {
     // Room to free later: without it, deleting rows is the only way out of a full disk.
-    let filler = fs.path().join("filler");
+    let filler = disk.fs.path().join("filler");
     std::fs::write(&filler, vec![0u8; 256 * 1024]).unwrap();
 
     let mut plan = StressPlan::new(
         "disk-full",
-        vec![fs.path().to_owned()],
-        fs.path().to_owned(),
+        disk.hosts.clone(),
+        disk.fs.path().to_owned(),
         "netfs",
     );
-    plan.uri_params = "&netfs=on".into();
+    plan.uri_params = disk.uri_params.into();
     plan.writers = 3;
     // More than fits: each writer runs until the disk refuses it 50 times in a row.
     plan.transactions = 100_000;
@@ -95,25 +103,24 @@ fn full_disk_answers_sqlite_full_loses_no_acknowledged_commit_and_writes_resume_
     assert_eq!(report.rows, Some(report.acknowledged as i64));
     assert_eq!(report.counter, Some(report.acknowledged as i64));
     assert_eq!(report.reader_torn, 0);
+    let is_full = |kind: &str| disk.full_errors.iter().any(|p| kind.starts_with(p));
     let full: u64 = report
         .errors
         .iter()
-        .filter(|(k, _)| k.starts_with("DiskFull"))
+        .filter(|(k, _)| is_full(k))
         .map(|(_, v)| v)
         .sum();
     assert!(full > 0, "the disk never filled: {}", report.summary());
-    let other: BTreeMap<_, _> = report
-        .errors
-        .iter()
-        .filter(|(k, _)| !k.starts_with("DiskFull"))
-        .collect();
-    assert!(other.is_empty(), "errors other than SQLITE_FULL: {other:?}");
+    let other: BTreeMap<_, _> = report.errors.iter().filter(|(k, _)| !is_full(k)).collect();
+    assert!(
+        other.is_empty(),
+        "errors other than a full disk's: {other:?}"
+    );
 
     // Free the space: writes succeed again, on top of everything acknowledged.
-    let db = fs.path().join("disk-full.db");
     let freed = Instant::now();
     std::fs::remove_file(&filler).unwrap();
-    let conn = network(&db);
+    let conn = network(&disk.hosts[0].join("disk-full.db"));
     for seq in 0..20 {
         commit_one(&conn, 99, seq).unwrap();
     }
@@ -122,11 +129,57 @@ fn full_disk_answers_sqlite_full_loses_no_acknowledged_commit_and_writes_resume_
     assert_eq!(rows, report.acknowledged as i64 + 20);
     assert_eq!(counter, rows);
     drop(conn);
-    assert_eq!(integrity(&db), "ok");
+    assert_eq!(integrity(&disk.fs.path().join("disk-full.db")), "ok");
     eprintln!(
-        "FIGURES fault=disk-full testbed=local runs=1 txns={} full_errors={full} lost={} corrupt=0 resumed_after_free_ms={resumed_ms}",
-        report.acknowledged, report.lost
+        "FIGURES fault=disk-full testbed={} runs=1 txns={} full_errors={full} kinds={:?} lost={} corrupt=0 resumed_after_free_ms={resumed_ms}",
+        disk.testbed,
+        report.acknowledged,
+        report.errors.keys().collect::<Vec<_>>(),
+        report.lost
     );
+}
+
+#[test]
+fn full_disk_answers_sqlite_full_loses_no_acknowledged_commit_and_writes_resume_when_space_is_freed()
+ {
+    let Some(fs) = scratch::mount_or_skip("size=2m") else {
+        return;
+    };
+    fill_the_disk_then_free_it(&FullDisk {
+        testbed: "local",
+        hosts: vec![fs.path().to_owned()],
+        fs: &fs,
+        uri_params: "&netfs=on",
+        full_errors: &["DiskFull"],
+    });
+}
+
+/// The file server's disk fills. Neither SFTP nor (through smbnetfs) SMB tells the client
+/// "no space" in a way that reaches `errno` as ENOSPC, so writers may see an I/O error.
+fn full_disk_at_the_file_server(testbed: Result<TwoHostTestbed, String>) {
+    let Some(tb) = testbed_or_skip(testbed) else {
+        return;
+    };
+    let Some(fs) = scratch::mount_on_or_skip(&tb.server_dir().join("full"), "size=2m") else {
+        return;
+    };
+    fill_the_disk_then_free_it(&FullDisk {
+        testbed: tb.kind(),
+        hosts: vec![tb.mount_a().join("full"), tb.mount_b().join("full")],
+        fs: &fs,
+        uri_params: "",
+        full_errors: &["DiskFull", "SystemIoFailure"],
+    });
+}
+
+#[test]
+fn full_disk_at_the_file_server_is_an_error_never_corruption_and_writes_resume_on_sshfs() {
+    full_disk_at_the_file_server(TwoHostTestbed::sshfs());
+}
+
+#[test]
+fn full_disk_at_the_file_server_is_an_error_never_corruption_and_writes_resume_on_smb() {
+    full_disk_at_the_file_server(TwoHostTestbed::smb());
 }
 
 #[test]

@@ -13,8 +13,9 @@
 //! - Refused open: a [`RefusedShimFile`] with a `Box<Refusal>`; its methods fail, and the
 //!   auto-extension turns the refusal into `sqlite3_open`'s error message.
 //! - The journal of a network-mode database: a [`JournalShimFile`], our header, a
-//!   `Box<String>` with the journal's name, then the base VFS's own file object, which does
-//!   the I/O. Writes and truncations pass the journal fence first (`crate::journal`).
+//!   `Box<OpenJournal>`, then the base VFS's own file object, which does the I/O. Writes and
+//!   truncations pass the journal fence first; after a failed change, reads and syncs fail
+//!   (`crate::journal`).
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,6 +26,7 @@ use std::sync::Once;
 use parking_lot::Mutex;
 use rusqlite::ffi;
 
+use crate::journal::OpenJournal;
 use crate::network_file::{FileError, IoOp};
 use crate::opening::{OpenDatabase, OpenPlan, OpenRequest, Refusal, Refused};
 use crate::protocol::Level;
@@ -59,7 +61,7 @@ struct RefusedShimFile {
 #[repr(C)]
 struct JournalShimFile {
     header: ffi::sqlite3_file,
-    name: *mut String,
+    journal: *mut crate::journal::OpenJournal,
     /// The base VFS's file object: from here on, the base VFS's `szOsFile` bytes are its own.
     native: ffi::sqlite3_file,
 }
@@ -451,8 +453,8 @@ unsafe fn open_journal(
             (*shim).header.pMethods = ptr::null();
             return rc;
         }
-        let name = Box::new(journal.to_string_lossy().into_owned());
-        ptr::write(&raw mut (*shim).name, Box::into_raw(name));
+        let state = crate::journal::OpenJournal::new(journal.to_string_lossy().into_owned());
+        ptr::write(&raw mut (*shim).journal, Box::into_raw(Box::new(state)));
         (*shim).header.pMethods = &JOURNAL_METHODS;
     }
     ffi::SQLITE_OK
@@ -1008,35 +1010,70 @@ unsafe fn native_journal(
     }
 }
 
+/// The shim's state of the journal `file`.
+///
+/// # Safety
+/// As for [`native_journal`]; SQLite serialises calls on one file, so the reference is unique.
+unsafe fn open_journal_state<'a>(file: *mut ffi::sqlite3_file) -> &'a mut OpenJournal {
+    // SAFETY: as required, `journal` is the live Box set by `open_journal`.
+    unsafe { &mut *(*(file as *mut JournalShimFile)).journal }
+}
+
 /// The fence for a change to the journal `file`: `None` if it may go ahead.
 ///
 /// # Safety
 /// As for [`native_journal`].
 unsafe fn journal_change_refused(file: *mut ffi::sqlite3_file, what: &str) -> Option<c_int> {
-    // SAFETY: as required, `name` is the Box set by `open_journal`.
-    let name = unsafe { &*(*(file as *mut JournalShimFile)).name };
+    // SAFETY: as required.
+    let journal = unsafe { open_journal_state(file) };
     let refused = guarded(ffi::SQLITE_IOERR_LOCK, || {
-        journal_fence(Path::new(name), what).unwrap_or(ffi::SQLITE_OK)
+        journal_fence(Path::new(journal.name()), what).unwrap_or(ffi::SQLITE_OK)
     });
     (refused != ffi::SQLITE_OK).then_some(refused)
 }
 
+/// Passes `rc`, the base file's answer to `what`, on; a failure makes the journal untrusted.
+///
+/// # Safety
+/// As for [`native_journal`].
+unsafe fn journal_outcome(file: *mut ffi::sqlite3_file, what: &'static str, rc: c_int) -> c_int {
+    if rc != ffi::SQLITE_OK {
+        // SAFETY: as required.
+        let journal = unsafe { open_journal_state(file) };
+        guarded(rc, || {
+            journal.note_failure(what);
+            rc
+        });
+    }
+    rc
+}
+
+/// `fail_with` if a change to the journal `file` has failed (see `journal::OpenJournal`).
+///
+/// # Safety
+/// As for [`native_journal`].
+unsafe fn journal_untrusted(file: *mut ffi::sqlite3_file, fail_with: c_int) -> Option<c_int> {
+    // SAFETY: as required.
+    let trusted = unsafe { open_journal_state(file) }.trusted();
+    (!trusted).then_some(fail_with)
+}
+
 unsafe extern "C" fn journal_close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite closes a journal `open_journal` set up, once; the name Box is taken back
-    // and the base file closed by its own method.
+    // SAFETY: SQLite closes a journal `open_journal` set up, once; the state's Box is taken
+    // back and the base file closed by its own method.
     unsafe {
         let shim = file as *mut JournalShimFile;
-        let name = (*shim).name;
-        (*shim).name = ptr::null_mut();
-        if !name.is_null() {
-            drop(Box::from_raw(name));
+        let journal = (*shim).journal;
+        (*shim).journal = ptr::null_mut();
+        if !journal.is_null() {
+            drop(Box::from_raw(journal));
         }
         let (native, methods) = native_journal(file);
         methods.xClose.expect("base xClose")(native)
     }
 }
 
-/// Journal methods that go to the base file as they are: no change to the journal's bytes.
+/// Journal methods that go to the base file as they are.
 macro_rules! forward_to_base_journal {
     ($($callback:ident => $method:ident($($arg:ident: $ty:ty),*);)*) => {$(
         unsafe extern "C" fn $callback(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
@@ -1051,8 +1088,6 @@ macro_rules! forward_to_base_journal {
 }
 
 forward_to_base_journal! {
-    journal_read => xRead(buf: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64);
-    journal_sync => xSync(flags: c_int);
     journal_file_size => xFileSize(size: *mut ffi::sqlite3_int64);
     journal_lock => xLock(level: c_int);
     journal_unlock => xUnlock(level: c_int);
@@ -1060,6 +1095,22 @@ forward_to_base_journal! {
     journal_file_control => xFileControl(op: c_int, arg: *mut c_void);
     journal_sector_size => xSectorSize();
     journal_device_characteristics => xDeviceCharacteristics();
+}
+
+unsafe extern "C" fn journal_read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    // SAFETY: `file` is a journal; then forwarding SQLite's arguments to the base file.
+    unsafe {
+        if let Some(rc) = journal_untrusted(file, ffi::SQLITE_IOERR_READ) {
+            return rc;
+        }
+        let (native, methods) = native_journal(file);
+        methods.xRead.expect("base xRead")(native, buf, amount, offset)
+    }
 }
 
 unsafe extern "C" fn journal_write(
@@ -1074,7 +1125,8 @@ unsafe extern "C" fn journal_write(
             return refused;
         }
         let (native, methods) = native_journal(file);
-        methods.xWrite.expect("base xWrite")(native, buf, amount, offset)
+        let rc = methods.xWrite.expect("base xWrite")(native, buf, amount, offset);
+        journal_outcome(file, "write", rc)
     }
 }
 
@@ -1088,7 +1140,21 @@ unsafe extern "C" fn journal_truncate(
             return refused;
         }
         let (native, methods) = native_journal(file);
-        methods.xTruncate.expect("base xTruncate")(native, size)
+        let rc = methods.xTruncate.expect("base xTruncate")(native, size);
+        journal_outcome(file, "truncate", rc)
+    }
+}
+
+unsafe extern "C" fn journal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    // SAFETY: as for journal_read. A sync after a failed one is not asked: sshfs reports a
+    // refused write to one fsync only, and the next would say all is well.
+    unsafe {
+        if let Some(rc) = journal_untrusted(file, ffi::SQLITE_IOERR_FSYNC) {
+            return rc;
+        }
+        let (native, methods) = native_journal(file);
+        let rc = methods.xSync.expect("base xSync")(native, flags);
+        journal_outcome(file, "sync", rc)
     }
 }
 

@@ -19,24 +19,32 @@ use sqlite_netfs::rusqlite::{Connection, OpenFlags};
 /// The unprivileged user the permission faults run as (`nobody` on Debian).
 pub const NOBODY: u32 = 65534;
 
-/// A tmpfs mounted on a fresh temporary directory, unmounted on drop.
+/// A tmpfs mounted on a fresh directory, unmounted on drop.
 pub struct SmallTmpfs {
-    _holder: tempfile::TempDir,
+    _holder: Option<tempfile::TempDir>,
     mount_point: PathBuf,
 }
 
 impl SmallTmpfs {
-    /// Mounts a tmpfs with `options` (e.g. `size=1m,nr_inodes=32`). Needs root.
+    /// Mounts a tmpfs with `options` (e.g. `size=1m,nr_inodes=32`) in a temporary directory.
+    /// Needs root.
     pub fn mount(options: &str) -> Result<SmallTmpfs, String> {
         let holder = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mount_point = holder.path().join("mnt");
-        std::fs::create_dir(&mount_point).map_err(|e| e.to_string())?;
+        let mut fs = SmallTmpfs::mount_on(&holder.path().join("mnt"), options)?;
+        fs._holder = Some(holder);
+        Ok(fs)
+    }
+
+    /// Mounts a tmpfs with `options` on `dir`, a new directory (e.g. inside a testbed's export,
+    /// where the clients see it as a subdirectory). Needs root.
+    pub fn mount_on(dir: &Path, options: &str) -> Result<SmallTmpfs, String> {
+        std::fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         run(Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(&mount_point))?;
+            .arg(dir))?;
         Ok(SmallTmpfs {
-            _holder: holder,
-            mount_point,
+            _holder: None,
+            mount_point: dir.to_owned(),
         })
     }
 
@@ -76,7 +84,16 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// Skips (or fails in CI) a test whose scratch filesystem cannot be mounted here.
 pub fn mount_or_skip(options: &str) -> Option<SmallTmpfs> {
-    match SmallTmpfs::mount(options) {
+    mounted_or_skip(SmallTmpfs::mount(options))
+}
+
+/// A scratch tmpfs mounted with [`SmallTmpfs::mount_on`], or `None` (skipped) as above.
+pub fn mount_on_or_skip(dir: &Path, options: &str) -> Option<SmallTmpfs> {
+    mounted_or_skip(SmallTmpfs::mount_on(dir, options))
+}
+
+fn mounted_or_skip(mounted: Result<SmallTmpfs, String>) -> Option<SmallTmpfs> {
+    match mounted {
         Ok(m) => Some(m),
         Err(reason) => {
             let in_ci =

@@ -762,11 +762,12 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 self.latch_watch = None;
                 return Ok(());
             }
-            // A latch no process of ours can read (another user's, or a symbolic link in its
-            // place) would keep every request waiting: say so instead.
+            // A latch no process of ours can read (another user's, or a symbolic link or a
+            // plain file in its place) would keep every request waiting: say so instead.
             Err(e)
-                if e.kind() == io::ErrorKind::PermissionDenied
-                    || e.kind() == io::Error::from_raw_os_error(libc::ELOOP).kind() =>
+                if [libc::EACCES, libc::ELOOP, libc::ENOTDIR]
+                    .iter()
+                    .any(|&code| e.kind() == io::Error::from_raw_os_error(code).kind()) =>
             {
                 return Err(e.into());
             }

@@ -238,13 +238,36 @@ impl DirLockFiles {
     }
 
     /// Whether the token directory exists (checked with `lstat`, so a symlink in its place
-    /// is an error rather than a directory somewhere else).
+    /// is an error rather than a directory somewhere else). smbnetfs briefly reports a
+    /// directory that another client is creating or removing as a plain file, so a plain
+    /// file is looked at twice before it is called foreign.
     fn token_dir_exists(&self, name: LockFileName) -> io::Result<bool> {
-        match std::fs::symlink_metadata(self.path(name)) {
-            Ok(m) if m.is_dir() => Ok(true),
-            Ok(_) => Err(self.context(name, "use", io::Error::from_raw_os_error(libc::ELOOP))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(self.context(name, "stat", e)),
+        let path = self.path(name);
+        let mut second_look = false;
+        loop {
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(self.context(
+                        name,
+                        "use",
+                        io::Error::from_raw_os_error(libc::ELOOP),
+                    ));
+                }
+                Ok(_) if !second_look => {
+                    second_look = true;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(_) => {
+                    return Err(self.context(
+                        name,
+                        "use",
+                        io::Error::from_raw_os_error(libc::ENOTDIR),
+                    ));
+                }
+                Err(e) => return Err(self.context(name, "stat", e)),
+            }
         }
     }
 
@@ -330,6 +353,7 @@ impl DirLockFiles {
             }
             Some(libc::EROFS) => " (read-only filesystem)",
             Some(libc::ELOOP) => " (a symbolic link stands where a lock file belongs)",
+            Some(libc::ENOTDIR) => " (a plain file stands where a lock directory belongs)",
             _ => "",
         };
         io::Error::new(

@@ -273,9 +273,16 @@ fn crashed_host_lock_files_are_recovered_after_the_lease(place: &DbPlace) {
     );
     assert_eq!(ghost.step("hold"), &Ok("held".to_owned()), "{ghost:?}");
     assert!(ghost.hung, "the ghost was to be killed holding its lock");
-    // And its latch, as if it died inside a table edit.
+    // And its latch, as if it died inside a table edit: a file, or on smbnetfs (whose
+    // exclusive create is not exclusive) a directory holding an `owner` file.
     let latch = lock_file(&place.server, "-netfs-latch");
-    std::fs::write(&latch, b"vanished-host 4242 99 1 7\n").unwrap();
+    let owner: &[u8] = b"vanished-host 4242 99 1 7\n";
+    if place.testbed == "smb" {
+        std::fs::create_dir(&latch).unwrap();
+        std::fs::write(latch.join("owner"), owner).unwrap();
+    } else {
+        std::fs::write(&latch, owner).unwrap();
+    }
 
     let conn = short_lease_connection(place);
     conn.busy_timeout(Duration::from_secs(20)).unwrap();

@@ -185,6 +185,30 @@ impl NativeRangeLocks {
     }
 }
 
+/// Runs `op` again while it fails with EIO (as `lockfile::retry_eio`), but not once the
+/// lease of a held lock may have run out: a write retried past it could land after another
+/// host has taken the lock over (smbnetfs answers EIO for seconds under load). `Err(None)`:
+/// given up because of the lease.
+fn retry_eio_within_lease<T>(
+    lease: &LeaseView,
+    held: bool,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> Result<T, Option<io::Error>> {
+    let mut fenced = false;
+    let result = crate::lockfile::retry_eio(|| {
+        if held && lease.expired(os::boot_time()) {
+            fenced = true;
+            return Err(io::Error::other("the lock's lease may have run out"));
+        }
+        op()
+    });
+    match result {
+        _ if fenced => Err(None),
+        Ok(v) => Ok(v),
+        Err(e) => Err(Some(e)),
+    }
+}
+
 pub struct NetworkFile {
     path: PathBuf,
     file: File,
@@ -322,8 +346,12 @@ impl NetworkFile {
         self.changed = true;
         // Rewriting the same bytes at the same offset is idempotent, so a passing EIO is
         // retried; a failed fsync never is (the kernel may have dropped the dirty pages).
-        crate::lockfile::retry_eio(|| self.file.write_all_at(buf, offset))
-            .map_err(|e| self.descriptor_error(IoOp::Write, e))
+        let held = self.level > Level::None;
+        match retry_eio_within_lease(&self.lease, held, || self.file.write_all_at(buf, offset)) {
+            Ok(()) => Ok(()),
+            Err(None) => self.check_lease().and(Err(FileError::LeaseExpired)),
+            Err(Some(e)) => Err(self.descriptor_error(IoOp::Write, e)),
+        }
     }
 
     pub fn truncate(&mut self, size: u64) -> Result<(), FileError> {
@@ -615,6 +643,40 @@ mod tests {
                 .unwrap()
         };
         (dir, open(), open())
+    }
+
+    #[test]
+    fn a_write_is_not_retried_once_the_lease_may_have_run_out() {
+        let eio = || Err::<(), _>(io::Error::from_raw_os_error(libc::EIO));
+        let started = std::time::Instant::now();
+        let soon = LeaseView::ending_at(os::boot_time() + Duration::from_millis(30));
+        assert!(matches!(
+            retry_eio_within_lease(&soon, true, eio),
+            Err(None)
+        ));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "retried past the lease for {:?}",
+            started.elapsed()
+        );
+
+        let long = LeaseView::ending_at(os::boot_time() + Duration::from_secs(60));
+        let mut attempts = 0;
+        let flaky = || {
+            attempts += 1;
+            if attempts < 3 { eio() } else { Ok(()) }
+        };
+        assert!(retry_eio_within_lease(&long, true, flaky).is_ok());
+
+        let run_out = LeaseView::ending_at(Duration::from_nanos(1));
+        assert!(
+            retry_eio_within_lease(&run_out, false, || Ok(())).is_ok(),
+            "no lock held: no lease to respect"
+        );
+        assert!(matches!(
+            retry_eio_within_lease(&run_out, true, || Ok(())),
+            Err(None)
+        ));
     }
 
     #[test]

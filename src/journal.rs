@@ -140,12 +140,15 @@ pub fn may_write(journal: &str, now: Duration) -> bool {
 #[derive(Debug)]
 pub struct OpenJournal {
     name: String,
-    failed: Option<&'static str>,
+    failed: bool,
 }
 
 impl OpenJournal {
     pub fn new(name: String) -> OpenJournal {
-        OpenJournal { name, failed: None }
+        OpenJournal {
+            name,
+            failed: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -154,15 +157,15 @@ impl OpenJournal {
 
     /// Records that `what` (write, truncate, sync) failed on this journal.
     pub fn note_failure(&mut self, what: &'static str) {
-        if self.failed.is_none() {
+        if !self.failed {
             tracing::warn!(journal = %self.name, failed = what, "journal no longer read back: a change to it failed, and the client may hold bytes the server refused");
-            self.failed = Some(what);
+            self.failed = true;
         }
     }
 
     /// Whether reads and syncs may go to the file: no change to it has failed.
     pub fn trusted(&self) -> bool {
-        self.failed.is_none()
+        !self.failed
     }
 }
 

@@ -416,6 +416,13 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             }
             Err(e) => {
                 self.lower_owing(to, changed_file);
+                if to == Level::None && matches!(e, LockError::LeaseLost) {
+                    // The edit found our entry gone. This unlock is SQLite letting go of
+                    // everything, the very step a lost lease waits for, and it will not come
+                    // again: SQLite never unlocks from NONE.
+                    self.lease_lost = false;
+                    self.set_renewed_at(None);
+                }
                 Err(e)
             }
         }
@@ -1125,6 +1132,32 @@ pub(crate) mod tests {
         remote.unlock(Level::None, false).unwrap();
         assert!(!remote.lease_expired());
         assert!(granted(remote.lock(Level::Shared).unwrap()));
+    }
+
+    /// The soak's stalled SMB writers: a writer whose entry was removed while its commit's
+    /// release lingered learns of it from the unlock to NONE itself. That unlock is SQLite
+    /// letting go of everything, so it must end the lost lease; SQLite will not unlock again
+    /// from NONE, and every later request would fail for the life of the connection.
+    #[test]
+    fn a_lease_found_lost_by_the_unlock_to_none_ends_with_it() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut writer = client(&files, &env, "h2", 1);
+        let mut other = client(&files, &env, "h1", 2);
+        assert!(granted(writer.lock(Level::Shared).unwrap()));
+        assert!(granted(writer.lock(Level::Reserved).unwrap()));
+        assert!(granted(writer.lock(Level::Exclusive).unwrap()));
+        // The commit's release to SHARED lingers; the writer then stalls for a lease.
+        assert_eq!(writer.unlock(Level::Shared, true).unwrap(), None);
+        assert_eq!(other.lock(Level::Shared).unwrap(), Acquired::Busy);
+        env.advance(LEASE);
+        assert!(granted(other.lock(Level::Shared).unwrap()));
+        assert!(matches!(
+            writer.unlock(Level::None, false),
+            Err(LockError::LeaseLost)
+        ));
+        assert!(!writer.lease_expired());
+        assert!(granted(writer.lock(Level::Shared).unwrap()));
+        assert!(granted(writer.lock(Level::Reserved).unwrap()));
     }
 
     #[test]

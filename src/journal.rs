@@ -32,12 +32,20 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::lock::LeaseView;
+use crate::lockfile::SizeRefresh;
 use crate::protocol::Level;
 
-/// Main databases open in network mode in this process, by full path, with the journal permit
-/// of each connection.
-static NETWORK_DATABASES: Mutex<Option<HashMap<String, Vec<Arc<JournalPermit>>>>> =
-    Mutex::new(None);
+/// Main databases open in network mode in this process, by full path.
+static NETWORK_DATABASES: Mutex<Option<HashMap<String, NetworkDatabase>>> = Mutex::new(None);
+
+/// What the VFS needs to know about a network-mode database when SQLite names its journal.
+#[derive(Debug, Default)]
+struct NetworkDatabase {
+    /// How its client is made to tell a size from the server.
+    refresh: SizeRefresh,
+    /// The journal permit of each connection.
+    permits: Vec<Arc<JournalPermit>>,
+}
 
 /// A file SQLite names that belongs to a network-mode database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,29 +81,31 @@ impl JournalPermit {
     }
 }
 
-pub fn register_database(path: &str, permit: Arc<JournalPermit>) {
-    NETWORK_DATABASES
-        .lock()
+pub fn register_database(path: &str, refresh: SizeRefresh, permit: Arc<JournalPermit>) {
+    let mut guard = NETWORK_DATABASES.lock();
+    let db = guard
         .get_or_insert_with(HashMap::new)
         .entry(path.to_owned())
-        .or_default()
-        .push(permit);
+        .or_default();
+    db.refresh = refresh;
+    db.permits.push(permit);
 }
 
 pub fn unregister_database(path: &str, permit: &Arc<JournalPermit>) {
     let mut guard = NETWORK_DATABASES.lock();
     if let Some(map) = guard.as_mut()
-        && let Some(permits) = map.get_mut(path)
+        && let Some(db) = map.get_mut(path)
     {
-        permits.retain(|p| !Arc::ptr_eq(p, permit));
-        if permits.is_empty() {
+        db.permits.retain(|p| !Arc::ptr_eq(p, permit));
+        if db.permits.is_empty() {
             map.remove(path);
         }
     }
 }
 
-/// Whether `name` is the journal or WAL of a database open in network mode here.
-pub fn companion_of_network_database(name: &str) -> Option<Companion> {
+/// Whether `name` is the journal or WAL of a database open in network mode here, and how
+/// that database's client is made to tell sizes.
+pub fn companion_of_network_database(name: &str) -> Option<(Companion, SizeRefresh)> {
     let (db, kind) = if let Some(db) = name.strip_suffix("-journal") {
         (db, Companion::Journal)
     } else if let Some(db) = name.strip_suffix("-wal") {
@@ -104,7 +114,7 @@ pub fn companion_of_network_database(name: &str) -> Option<Companion> {
         return None;
     };
     let guard = NETWORK_DATABASES.lock();
-    guard.as_ref()?.contains_key(db).then_some(kind)
+    guard.as_ref()?.get(db).map(|db| (kind, db.refresh))
 }
 
 /// Whether the journal named `journal` may be written, truncated or emptied now: some
@@ -120,7 +130,7 @@ pub fn may_write(journal: &str, now: Duration) -> bool {
     guard
         .as_ref()
         .and_then(|map| map.get(db))
-        .is_some_and(|permits| permits.iter().any(|p| p.allows_writes(now)))
+        .is_some_and(|db| db.permits.iter().any(|p| p.allows_writes(now)))
 }
 
 /// One open journal of a network-mode database: its name, for the fence, and whether what
@@ -177,10 +187,10 @@ const ACCESS_EIO_PATIENCE: Duration = Duration::from_secs(8);
 
 /// "Exists" for SQLite: has bytes at the server (a missed hot journal would let a reader see
 /// a half-written database, so no cached size is trusted).
-pub fn has_content(path: &Path) -> io::Result<bool> {
+pub fn has_content(path: &Path, refresh: SizeRefresh) -> io::Result<bool> {
     let started = Instant::now();
     loop {
-        match crate::lockfile::open_revalidated(path) {
+        match crate::lockfile::open_revalidated(path, refresh) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EIO)
                     && started.elapsed() < ACCESS_EIO_PATIENCE => {}
@@ -220,14 +230,18 @@ mod tests {
     #[test]
     fn companions_are_recognised_only_for_registered_databases() {
         let permit = permit();
-        register_database("/x/companion-test.db", permit.clone());
+        register_database(
+            "/x/companion-test.db",
+            SizeRefresh::ForcedStat,
+            permit.clone(),
+        );
         assert_eq!(
             companion_of_network_database("/x/companion-test.db-journal"),
-            Some(Companion::Journal)
+            Some((Companion::Journal, SizeRefresh::ForcedStat))
         );
         assert_eq!(
             companion_of_network_database("/x/companion-test.db-wal"),
-            Some(Companion::Wal)
+            Some((Companion::Wal, SizeRefresh::ForcedStat))
         );
         assert_eq!(companion_of_network_database("/x/other.db-journal"), None);
         unregister_database("/x/companion-test.db", &permit);
@@ -243,7 +257,7 @@ mod tests {
         let journal = "/x/permit-test.db-journal";
         let now = Duration::from_secs(100);
         let reader = permit();
-        register_database(db, reader.clone());
+        register_database(db, SizeRefresh::ForcedStat, reader.clone());
         reader.set_level(Level::Shared);
         assert!(
             !may_write(journal, now),
@@ -251,7 +265,7 @@ mod tests {
         );
 
         let writer = Arc::new(JournalPermit::new(LeaseView::ending_at(now * 2)));
-        register_database(db, writer.clone());
+        register_database(db, SizeRefresh::ForcedStat, writer.clone());
         for level in [Level::Reserved, Level::Pending, Level::Exclusive] {
             writer.set_level(level);
             assert!(may_write(journal, now), "{level}");
@@ -266,11 +280,11 @@ mod tests {
         )));
         lost.set_level(Level::Reserved);
         unregister_database(db, &writer);
-        register_database(db, run_out.clone());
-        register_database(db, lost.clone());
+        register_database(db, SizeRefresh::ForcedStat, run_out.clone());
+        register_database(db, SizeRefresh::ForcedStat, lost.clone());
         assert!(!may_write(journal, now), "lease run out or lost");
 
-        register_database(db, writer.clone());
+        register_database(db, SizeRefresh::ForcedStat, writer.clone());
         assert!(may_write(journal, now), "one rightful writer among them");
         writer.set_level(Level::Shared);
         assert!(!may_write(journal, now), "the writer went back to SHARED");
@@ -295,12 +309,12 @@ mod tests {
     fn discard_keeps_the_file_empty_and_has_content_follows_size() {
         let dir = tempfile::tempdir().unwrap();
         let j = dir.path().join("a.db-journal");
-        assert!(!has_content(&j).unwrap());
+        assert!(!has_content(&j, SizeRefresh::ForcedStat).unwrap());
         discard(&j, true).unwrap(); // absent: nothing to do
         std::fs::write(&j, b"journal bytes").unwrap();
-        assert!(has_content(&j).unwrap());
+        assert!(has_content(&j, SizeRefresh::ForcedStat).unwrap());
         discard(&j, true).unwrap();
         assert!(j.exists());
-        assert!(!has_content(&j).unwrap());
+        assert!(!has_content(&j, SizeRefresh::ForcedStat).unwrap());
     }
 }

@@ -79,10 +79,7 @@ pub trait TableFile {
 
 /// Opens `path` for reading and makes the client refetch its size from the server; `None`
 /// if it does not exist.
-///
-/// The open comes first: sshfs answers even a forced `statx` from its own 20-second attribute
-/// cache, which only an open refreshes; SMB and NFS refresh on the forced `statx`.
-pub fn open_revalidated(path: &Path) -> io::Result<Option<(File, u64)>> {
+pub fn open_revalidated(path: &Path, refresh: SizeRefresh) -> io::Result<Option<(File, u64)>> {
     retry_eio(|| {
         let file = match OpenOptions::new()
             .read(true)
@@ -93,7 +90,7 @@ pub fn open_revalidated(path: &Path) -> io::Result<Option<(File, u64)>> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        match crate::ffi::os::server_size(path) {
+        match refresh.server_size(&file, path) {
             Ok(size) => Ok(Some((file, size))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -138,6 +135,61 @@ impl TokenStyle {
             "fuse.smbnetfs" => TokenStyle::Directory,
             _ => TokenStyle::File,
         }
+    }
+}
+
+/// How a client is made to tell a file's size as the server has it now. A size from a cache
+/// hides a hot journal (a reader then reads a dead writer's half-written database) or makes a
+/// grown database look short ("database disk image is malformed").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SizeRefresh {
+    /// A fresh open, then `statx(AT_STATX_FORCE_SYNC)`, which the NFS and SMB clients (and
+    /// smbnetfs) answer from the server.
+    #[default]
+    ForcedStat,
+    /// A fresh open, an attribute change (both times set to now), then the forced `statx`.
+    /// sshfs answers even a forced `statx` from its own 20-second attribute cache. An open
+    /// refreshes that cache, except when another write on the same mount completes while the
+    /// open is in flight: sshfs then throws the fresh answer away and keeps the old one (seen
+    /// in the soak as torn reads and "malformed", and in 2 of 200 opens in a probe). An
+    /// attribute change always drops the entry, and the kernel takes the size from its reply.
+    TouchFirst,
+}
+
+impl SizeRefresh {
+    pub fn for_fs_type(fs_type: &str) -> SizeRefresh {
+        match fs_type {
+            "fuse.sshfs" => SizeRefresh::TouchFirst,
+            _ => SizeRefresh::ForcedStat,
+        }
+    }
+
+    /// The size of `file` (open at `path`) at the server.
+    pub fn server_size(self, file: &File, path: &Path) -> io::Result<u64> {
+        if self == SizeRefresh::TouchFirst {
+            match crate::ffi::os::touch(file) {
+                Ok(()) => {}
+                // Not allowed to change the times: the open's refresh is all there is.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPERM | libc::EACCES | libc::EROFS)
+                    ) =>
+                {
+                    warn_once_untouchable(path, &e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        crate::ffi::os::server_size(path)
+    }
+}
+
+/// Says once per process that sizes on this client may be stale for lack of permission.
+fn warn_once_untouchable(path: &Path, e: &io::Error) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot set this file's times, so sshfs may report its size from a cache up to 20 s old; give this user write permission on the database and its journal");
     }
 }
 
@@ -466,8 +518,10 @@ impl TableFile for DirTableFile {
     }
 
     fn revalidate(&mut self) -> io::Result<()> {
-        // The new descriptor first (it refreshes sshfs's own cache), then the size from the
-        // server (it refreshes the kernel's), as in [`open_revalidated`].
+        // A new descriptor, then the size from the server, as in [`open_revalidated`] but
+        // without an attribute change: on sshfs the open's refresh can lose its race with
+        // another write on the mount, the checksum then fails again, and after a few tries
+        // the edit fails. A table that cannot be read whole is an error, never an answer.
         self.file = self.files.open_table_file()?;
         let path = self.files.path(LockFileName::Table);
         retry_eio(|| crate::ffi::os::server_size(&path))

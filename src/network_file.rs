@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use crate::ffi::os::{self, RangeLock};
 use crate::journal::JournalPermit;
 use crate::lock::{Acquired, DbLock, LeaseView, LockError, SystemEnvironment};
-use crate::lockfile::DirLockFiles;
+use crate::lockfile::{DirLockFiles, SizeRefresh};
 use crate::protocol::Level;
 
 /// The lock of one connection in network mode.
@@ -233,6 +233,8 @@ pub struct NetworkFile {
     /// sshfs reconnects after a file-server restart but answers EIO for every descriptor
     /// opened before, forever; smbnetfs reopens its handles itself.
     descriptor_failed: bool,
+    /// How this client is made to tell the file's size from the server.
+    size_refresh: SizeRefresh,
     powersafe_overwrite: bool,
     /// The level SQLite has been refused since this moment (busy handler retrying).
     waiting_since: Option<(Level, Duration)>,
@@ -247,6 +249,7 @@ impl NetworkFile {
         writable: bool,
         create: bool,
         lock: SharedLock,
+        size_refresh: SizeRefresh,
         powersafe_overwrite: bool,
     ) -> io::Result<NetworkFile> {
         let file = Self::open_file(path, writable, create)?;
@@ -265,6 +268,7 @@ impl NetworkFile {
             changed: false,
             own_change_unpublished: false,
             descriptor_failed: false,
+            size_refresh,
             powersafe_overwrite,
             waiting_since: None,
         })
@@ -381,12 +385,15 @@ impl NetworkFile {
 
     pub fn size(&mut self) -> Result<u64, FileError> {
         let e = match crate::lockfile::retry_eio(|| self.file.metadata()) {
-            Ok(m) => return Ok(m.len()),
+            Ok(m) => {
+                tracing::trace!(path = %self.path.display(), size = m.len(), "size");
+                return Ok(m.len());
+            }
             Err(e) => e,
         };
         self.descriptor_failed = true;
         // smbnetfs can keep failing a descriptor while the path still answers.
-        match crate::lockfile::open_revalidated(&self.path) {
+        match crate::lockfile::open_revalidated(&self.path, self.size_refresh) {
             Ok(Some((_, size))) => Ok(size),
             _ => Err(FileError::io(IoOp::Fstat, e)),
         }
@@ -403,6 +410,13 @@ impl NetworkFile {
             _ => self.lock_exclusive(want),
         };
         self.note_wait(want, &result);
+        match &result {
+            Ok(()) => tracing::trace!(path = %self.path.display(), level = %want, "locked"),
+            Err(FileError::Busy) => {}
+            Err(e) => {
+                tracing::trace!(path = %self.path.display(), level = %want, error = ?e, "lock failed")
+            }
+        }
         result
     }
 
@@ -432,6 +446,7 @@ impl NetworkFile {
         let Acquired::Granted { generation } = self.lock_files(Level::Shared)? else {
             return Err(FileError::Busy);
         };
+        tracing::trace!(path = %self.path.display(), generation, synced = ?self.synced_generation, "SHARED granted");
         self.set_level(Level::Shared);
         let native = self.refresh_if_changed(generation).and_then(|()| {
             self.native
@@ -518,13 +533,16 @@ impl NetworkFile {
         debug_assert_eq!(self.native.level, Level::None);
         let reopen = || Self::open_file(&self.path, self.writable, false);
         let reopened = crate::lockfile::retry_eio(reopen).and_then(|f| {
-            // The new descriptor first (it refreshes sshfs's own cache), then the size from
-            // the server (it refreshes the kernel's).
-            crate::lockfile::retry_eio(|| os::server_size(&self.path))?;
-            Ok(f)
+            // The size from the server refreshes the kernel's: SQLite is about to ask it.
+            let size =
+                crate::lockfile::retry_eio(|| self.size_refresh.server_size(&f, &self.path))?;
+            Ok((f, size))
         });
         let fresh = match reopened {
-            Ok(f) => f,
+            Ok((f, size)) => {
+                tracing::trace!(path = %self.path.display(), generation, was = ?self.synced_generation, descriptor_failed = self.descriptor_failed, size, "reopened for a fresh view");
+                f
+            }
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "coherency reopen failed; the lock is not taken");
                 return Err(FileError::io(IoOp::Lock, e));
@@ -561,6 +579,7 @@ impl NetworkFile {
         // owes the generation bump to its next edit.)
         let changed = self.changed;
         let published = self.lock.lock().unlock(to, changed);
+        tracing::trace!(path = %self.path.display(), from = %self.level, to = %to, changed, flushed = flushed.is_ok(), published = ?published, "unlocked");
         self.set_level(to);
         self.changed = false;
         let own_change_current = if changed {

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::Options;
 use crate::lock::{DbLock, SystemEnvironment};
-use crate::lockfile::{DirLockFiles, LockFileName, TokenStyle};
+use crate::lockfile::{DirLockFiles, LockFileName, SizeRefresh, TokenStyle};
 use crate::mode::{self, Detection, Mode};
 use crate::network_file::NetworkFile;
 
@@ -160,6 +160,7 @@ fn open_network(
         });
     }
     let files = DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type));
+    let refresh = SizeRefresh::for_fs_type(&detection.fs_type);
     check_lock_files(&files).map_err(cant)?;
     let lock = Arc::new(Mutex::new(DbLock::new(
         files,
@@ -168,7 +169,7 @@ fn open_network(
         options.lease,
     )));
     crate::heartbeat::watch(&lock);
-    match crate::wal::needs_conversion(path) {
+    match crate::wal::needs_conversion(path, refresh) {
         Ok(false) => {}
         Ok(true) if !req.read_write => {
             return Err(cant(format!(
@@ -177,15 +178,15 @@ fn open_network(
             )));
         }
         Ok(true) => {
-            crate::wal::convert_under_lock(path, &lock, options.lease)
+            crate::wal::convert_under_lock(path, &lock, options.lease, refresh)
                 .map_err(|m| cant(format!("netfs: {m}")))?;
         }
         Err(e) => return Err(cant(format!("netfs: cannot read {}: {e}", path.display()))),
     }
-    let file = open_file_with_fallback(path, req, lock)
+    let file = open_file_with_fallback(path, req, lock, refresh)
         .map_err(|e| cant(format!("netfs: cannot open {}: {e}", path.display())))?;
     let registry_name = String::from_utf8_lossy(req.name).into_owned();
-    crate::journal::register_database(&registry_name, file.journal_permit().clone());
+    crate::journal::register_database(&registry_name, refresh, file.journal_permit().clone());
     Ok(OpenDatabase {
         file,
         registry_name,
@@ -248,6 +249,7 @@ fn open_file_with_fallback(
     path: &Path,
     req: &OpenRequest<'_>,
     lock: crate::network_file::SharedLock,
+    refresh: SizeRefresh,
 ) -> io::Result<NetworkFile> {
     if req.read_write {
         match NetworkFile::open(
@@ -255,6 +257,7 @@ fn open_file_with_fallback(
             true,
             req.create,
             lock.clone(),
+            refresh,
             req.powersafe_overwrite,
         ) {
             Ok(f) => return Ok(f),
@@ -266,5 +269,5 @@ fn open_file_with_fallback(
             Err(e) => return Err(e),
         }
     }
-    NetworkFile::open(path, false, false, lock, req.powersafe_overwrite)
+    NetworkFile::open(path, false, false, lock, refresh, req.powersafe_overwrite)
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::ffi::os;
 use crate::lock::Acquired;
+use crate::lockfile::SizeRefresh;
 use crate::network_file::SharedLock;
 use crate::protocol::Level;
 
@@ -27,8 +28,8 @@ fn sibling(db: &Path, suffix: &str) -> PathBuf {
 
 /// The header says WAL (bytes 18 and 19 are the read and write format versions: 2 = WAL), or
 /// a WAL file with content lies beside the database.
-pub fn needs_conversion(db: &Path) -> io::Result<bool> {
-    if crate::journal::has_content(&sibling(db, "-wal"))? {
+pub fn needs_conversion(db: &Path, refresh: SizeRefresh) -> io::Result<bool> {
+    if crate::journal::has_content(&sibling(db, "-wal"), refresh)? {
         return Ok(true);
     }
     let file = match File::open(db) {
@@ -36,7 +37,7 @@ pub fn needs_conversion(db: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    if crate::lockfile::open_revalidated(db)?.is_none_or(|(_, size)| size < 20) {
+    if crate::lockfile::open_revalidated(db, refresh)?.is_none_or(|(_, size)| size < 20) {
         return Ok(false);
     }
     let mut header = [0u8; 20];
@@ -46,7 +47,12 @@ pub fn needs_conversion(db: &Path) -> io::Result<bool> {
 
 /// Converts under the shared lock, waiting up to `wait` for other holders to leave.
 /// Returns whether a conversion was done.
-pub fn convert_under_lock(db: &Path, lock: &SharedLock, wait: Duration) -> Result<bool, String> {
+pub fn convert_under_lock(
+    db: &Path,
+    lock: &SharedLock,
+    wait: Duration,
+    refresh: SizeRefresh,
+) -> Result<bool, String> {
     let started = os::boot_time();
     for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
         loop {
@@ -72,8 +78,8 @@ pub fn convert_under_lock(db: &Path, lock: &SharedLock, wait: Duration) -> Resul
             }
         }
     }
-    let converted = match needs_conversion(db) {
-        Ok(true) => convert(db).map(|()| true),
+    let converted = match needs_conversion(db, refresh) {
+        Ok(true) => convert(db, refresh).map(|()| true),
         Ok(false) => Ok(false), // another process converted it while we waited
         Err(e) => Err(format!("cannot read {}: {e}", db.display())),
     };
@@ -84,7 +90,7 @@ pub fn convert_under_lock(db: &Path, lock: &SharedLock, wait: Duration) -> Resul
     converted
 }
 
-fn convert(db: &Path) -> Result<(), String> {
+fn convert(db: &Path, refresh: SizeRefresh) -> Result<(), String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         format!(
             "converting {} from WAL to a rollback journal: {what}: {e}",
@@ -93,8 +99,8 @@ fn convert(db: &Path) -> Result<(), String> {
     };
     // Let SQLite see the sizes the server has, not a stale cached size that hides frames.
     let wal = sibling(db, "-wal");
-    crate::lockfile::open_revalidated(&wal).map_err(|e| fail("stat of the WAL", &e))?;
-    crate::lockfile::open_revalidated(db).map_err(|e| fail("stat", &e))?;
+    crate::lockfile::open_revalidated(&wal, refresh).map_err(|e| fail("stat of the WAL", &e))?;
+    crate::lockfile::open_revalidated(db, refresh).map_err(|e| fail("stat", &e))?;
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags_and_vfs(db, flags, c"unix")

@@ -120,6 +120,25 @@ pub fn server_size(path: &Path) -> io::Result<u64> {
     Ok(unsafe { buf.assume_init() }.stx_size)
 }
 
+/// Sets both of a file's timestamps to now (`futimens` with `UTIME_NOW`), which needs write
+/// permission, not ownership. An attribute change is what makes a FUSE daemon with its own
+/// attribute cache (sshfs) drop its entry for the file; the kernel takes the new attributes,
+/// size included, from the reply.
+pub fn touch(file: &std::fs::File) -> io::Result<()> {
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    };
+    let times = [now, now];
+    // SAFETY: `file` is an open descriptor for the duration of the call, and `times` is an
+    // array of the two timespec records futimens(2) reads.
+    let rc = unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(not(target_os = "linux"))]
 pub fn server_size(path: &Path) -> io::Result<u64> {
     // No forced revalidation is available; a fresh stat is the best the platform offers.

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use rusqlite::ffi;
 
 use crate::journal::OpenJournal;
+use crate::lockfile::SizeRefresh;
 use crate::network_file::{FileError, IoOp};
 use crate::opening::{OpenDatabase, OpenPlan, OpenRequest, Refusal, Refused};
 use crate::protocol::Level;
@@ -328,12 +329,12 @@ unsafe extern "C" fn x_open(
     if name.is_null() || flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
         // SAFETY: SQLite passes a NUL-terminated name (or null, which `companion` accepts).
         return match unsafe { companion(name) } {
-            Some((crate::journal::Companion::Journal, path)) => {
+            Some((crate::journal::Companion::Journal, _, path)) => {
                 // SAFETY: `file` has szOsFile bytes, enough for a JournalShimFile whose
                 // `native` part has the base VFS's szOsFile bytes.
                 unsafe { open_journal(base, name, path, file, flags, out_flags) }
             }
-            Some((crate::journal::Companion::Wal, _)) => retry_cantopen(pass_through),
+            Some((crate::journal::Companion::Wal, _, _)) => retry_cantopen(pass_through),
             None => pass_through(),
         };
     }
@@ -464,14 +465,17 @@ unsafe fn open_journal(
 ///
 /// # Safety
 /// `name` must be null or a NUL-terminated string.
-unsafe fn companion(name: *const c_char) -> Option<(crate::journal::Companion, &'static Path)> {
+unsafe fn companion(
+    name: *const c_char,
+) -> Option<(crate::journal::Companion, SizeRefresh, &'static Path)> {
     if name.is_null() {
         return None;
     }
     // SAFETY: as required; the string outlives the callback in which we use it.
     let text: &'static CStr = unsafe { CStr::from_ptr(name) };
     let text = text.to_str().ok()?;
-    crate::journal::companion_of_network_database(text).map(|kind| (kind, Path::new(text)))
+    crate::journal::companion_of_network_database(text)
+        .map(|(kind, refresh)| (kind, refresh, Path::new(text)))
 }
 
 unsafe extern "C" fn x_delete(
@@ -482,7 +486,7 @@ unsafe extern "C" fn x_delete(
     // SAFETY: our registered VFS.
     let base = unsafe { state(vfs) }.base;
     // SAFETY: SQLite passes a NUL-terminated name.
-    if let Some((crate::journal::Companion::Journal, path)) = unsafe { companion(name) } {
+    if let Some((crate::journal::Companion::Journal, _, path)) = unsafe { companion(name) } {
         return guarded(ffi::SQLITE_IOERR_DELETE, || {
             if let Some(refused) = journal_fence(path, "empty") {
                 return refused;
@@ -510,11 +514,11 @@ unsafe extern "C" fn x_access(
     let base = unsafe { state(vfs) }.base;
     if flags == ffi::SQLITE_ACCESS_EXISTS
         // SAFETY: SQLite passes a NUL-terminated name.
-        && let Some((kind, path)) = unsafe { companion(name) }
+        && let Some((kind, refresh, path)) = unsafe { companion(name) }
     {
         return guarded(
             ffi::SQLITE_IOERR_ACCESS,
-            || match crate::journal::has_content(path) {
+            || match crate::journal::has_content(path, refresh) {
                 Ok(exists) => {
                     // SAFETY: SQLite passes a valid out-pointer.
                     unsafe { *res_out = c_int::from(exists) };

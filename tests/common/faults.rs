@@ -212,7 +212,7 @@ fn connect_retrying(job: &Job, log: &mut AckLog, tally: &mut Tally) -> Option<Co
             Ok(c) => return Some(c),
             Err(e) => {
                 let kind = format!("open:{}", worker::error_kind(&e));
-                log.line(&format!("# error {kind}"));
+                log.line(&format!("# error {kind} at={}", unix_ms()));
                 *tally.errors.entry(kind).or_default() += 1;
                 if Instant::now() > deadline || job.stop_file.exists() {
                     return None;
@@ -230,6 +230,45 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase)
+    )
+}
+
+/// Counter and row count, read in one transaction.
+fn counter_and_rows(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.execute_batch("BEGIN")?;
+    let read = (|| {
+        let v = conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0))?;
+        let n = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0))?;
+        Ok((v, n))
+    })();
+    let _ = conn.execute_batch("COMMIT");
+    read
+}
+
+/// After a worker saw damage (a torn read, "malformed"): is the file damaged, or only this
+/// connection's view of it? Reads again on this connection and on a fresh one, and logs both.
+fn recheck_view(job: &Job, conn: &Connection, log: &mut AckLog, what: &str) {
+    let look = |c: &Connection| {
+        let check = c
+            .query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+            .unwrap_or_else(|e| worker::error_kind(&e));
+        match counter_and_rows(c) {
+            Ok((v, n)) => format!("{check}/counter={v}/rows={n}"),
+            Err(e) => format!("{check}/{}", worker::error_kind(&e)),
+        }
+    };
+    let same = look(conn);
+    let fresh = connect(job).map_or_else(|e| worker::error_kind(&e), |c| look(&c));
+    log.line(&format!(
+        "# recheck {what} same={same} fresh={fresh} at={}",
+        unix_ms()
+    ));
+}
+
 /// Error counts of one worker incarnation, written at its end (a killed one writes none, but
 /// each error is also logged as it happens).
 #[derive(Default)]
@@ -244,7 +283,7 @@ impl Tally {
             self.busy += 1;
         } else {
             let kind = worker::error_kind(e);
-            log.line(&format!("# error {kind}"));
+            log.line(&format!("# error {kind} at={}", unix_ms()));
             *self.errors.entry(kind).or_default() += 1;
         }
     }
@@ -254,8 +293,50 @@ impl Tally {
     }
 }
 
+/// Milliseconds since the Unix epoch as this process sees it, for lining up a worker's
+/// errors with the driver's kills and outages. (A worker under libfaketime is off by its
+/// offset; its `# start` line's `wall=` shows by how much.)
+pub fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The file SQLite's error log goes to in this worker process.
+static SQLITE_LOG: std::sync::OnceLock<std::sync::Mutex<File>> = std::sync::OnceLock::new();
+
+/// Appends SQLite's error log (`sqlite3_log`: each failed statement with its SQL, and for
+/// "malformed" the line of SQLite's source that found the damage) to `<log>.sqlite-log`,
+/// except for BUSY and LOCKED, which are the normal course of waiting.
+fn log_sqlite_errors_beside(out: &Path) {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".sqlite-log");
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(PathBuf::from(name))
+        .expect("sqlite log file");
+    if SQLITE_LOG.set(std::sync::Mutex::new(file)).is_err() {
+        return;
+    }
+    fn record(code: std::ffi::c_int, message: &str) {
+        if matches!(code & 0xff, 5 | 6) {
+            return;
+        }
+        if let Some(file) = SQLITE_LOG.get() {
+            let line = format!("at={} code={code} {message}\n", unix_ms());
+            let _ = file.lock().map(|mut f| f.write_all(line.as_bytes()));
+        }
+    }
+    // SAFETY: sqlite3_config may only be called before SQLite is initialised and while no
+    // other thread uses SQLite. This runs first thing in a fresh worker process, on its only
+    // thread, before it registers the shim or opens a connection.
+    unsafe { rusqlite::trace::config_log(Some(record)) }.expect("install SQLite's error log");
+}
+
 /// Entry point for the `fault-*` roles (called by `worker::run_from_env`).
 pub fn run_role(job: &Job) {
+    log_sqlite_errors_beside(&job.out);
     match job.role.as_str() {
         "fault-writer" => fault_writer(job),
         "fault-reader" => fault_reader(job),
@@ -328,7 +409,10 @@ fn fault_writer(job: &Job) {
                     // that went away before answering): present without an acknowledgement.
                     log.line(&format!("# unknown-outcome {txn}"));
                 }
-                tally.error(&mut log, &e)
+                tally.error(&mut log, &e);
+                if is_damage(&e) {
+                    recheck_view(job, &conn, &mut log, "damage");
+                }
             }
         }
         phase.set("idle");
@@ -368,10 +452,16 @@ fn fault_reader(job: &Job) {
             Ok((v, n)) => {
                 checks += 1;
                 if v != n {
-                    log.line(&format!("# torn counter={v} rows={n}"));
+                    log.line(&format!("# torn counter={v} rows={n} at={}", unix_ms()));
+                    recheck_view(job, &conn, &mut log, "torn");
                 }
             }
-            Err(e) => tally.error(&mut log, &e),
+            Err(e) => {
+                tally.error(&mut log, &e);
+                if is_damage(&e) {
+                    recheck_view(job, &conn, &mut log, "damage");
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(2 + rng.below(10)));
     }
@@ -512,7 +602,8 @@ pub fn read_log(out: &Path) -> LogSummary {
             s.wall_at_start = rest
                 .split(' ')
                 .find_map(|f| f.strip_prefix("wall=")?.parse().ok());
-        } else if let Some(kind) = line.strip_prefix("# error ") {
+        } else if let Some(rest) = line.strip_prefix("# error ") {
+            let kind = rest.split_once(" at=").map_or(rest, |(kind, _)| kind);
             *s.errors.entry(kind.to_owned()).or_default() += 1;
         } else if line.starts_with("# unknown-outcome") {
             s.unknown_outcomes += 1;
@@ -761,6 +852,8 @@ pub struct FaultRun {
     pub plan: FaultPlan,
     pub slots: Vec<Slot>,
     logs: tempfile::TempDir,
+    /// The driver's kills and outages, timestamped like the workers' errors (`events`).
+    events: File,
     started: Instant,
     /// Kills made so far, by the phase the victim had reported.
     pub kills_by_phase: BTreeMap<String, u64>,
@@ -809,13 +902,23 @@ impl FaultRun {
             slot.spawn();
             slots.push(slot);
         }
+        let events = File::create(logs.path().join("events")).expect("events file");
         FaultRun {
             plan: plan.clone(),
             slots,
             logs,
+            events,
             started: Instant::now(),
             kills_by_phase: BTreeMap::new(),
         }
+    }
+
+    /// Records what the driver did, beside the workers' logs.
+    fn event(&self, what: &str) {
+        let line = format!("at={} {what}\n", unix_ms());
+        (&self.events)
+            .write_all(line.as_bytes())
+            .expect("events write");
     }
 
     pub fn kills(&self) -> u64 {
@@ -827,6 +930,7 @@ impl FaultRun {
     pub fn kill_and_restart(&mut self, i: usize) -> String {
         let phase = self.slots[i].phase();
         self.slots[i].kill();
+        self.event(&format!("kill worker={i} phase={phase}"));
         *self.kills_by_phase.entry(phase.clone()).or_default() += 1;
         self.slots[i].spawn();
         phase
@@ -899,7 +1003,29 @@ impl FaultRun {
             }
         }
         report.acknowledged = acked.len() as u64;
-        report.verification = verify_after_faults(&self.plan.server_db(), &acked);
+        let server_db = self.plan.server_db();
+        // The journal as the workers left it, before verification rolls it back.
+        let _ = std::fs::copy(
+            server_db.with_extension("db-journal"),
+            self.logs.path().join("journal-as-left"),
+        );
+        report.verification = verify_after_faults(&server_db, &acked);
+        let told_damaged = report
+            .errors
+            .keys()
+            .any(|k| k.contains("Corrupt") || k.contains("NotADatabase"));
+        if !report.correct() || told_damaged {
+            let _ = std::fs::copy(
+                &server_db,
+                self.logs.path().join("database-after-verification"),
+            );
+            let kept = self.logs.keep();
+            eprintln!(
+                "{}: evidence kept in {} (worker logs with timestamped errors, SQLite's error log, traces with NETFS_TEST_TRACE; driver events; the journal as left; the database)",
+                report.label,
+                kept.display()
+            );
+        }
         report
     }
 }
@@ -1278,8 +1404,10 @@ fn crash_server(
 ) -> (Outage, u64) {
     let killed_at = Instant::now();
     let processes = testbed.stop_server().expect("stop the file server");
+    run.event(&format!("server down ({processes} processes killed)"));
     std::thread::sleep(down);
     testbed.start_server().expect("restart the file server");
+    run.event("server up");
     let restarted = Instant::now();
     let (first_commit, all_writers, still) = run.time_to_commit_again(progress_timeout);
     let outage = Outage {

@@ -121,11 +121,24 @@ pub fn run_from_env() {
     };
     let job = Job::decode(&text);
     if let Ok(filter) = std::env::var("NETFS_TEST_TRACE") {
-        // Worker diagnostics on stderr, e.g. NETFS_TEST_TRACE=sqlite_netfs=warn.
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        // Worker diagnostics, e.g. NETFS_TEST_TRACE=sqlite_netfs=warn: a fault worker's go to
+        // `<log>.trace`, where they stay with the rest of its evidence; others' to stderr.
+        let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+        if job.role.starts_with("fault-") {
+            let mut name = job.out.as_os_str().to_owned();
+            name.push(".trace");
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(PathBuf::from(name))
+                .expect("trace file");
+            subscriber
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        } else {
+            subscriber.with_writer(std::io::stderr).init();
+        }
     }
     match job.role.as_str() {
         "writer" => writer(&job),

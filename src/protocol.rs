@@ -311,6 +311,18 @@ impl LockTable {
                 self.set_level(me, Level::Reserved, seq);
                 Ok(Level::Reserved)
             }
+            Level::Exclusive if have == Level::Shared => {
+                // From SHARED straight to EXCLUSIVE is how SQLite rolls back a hot journal.
+                // As in unixLock, a refusal records nothing. A PENDING entry would make other
+                // readers' xCheckReservedLock answer "a writer owns that journal", and they
+                // would read the dead writer's half-written pages instead of rolling them
+                // back (the soak's torn reads on sshfs).
+                if let Some(busy) = self.first_other_at_least(me, Level::Shared) {
+                    return Err(busy);
+                }
+                self.set_level(me, Level::Exclusive, seq);
+                Ok(Level::Exclusive)
+            }
             Level::Pending | Level::Exclusive => {
                 if have < Level::Pending {
                     // Another writer (RESERVED or above) excludes us; without one, PENDING
@@ -522,6 +534,25 @@ mod tests {
         t.request(&x, Level::Shared, 1).unwrap();
         assert_eq!(t.request(&x, Level::Exclusive, 2).unwrap_err().blocker, w);
         assert_eq!(t.level_of(&x), Level::Shared);
+    }
+
+    #[test]
+    fn a_refused_hot_journal_rollback_records_nothing_so_other_readers_see_the_journal_hot() {
+        // A writer died mid-commit. Reader x took SHARED and found its journal hot; reader y
+        // took SHARED too and asks whether anybody holds RESERVED before it trusts the file.
+        let (x, y) = (owner("a", 1), owner("b", 2));
+        let mut t = LockTable::default();
+        t.request(&x, Level::Shared, 1).unwrap();
+        t.request(&y, Level::Shared, 1).unwrap();
+        assert_eq!(t.request(&x, Level::Exclusive, 2).unwrap_err().blocker, y);
+        assert_eq!(t.level_of(&x), Level::Shared);
+        assert!(
+            !t.reserved_held(),
+            "a reader waiting to roll back must not pass for the journal's live writer"
+        );
+        // Once alone, the rollback gets EXCLUSIVE.
+        t.release(&y, Level::None, 2, false);
+        assert_eq!(t.request(&x, Level::Exclusive, 3), Ok(Level::Exclusive));
     }
 
     #[test]

@@ -469,17 +469,18 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         self.settle(UNLOCK_LATCH_WAIT)
     }
 
-    /// SQLite's `xCheckReservedLock`: does anybody hold RESERVED or above?
-    pub fn reserved_held(&mut self) -> Result<bool, LockError> {
+    /// SQLite's `xCheckReservedLock`: does anybody hold RESERVED or above? `None`: the latch
+    /// could not be had, so nobody knows. Neither answer is safe then: "yes" makes SQLite
+    /// read the database file as it is, which a writer that died mid-commit may have left
+    /// half-written; "no" makes it roll back a journal that may be a live writer's. The
+    /// caller answers BUSY, and SQLite asks again through its busy handler.
+    pub fn reserved_held(&mut self) -> Result<Option<bool>, LockError> {
         if self.level >= Level::Reserved {
-            return Ok(true);
+            return Ok(Some(true));
         }
         Ok(self
             .edit_table(LATCH_WAIT, |table| table.reserved_held())?
-            .map(|(held, _)| held)
-            // Could not look: say "reserved", the answer that makes SQLite wait rather than
-            // roll back a journal that may be live.
-            .unwrap_or(true))
+            .map(|(held, _)| held))
     }
 
     /// Rewrites our entry with a new sequence number, proving we are alive.
@@ -975,7 +976,7 @@ pub(crate) mod tests {
         assert!(granted(b.lock(Level::Shared).unwrap()));
         assert!(granted(a.lock(Level::Reserved).unwrap()));
         assert_eq!(b.lock(Level::Reserved).unwrap(), Acquired::Busy);
-        assert!(b.reserved_held().unwrap());
+        assert_eq!(b.reserved_held().unwrap(), Some(true));
         assert_eq!(a.lock(Level::Exclusive).unwrap(), Acquired::Busy);
         assert_eq!(a.level(), Level::Pending);
         // The end of b's read transaction lingers in the table until b is idle.
@@ -1339,6 +1340,21 @@ pub(crate) mod tests {
             .unwrap();
         breaker.break_latch_if_dead().unwrap();
         assert_eq!(files.read(LockFileName::Latch).unwrap(), Some(contents));
+    }
+
+    #[test]
+    fn whether_anybody_holds_reserved_is_unknown_while_the_latch_is_busy() {
+        // The table cannot be read under the latch: neither "yes" (read a file a dead writer
+        // may have half-written) nor "no" (roll back a live writer's journal) is safe.
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut reader = client(&files, &env, "h1", 1);
+        assert!(granted(reader.lock(Level::Shared).unwrap()));
+        files
+            .create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n")
+            .unwrap();
+        assert_eq!(reader.reserved_held().unwrap(), None);
+        files.remove(LockFileName::Latch).unwrap();
+        assert_eq!(reader.reserved_held().unwrap(), Some(false));
     }
 
     #[test]

@@ -620,7 +620,11 @@ impl NetworkFile {
         {
             return Ok(true);
         }
-        self.lock.lock().reserved_held().map_err(FileError::Lock)
+        match self.lock.lock().reserved_held() {
+            Ok(Some(held)) => Ok(held),
+            Ok(None) => Err(FileError::Busy),
+            Err(e) => Err(FileError::Lock(e)),
+        }
     }
 
     /// SQLite's `SQLITE_FCNTL_HAS_MOVED`: the path no longer names our file.

@@ -9,6 +9,12 @@
 //! `SQLITE_NETFS_SOAK_SECS=1800 cargo test --test fault_soak -- --ignored --nocapture`.
 //! Without `SQLITE_NETFS_SOAK_SECS` it runs for a minute. CI runs each fault on its own
 //! (`fault_sigkill`, `fault_server_outage`, ...).
+//!
+//! A place whose run fails keeps its evidence and prints where: each worker's log with
+//! timestamped errors and what a second look found after a torn read or "malformed" (this
+//! connection and a fresh one), SQLite's error log (with the source line that found damage),
+//! the driver's kills and outages, the journal as the workers left it, and the database. Set
+//! `NETFS_TEST_TRACE=sqlite_netfs=warn` (or `trace`) to keep each worker's shim trace too.
 
 mod common;
 

@@ -22,7 +22,6 @@ use std::time::Duration;
 use common::faults::{self, Slot};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
 use common::worker::Job;
-use sqlite_netfs::rusqlite::Connection;
 
 #[test]
 #[ignore = "worker process entry point, spawned by the tests in this file"]
@@ -87,7 +86,7 @@ fn a_reader_sees_every_growth_of_the_database_while_its_mount_is_busy_writing() 
     let mut failures = Vec::new();
     for round in 0..GROWTH_ROUNDS {
         // With the mount quiet, the reader's sshfs caches the database's size.
-        let _ = counter_and_rows(&reader);
+        let _ = faults::counter_and_rows(&reader);
         let busy = BusyMount::start(&tb);
         // Three pages or so per round: the file grows at every commit.
         let committed = (|| {
@@ -102,7 +101,7 @@ fn a_reader_sees_every_growth_of_the_database_while_its_mount_is_busy_writing() 
             writer.execute_batch("COMMIT")
         })();
         committed.unwrap_or_else(|e| panic!("round {round}: the writer failed: {e}"));
-        match counter_and_rows(&reader) {
+        match faults::counter_and_rows(&reader) {
             Ok((v, n)) if v == n && v == 3 * (round + 1) => {}
             Ok((v, n)) => failures.push(format!("round {round}: counter {v}, rows {n}")),
             Err(e) => failures.push(format!("round {round}: {e}")),
@@ -135,7 +134,7 @@ fn a_dead_writers_hot_journal_is_found_while_the_readers_mount_is_busy_writing()
     for round in 0..DEAD_WRITER_ROUNDS {
         // With the mount quiet, the reader's sshfs caches the journal as empty (every attribute
         // it fetched while the mount was busy was thrown away, so it caches nothing then).
-        let before = counter_and_rows(&reader).unwrap();
+        let before = faults::counter_and_rows(&reader).unwrap();
         let busy = BusyMount::start(&tb);
         let mut writer = Slot::new(
             Job {
@@ -161,7 +160,7 @@ fn a_dead_writers_hot_journal_is_found_while_the_readers_mount_is_busy_writing()
         writer.kill();
         // A new connection: SQLite's own page cache would hold committed pages from before.
         let fresh = faults::open_observer(&place.host_b, &place.uri_params, None);
-        match counter_and_rows(&fresh) {
+        match faults::counter_and_rows(&fresh) {
             Ok(after) if after == before => {}
             Ok((v, n)) => failures.push(format!(
                 "round {round}: counter {v}, rows {n}; committed: {before:?}"
@@ -178,15 +177,4 @@ fn a_dead_writers_hot_journal_is_found_while_the_readers_mount_is_busy_writing()
         failures.is_empty(),
         "host B read a dead writer's uncommitted pages: {failures:?}"
     );
-}
-
-fn counter_and_rows(conn: &Connection) -> sqlite_netfs::rusqlite::Result<(i64, i64)> {
-    conn.execute_batch("BEGIN")?;
-    let read = (|| {
-        let v = conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0))?;
-        let n = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0))?;
-        Ok((v, n))
-    })();
-    let _ = conn.execute_batch("COMMIT");
-    read
 }

@@ -126,9 +126,7 @@ impl Rng {
 
 /// The phase file of a worker whose log is `out`.
 pub fn phase_file(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".phase");
-    PathBuf::from(name)
+    worker::beside(out, ".phase")
 }
 
 /// Where a worker records its phase: one fixed-width record rewritten in place, so a reader
@@ -238,7 +236,7 @@ fn is_damage(e: &rusqlite::Error) -> bool {
 }
 
 /// Counter and row count, read in one transaction.
-fn counter_and_rows(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+pub fn counter_and_rows(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.execute_batch("BEGIN")?;
     let read = (|| {
         let v = conn.query_row("SELECT v FROM counter WHERE id = 1", [], |r| r.get(0))?;
@@ -309,13 +307,7 @@ static SQLITE_LOG: std::sync::OnceLock<std::sync::Mutex<File>> = std::sync::Once
 /// "malformed" the line of SQLite's source that found the damage) to `<log>.sqlite-log`,
 /// except for BUSY and LOCKED, which are the normal course of waiting.
 fn log_sqlite_errors_beside(out: &Path) {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".sqlite-log");
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(PathBuf::from(name))
-        .expect("sqlite log file");
+    let file = worker::append_beside(out, ".sqlite-log");
     if SQLITE_LOG.set(std::sync::Mutex::new(file)).is_err() {
         return;
     }

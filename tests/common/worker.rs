@@ -93,6 +93,22 @@ impl Job {
     }
 }
 
+/// The file beside a worker's log `out` with `suffix` added to its name (`<log>.phase`, ...).
+pub fn beside(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Opens the file beside `out` with `suffix` for appending, across a worker's incarnations.
+pub fn append_beside(out: &Path, suffix: &str) -> std::fs::File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(beside(out, suffix))
+        .unwrap_or_else(|e| panic!("open the worker's {suffix} file: {e}"))
+}
+
 /// Starts `job` in a new process (this test binary, running `worker_process` only).
 pub fn spawn(job: &Job, extra_env: &[(&str, &str)]) -> Child {
     let exe = std::env::current_exe().expect("test binary path");
@@ -125,16 +141,9 @@ pub fn run_from_env() {
         // `<log>.trace`, where they stay with the rest of its evidence; others' to stderr.
         let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
         if job.role.starts_with("fault-") {
-            let mut name = job.out.as_os_str().to_owned();
-            name.push(".trace");
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(PathBuf::from(name))
-                .expect("trace file");
             subscriber
                 .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
+                .with_writer(std::sync::Mutex::new(append_beside(&job.out, ".trace")))
                 .init();
         } else {
             subscriber.with_writer(std::io::stderr).init();

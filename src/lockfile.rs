@@ -147,8 +147,8 @@ pub enum SizeRefresh {
     /// smbnetfs) answer from the server.
     #[default]
     ForcedStat,
-    /// A fresh open, an attribute change (both times set to now), then the forced `statx`.
-    /// sshfs answers even a forced `statx` from its own 20-second attribute cache. An open
+    /// A fresh open and an attribute change (both times set to now), whose reply carries
+    /// the size. sshfs answers even a forced `statx` from its own 20-second attribute cache. An open
     /// refreshes that cache, except when another write on the same mount completes while the
     /// open is in flight: sshfs then throws the fresh answer away and keeps the old one (the
     /// soak's "malformed"; at nearly every open while another file on the mount is written
@@ -169,7 +169,9 @@ impl SizeRefresh {
     pub fn server_size(self, file: &File, path: &Path) -> io::Result<u64> {
         if self == SizeRefresh::TouchFirst {
             match crate::ffi::os::touch(file) {
-                Ok(()) => {}
+                // The kernel took the attributes sshfs fetched from the server for its reply,
+                // so the descriptor's own size is current: no second request.
+                Ok(()) => return Ok(file.metadata()?.len()),
                 // Not allowed to change the times: the open's refresh is all there is.
                 Err(e)
                     if matches!(

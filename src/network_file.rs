@@ -446,7 +446,6 @@ impl NetworkFile {
         let Acquired::Granted { generation } = self.lock_files(Level::Shared)? else {
             return Err(FileError::Busy);
         };
-        tracing::trace!(path = %self.path.display(), generation, synced = ?self.synced_generation, "SHARED granted");
         self.set_level(Level::Shared);
         let native = self.refresh_if_changed(generation).and_then(|()| {
             self.native

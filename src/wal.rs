@@ -8,7 +8,6 @@
 //! memory, not in a `-shm` that cannot be shared) and then `journal_mode=DELETE`, which
 //! checkpoints every committed frame into the database and removes the WAL.
 
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -32,12 +31,10 @@ pub fn needs_conversion(db: &Path, refresh: SizeRefresh) -> io::Result<bool> {
     if crate::journal::has_content(&sibling(db, "-wal"), refresh)? {
         return Ok(true);
     }
-    let file = match File::open(db) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+    let Some((file, size)) = crate::lockfile::open_revalidated(db, refresh)? else {
+        return Ok(false);
     };
-    if crate::lockfile::open_revalidated(db, refresh)?.is_none_or(|(_, size)| size < 20) {
+    if size < 20 {
         return Ok(false);
     }
     let mut header = [0u8; 20];

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -147,18 +147,54 @@ pub fn may_write(journal: &str, now: Duration) -> bool {
 /// failed, its reads and syncs fail too: SQLite's pager goes into its error state, which
 /// throws the page cache away, and the journal, if it matters, is rolled back from the
 /// server's copy by the next transaction's hot-journal check.
+///
+/// A short read is passed on only once the server confirms it: SQLite takes a short journal
+/// read for the journal's end. In the hot-journal check, a first byte that reads short means
+/// "not hot", and the reader goes on to read a half-written database; in a rollback, a short
+/// record ends the playback and the journal is then emptied, leaving the rest of the dead
+/// writer's pages in the file. A client cuts a read short for a stale cached size, or when its
+/// connection dies mid-reply (FUSE clients answer that as end-of-file).
 #[derive(Debug)]
 pub struct OpenJournal {
     name: String,
+    refresh: SizeRefresh,
     failed: bool,
 }
 
 impl OpenJournal {
-    pub fn new(name: String) -> OpenJournal {
+    pub fn new(name: String, refresh: SizeRefresh) -> OpenJournal {
         OpenJournal {
             name,
+            refresh,
             failed: false,
         }
+    }
+
+    /// Reads `buf` again from `offset` through a fresh descriptor whose size the server gave,
+    /// after the base file's read came back short. `Ok(true)`: the journal does end inside
+    /// `buf`, whose rest is zeroed (a short read for SQLite); `Ok(false)`: `buf` is full. A
+    /// read that stays short of the server's size is an error.
+    pub fn read_again_after_short_read(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let Some((file, size)) =
+            crate::lockfile::open_revalidated(Path::new(&self.name), self.refresh)?
+        else {
+            buf.fill(0);
+            return Ok(true);
+        };
+        let present = size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        crate::lockfile::retry_eio(|| file.read_exact_at(&mut buf[..present], offset)).map_err(
+            |e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "journal {} read again at {offset} ({present} of its {size} bytes): {e}",
+                        self.name
+                    ),
+                )
+            },
+        )?;
+        buf[present..].fill(0);
+        Ok(present < buf.len())
     }
 
     pub fn name(&self) -> &str {
@@ -296,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_journal_is_not_read_back_after_a_change_to_it_failed() {
-        let mut journal = OpenJournal::new("/x/a.db-journal".into());
+        let mut journal = OpenJournal::new("/x/a.db-journal".into(), SizeRefresh::ForcedStat);
         assert!(journal.trusted());
         assert_eq!(journal.name(), "/x/a.db-journal");
         journal.note_failure("sync");

@@ -599,8 +599,10 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let mut revalidated = false;
         for attempt in 0..4 {
             let bytes = file.read_all()?;
-            // An empty read may be a stale cached size of zero: confirm with the server.
-            let suspicious_empty = bytes.is_empty() && !revalidated && self.table_len > 0;
+            // An empty read may be a stale cached size of zero (sshfs keeps the size of a
+            // table another process on the mount has just created): confirm with the server,
+            // even if we never saw the table, or our rewrite would drop every holder in it.
+            let suspicious_empty = bytes.is_empty() && !revalidated;
             match LockTable::decode(&bytes) {
                 Ok(_) if suspicious_empty => {}
                 Ok(table) => {
@@ -863,6 +865,8 @@ pub(crate) mod tests {
         files: Arc<Mutex<HashMap<LockFileName, Vec<u8>>>>,
         /// Table writes so far.
         writes: Arc<AtomicU64>,
+        /// This many next table opens read an empty file until revalidated.
+        stale_empty_opens: Arc<AtomicU64>,
     }
 
     impl FakeFiles {
@@ -874,21 +878,35 @@ pub(crate) mod tests {
             }
             f[..contents.len()].copy_from_slice(contents);
         }
+
+        /// The next table open sees a size of zero, as an sshfs client that cached the size
+        /// of a table another process on its mount had only just created.
+        pub fn serve_next_table_open_as_empty(&self) {
+            self.stale_empty_opens.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// The fake table: every read and write goes straight to the shared map.
-    pub struct FakeTable(FakeFiles);
+    /// The fake table: every read and write goes straight to the shared map, except that an
+    /// open may see a stale size of zero until revalidated.
+    pub struct FakeTable {
+        files: FakeFiles,
+        stale_empty: bool,
+    }
 
     impl TableFile for FakeTable {
         fn read_all(&mut self) -> io::Result<Vec<u8>> {
-            Ok(self.0.read(LockFileName::Table)?.unwrap_or_default())
+            if self.stale_empty {
+                return Ok(Vec::new());
+            }
+            Ok(self.files.read(LockFileName::Table)?.unwrap_or_default())
         }
         fn revalidate(&mut self) -> io::Result<()> {
+            self.stale_empty = false;
             Ok(())
         }
         fn write_all(&mut self, contents: &[u8]) -> io::Result<()> {
-            self.0.writes.fetch_add(1, Ordering::Relaxed);
-            self.0.write(LockFileName::Table, contents);
+            self.files.writes.fetch_add(1, Ordering::Relaxed);
+            self.files.write(LockFileName::Table, contents);
             Ok(())
         }
     }
@@ -908,7 +926,14 @@ pub(crate) mod tests {
             Ok(self.files.lock().get(&name).cloned())
         }
         fn open_table(&self) -> io::Result<FakeTable> {
-            Ok(FakeTable(self.clone()))
+            let stale_empty = self
+                .stale_empty_opens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            Ok(FakeTable {
+                files: self.clone(),
+                stale_empty,
+            })
         }
         fn remove(&self, name: LockFileName) -> io::Result<bool> {
             Ok(self.files.lock().remove(&name).is_some())
@@ -965,6 +990,23 @@ pub(crate) mod tests {
 
     fn granted(a: Acquired) -> bool {
         matches!(a, Acquired::Granted { .. })
+    }
+
+    #[test]
+    fn a_new_client_that_reads_the_table_empty_asks_the_server_before_writing_over_it() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut a = client(&files, &env, "h1", 1);
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        files.serve_next_table_open_as_empty();
+        let mut b = client(&files, &env, "h1", 2);
+        assert!(granted(b.lock(Level::Shared).unwrap()));
+        // Had b written its own table over the empty read, a's entry would be gone and a's
+        // next request would find its lease lost (the acceptance run's IOERR_LOCK on sshfs).
+        assert!(granted(a.lock(Level::Reserved).unwrap()));
+        assert!(
+            !granted(b.lock(Level::Reserved).unwrap()),
+            "both entries are in the table: one RESERVED at a time"
+        );
     }
 
     #[test]

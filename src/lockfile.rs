@@ -201,6 +201,8 @@ fn warn_once_untouchable(path: &Path, e: &io::Error) {
 pub struct DirLockFiles {
     db_path: PathBuf,
     style: TokenStyle,
+    /// How the table's size is asked of the server when a read of it comes back short.
+    size_refresh: SizeRefresh,
 }
 
 /// How long `remove` keeps retrying a file that SMB refuses to remove because another client
@@ -211,10 +213,11 @@ const REMOVE_BUSY_RETRY: Duration = Duration::from_secs(5);
 const TOKEN_OWNER: &str = "owner";
 
 impl DirLockFiles {
-    pub fn new(db_path: &Path, style: TokenStyle) -> DirLockFiles {
+    pub fn new(db_path: &Path, style: TokenStyle, size_refresh: SizeRefresh) -> DirLockFiles {
         DirLockFiles {
             db_path: db_path.to_owned(),
             style,
+            size_refresh,
         }
     }
 
@@ -521,13 +524,14 @@ impl TableFile for DirTableFile {
     }
 
     fn revalidate(&mut self) -> io::Result<()> {
-        // A new descriptor, then the size from the server, as in [`open_revalidated`] but
-        // without an attribute change: on sshfs the open's refresh can lose its race with
-        // another write on the mount, the checksum then fails again, and after a few tries
-        // the edit fails. A table that cannot be read whole is an error, never an answer.
+        // A new descriptor, then the size from the server as this client must be asked for
+        // it (see [`SizeRefresh`]): on sshfs the open's refresh alone loses its race with any
+        // other write on the mount, so a table another process had just grown kept reading
+        // short until the edit gave up with an I/O error (seen under ordinary contention).
         self.file = self.files.open_table_file()?;
         let path = self.files.path(LockFileName::Table);
-        retry_eio(|| crate::ffi::os::server_size(&path))
+        let refresh = self.files.size_refresh;
+        retry_eio(|| refresh.server_size(&self.file, &path))
             .map(drop)
             .map_err(|e| self.files.context(LockFileName::Table, "stat", e))
     }
@@ -598,7 +602,11 @@ mod tests {
     #[test]
     fn create_exclusive_read_write_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let files = DirLockFiles::new(&dir.path().join("app.db"), TokenStyle::File);
+        let files = DirLockFiles::new(
+            &dir.path().join("app.db"),
+            TokenStyle::File,
+            SizeRefresh::ForcedStat,
+        );
         assert!(
             files
                 .create_exclusive(LockFileName::Latch, b"me 1\n")
@@ -627,7 +635,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("victim");
         std::fs::write(&target, b"precious").unwrap();
-        let files = DirLockFiles::new(&dir.path().join("app.db"), TokenStyle::File);
+        let files = DirLockFiles::new(
+            &dir.path().join("app.db"),
+            TokenStyle::File,
+            SizeRefresh::ForcedStat,
+        );
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Table)).unwrap();
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Latch)).unwrap();
         let err = files.open_table().err().unwrap();
@@ -644,6 +656,7 @@ mod tests {
         let files = DirLockFiles::new(
             &dir.path().join("missing-dir").join("app.db"),
             TokenStyle::Directory,
+            SizeRefresh::ForcedStat,
         );
         let err = files
             .create_exclusive(LockFileName::Latch, b"x")

@@ -324,8 +324,49 @@ impl NetworkFile {
     }
 
     /// Fills `buf` from `offset`; a read past the end zero-fills and reports `ShortRead`.
+    ///
+    /// SQLite takes a short read for the end of the file and the missing bytes for zeros, so
+    /// one is passed on only once the server confirms the file ends there. A read the client
+    /// cuts short (a stale cached size; a connection dying mid-reply, which a FUSE client
+    /// answers as end-of-file) would otherwise hand the pager a zeroed page: "database disk
+    /// image is malformed" to a reader, or worse under a writer. After the size is asked the
+    /// read is tried once more (the client's size and cached pages are then current); still
+    /// short of what the server has, it is an I/O error.
     pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), FileError> {
         self.check_lease()?;
+        let mut tries = 0;
+        loop {
+            let done = self.read_until_end(buf, offset)?;
+            if done == buf.len() {
+                return Ok(());
+            }
+            let end = offset + done as u64;
+            let server_size = crate::lockfile::retry_eio(|| {
+                self.size_refresh.server_size(&self.file, &self.path)
+            })
+            .map_err(|e| self.descriptor_error(IoOp::Read, e))?;
+            if server_size <= end {
+                buf[done..].fill(0);
+                return Err(FileError::ShortRead);
+            }
+            tries += 1;
+            if tries == 2 {
+                let cut = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the read of {} bytes at {offset} ended after {done}, but the server's file has {server_size} bytes",
+                        buf.len()
+                    ),
+                );
+                tracing::warn!(path = %self.path.display(), error = %cut, "read cut short by the client");
+                return Err(self.descriptor_error(IoOp::Read, cut));
+            }
+            tracing::debug!(path = %self.path.display(), offset, len = buf.len(), done, server_size, "short read inside the server's file; reading again");
+        }
+    }
+
+    /// Reads into `buf` until it is full or the client reports the end; returns the count.
+    fn read_until_end(&mut self, buf: &mut [u8], offset: u64) -> Result<usize, FileError> {
         let mut done = 0;
         while done < buf.len() {
             // Reads are idempotent: a passing EIO from smbnetfs is asked again.
@@ -337,11 +378,7 @@ impl NetworkFile {
                 Err(e) => return Err(self.descriptor_error(IoOp::Read, e)),
             }
         }
-        if done < buf.len() {
-            buf[done..].fill(0);
-            return Err(FileError::ShortRead);
-        }
-        Ok(())
+        Ok(done)
     }
 
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), FileError> {

@@ -159,8 +159,8 @@ fn open_network(
             ),
         });
     }
-    let files = DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type));
     let refresh = SizeRefresh::for_fs_type(&detection.fs_type);
+    let files = DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type), refresh);
     check_lock_files(&files).map_err(cant)?;
     let lock = Arc::new(Mutex::new(DbLock::new(
         files,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::scratch::{self, SmallTmpfs};
 use common::stress::{self, StressPlan};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
+use common::worker::Payload;
 use sqlite_netfs::rusqlite::{Connection, ErrorCode, OpenFlags};
 
 #[test]
@@ -89,7 +90,7 @@ fn fill_the_disk_then_free_it(disk: &FullDisk) {
     plan.writers = 3;
     // More than fits: each writer runs until the disk refuses it 50 times in a row.
     plan.transactions = 100_000;
-    plan.payload_bytes = 2000;
+    plan.payload = Payload::Fixed(2000);
     plan.deadline = Duration::from_secs(180);
     let report = stress::run(&plan, &[]);
     eprintln!("{}", report.summary());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::faults::{self, DbPlace, Slot};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
-use common::worker::Job;
+use common::worker::{Job, Payload};
 
 #[test]
 #[ignore = "worker process entry point, spawned by the tests in this file"]
@@ -48,7 +48,7 @@ fn measure(
             out: logs.path().join(format!("holder-{run}")),
             stop_file: logs.path().join("never"),
             busy_timeout_ms: 60_000,
-            payload_bytes: if run % 2 == 1 { SPILL_PAYLOAD } else { 0 },
+            payload: Payload::Fixed(if run % 2 == 1 { SPILL_PAYLOAD } else { 0 }),
             ..Default::default()
         };
         let mut env = vec![(faults::LEASE_ENV.to_owned(), LEASE.as_millis().to_string())];

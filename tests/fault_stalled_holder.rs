@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::faults::{self, DbPlace, Slot};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
-use common::worker::Job;
+use common::worker::{Job, Payload};
 
 #[test]
 #[ignore = "worker process entry point, spawned by the tests in this file"]
@@ -49,7 +49,7 @@ fn holder(role_id: u32, place: &DbPlace, logs: &Path, next_writer: bool) -> Slot
         out: logs.join(format!("holder-{role_id}")),
         stop_file: logs.join("never"),
         busy_timeout_ms: 60_000,
-        payload_bytes: if next_writer { SPILL_PAYLOAD } else { 0 },
+        payload: Payload::Fixed(if next_writer { SPILL_PAYLOAD } else { 0 }),
         // The stalled holder commits once it runs again; the next writer holds until killed.
         transactions: if next_writer { 0 } else { 500 },
         ..Default::default()

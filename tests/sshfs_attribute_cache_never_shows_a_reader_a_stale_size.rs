@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::faults::{self, Slot};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
-use common::worker::Job;
+use common::worker::{Job, Payload};
 
 #[test]
 #[ignore = "worker process entry point, spawned by the tests in this file"]
@@ -146,7 +146,7 @@ fn a_dead_writers_hot_journal_is_found_while_the_readers_mount_is_busy_writing()
                 out: logs.path().join(format!("writer-{round}")),
                 stop_file: logs.path().join("never"),
                 busy_timeout_ms: 60_000,
-                payload_bytes: 3000,
+                payload: Payload::Fixed(3000),
                 ..Default::default()
             },
             Vec::new(),

@@ -329,10 +329,10 @@ unsafe extern "C" fn x_open(
     if name.is_null() || flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
         // SAFETY: SQLite passes a NUL-terminated name (or null, which `companion` accepts).
         return match unsafe { companion(name) } {
-            Some((crate::journal::Companion::Journal, _, path)) => {
+            Some((crate::journal::Companion::Journal, refresh, path)) => {
                 // SAFETY: `file` has szOsFile bytes, enough for a JournalShimFile whose
                 // `native` part has the base VFS's szOsFile bytes.
-                unsafe { open_journal(base, name, path, file, flags, out_flags) }
+                unsafe { open_journal(base, name, path, refresh, file, flags, out_flags) }
             }
             Some((crate::journal::Companion::Wal, _, _)) => retry_cantopen(pass_through),
             None => pass_through(),
@@ -436,6 +436,7 @@ unsafe fn open_journal(
     base: *mut ffi::sqlite3_vfs,
     name: ffi::sqlite3_filename,
     journal: &Path,
+    refresh: SizeRefresh,
     file: *mut ffi::sqlite3_file,
     flags: c_int,
     out_flags: *mut c_int,
@@ -454,7 +455,8 @@ unsafe fn open_journal(
             (*shim).header.pMethods = ptr::null();
             return rc;
         }
-        let state = crate::journal::OpenJournal::new(journal.to_string_lossy().into_owned());
+        let state =
+            crate::journal::OpenJournal::new(journal.to_string_lossy().into_owned(), refresh);
         ptr::write(&raw mut (*shim).journal, Box::into_raw(Box::new(state)));
         (*shim).header.pMethods = &JOURNAL_METHODS;
     }
@@ -1107,13 +1109,37 @@ unsafe extern "C" fn journal_read(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    // SAFETY: `file` is a journal; then forwarding SQLite's arguments to the base file.
+    // SAFETY: `file` is a journal; then forwarding SQLite's arguments to the base file, and
+    // for a short read, SQLite's buffer of `amount` writable bytes.
     unsafe {
         if let Some(rc) = journal_untrusted(file, ffi::SQLITE_IOERR_READ) {
             return rc;
         }
         let (native, methods) = native_journal(file);
-        methods.xRead.expect("base xRead")(native, buf, amount, offset)
+        let rc = methods.xRead.expect("base xRead")(native, buf, amount, offset);
+        if rc != ffi::SQLITE_IOERR_SHORT_READ {
+            return rc;
+        }
+        let journal = open_journal_state(file);
+        let buf = std::slice::from_raw_parts_mut(buf as *mut u8, amount.max(0) as usize);
+        guarded(ffi::SQLITE_IOERR_READ, || {
+            match journal.read_again_after_short_read(buf, offset as u64) {
+                Ok(true) => ffi::SQLITE_IOERR_SHORT_READ,
+                Ok(false) => {
+                    tracing::debug!(
+                        journal = journal.name(),
+                        offset,
+                        amount,
+                        "short journal read inside the server's file; read again in full"
+                    );
+                    ffi::SQLITE_OK
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal read cut short by the client");
+                    ffi::SQLITE_IOERR_READ
+                }
+            }
+        })
     }
 }
 

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlite_netfs::rusqlite::{self, Connection, ErrorCode, OpenFlags};
 
-use super::worker::{self, Job};
+use super::worker::{self, Job, Payload};
 
 /// Lease in milliseconds that fault workers (and observers in the test process) register with.
 pub const LEASE_ENV: &str = "SQLITE_NETFS_TEST_LEASE_MS";
@@ -300,35 +300,8 @@ pub fn unix_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
-/// The file SQLite's error log goes to in this worker process.
-static SQLITE_LOG: std::sync::OnceLock<std::sync::Mutex<File>> = std::sync::OnceLock::new();
-
-/// Appends SQLite's error log (`sqlite3_log`: each failed statement with its SQL, and for
-/// "malformed" the line of SQLite's source that found the damage) to `<log>.sqlite-log`,
-/// except for BUSY and LOCKED, which are the normal course of waiting.
-fn log_sqlite_errors_beside(out: &Path) {
-    let file = worker::append_beside(out, ".sqlite-log");
-    if SQLITE_LOG.set(std::sync::Mutex::new(file)).is_err() {
-        return;
-    }
-    fn record(code: std::ffi::c_int, message: &str) {
-        if matches!(code & 0xff, 5 | 6) {
-            return;
-        }
-        if let Some(file) = SQLITE_LOG.get() {
-            let line = format!("at={} code={code} {message}\n", unix_ms());
-            let _ = file.lock().map(|mut f| f.write_all(line.as_bytes()));
-        }
-    }
-    // SAFETY: sqlite3_config may only be called before SQLite is initialised and while no
-    // other thread uses SQLite. This runs first thing in a fresh worker process, on its only
-    // thread, before it registers the shim or opens a connection.
-    unsafe { rusqlite::trace::config_log(Some(record)) }.expect("install SQLite's error log");
-}
-
 /// Entry point for the `fault-*` roles (called by `worker::run_from_env`).
 pub fn run_role(job: &Job) {
-    log_sqlite_errors_beside(&job.out);
     match job.role.as_str() {
         "fault-writer" => fault_writer(job),
         "fault-reader" => fault_reader(job),
@@ -359,7 +332,7 @@ fn fault_writer(job: &Job) {
         let txn = incarnation as i64 * 1_000_000 + i64::from(seq);
         seq += 1;
         let (parts, size) = if rng.below(10) < 3 {
-            (LARGE_ROWS + 1 + rng.below(3) as u32, job.payload_bytes)
+            (LARGE_ROWS + 1 + rng.below(3) as u32, job.payload.largest())
         } else {
             (1, 64)
         };
@@ -475,7 +448,7 @@ fn fault_holder(job: &Job) {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         // With a payload, enough rows to spill: the holder then holds EXCLUSIVE with a live
         // journal and changed pages in the database file.
-        let (parts, payload) = match job.payload_bytes {
+        let (parts, payload) = match job.payload.largest() {
             0 => (1, vec![0u8]),
             n => (HOLDER_SPILL_ROWS, vec![0x33u8; n]),
         };
@@ -872,7 +845,7 @@ impl FaultRun {
                 out: logs.path().join(format!("log-{i}")),
                 stop_file: logs.path().join("stop"),
                 busy_timeout_ms: plan.busy_timeout_ms,
-                payload_bytes: plan.payload_bytes,
+                payload: Payload::Fixed(plan.payload_bytes),
                 ..Default::default()
             };
             let mut env = Vec::new();

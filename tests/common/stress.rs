@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlite_netfs::rusqlite::{Connection, OpenFlags};
 
-use super::worker::{self, Job};
+use super::worker::{self, Job, Payload};
 
 #[derive(Debug, Clone)]
 pub struct StressPlan {
@@ -24,7 +24,7 @@ pub struct StressPlan {
     pub transactions: u32,
     pub readers: usize,
     pub busy_timeout_ms: u64,
-    pub payload_bytes: usize,
+    pub payload: Payload,
     /// Give up on a worker after this long (it is killed and counted).
     pub deadline: Duration,
 }
@@ -42,7 +42,7 @@ impl StressPlan {
             transactions: 300,
             readers: 1,
             busy_timeout_ms: 30_000,
-            payload_bytes: 200,
+            payload: Payload::Growing { largest: 3000 },
             deadline: Duration::from_secs(600),
         }
     }
@@ -141,7 +141,7 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
         out,
         stop_file: logs.path().join("stop"),
         busy_timeout_ms: plan.busy_timeout_ms,
-        payload_bytes: plan.payload_bytes,
+        payload: plan.payload,
     };
     let started = Instant::now();
     let deadline = started + plan.deadline;
@@ -225,6 +225,14 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
     }
     verify(&server_db, &acked, &mut report);
     eprintln!("FIGURES {}", report.summary());
+    if !report.correct() {
+        let kept = logs.keep();
+        eprintln!(
+            "{}: evidence kept in {} (acknowledgement and reader logs, SQLite's error log per worker, traces with NETFS_TEST_TRACE)",
+            report.label,
+            kept.display()
+        );
+    }
     report
 }
 

@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,7 +31,8 @@ pub struct Job {
     pub vfs: String,
     /// Extra URI parameters, e.g. `&netfs=on`.
     pub uri_params: String,
-    /// `PRAGMA journal_mode` to set first (native VFSes only), empty for SQLite's default.
+    /// `PRAGMA journal_mode` to ask for first (the shim in network mode answers `delete`),
+    /// empty for SQLite's default.
     pub journal_mode: String,
     pub worker_id: u32,
     pub transactions: u32,
@@ -40,13 +41,64 @@ pub struct Job {
     /// Reader: stop when this file exists.
     pub stop_file: PathBuf,
     pub busy_timeout_ms: u64,
-    pub payload_bytes: usize,
+    /// The payload of each row the writer inserts (fault roles read `Payload::largest`).
+    pub payload: Payload,
+}
+
+/// How large each inserted row's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Every row the same size.
+    Fixed(usize),
+    /// Transaction `seq` writes `50 + seq * 97 % largest` random bytes: from part of one page
+    /// to several, so commits spill over page boundaries and grow the file by varying amounts.
+    Growing { largest: usize },
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload::Fixed(0)
+    }
+}
+
+impl Payload {
+    /// The size of transaction `seq`'s payload.
+    pub fn size_of(self, seq: u32) -> usize {
+        match self {
+            Payload::Fixed(n) => n,
+            Payload::Growing { largest } => 50 + (seq as usize * 97) % largest.max(1),
+        }
+    }
+
+    pub fn largest(self) -> usize {
+        match self {
+            Payload::Fixed(n) => n,
+            Payload::Growing { largest } => 50 + largest.saturating_sub(1),
+        }
+    }
+
+    fn encode(self) -> String {
+        match self {
+            Payload::Fixed(n) => format!("fixed:{n}"),
+            Payload::Growing { largest } => format!("growing:{largest}"),
+        }
+    }
+
+    fn decode(text: &str) -> Payload {
+        match text.split_once(':') {
+            Some(("fixed", n)) => Payload::Fixed(n.parse().expect("payload size")),
+            Some(("growing", n)) => Payload::Growing {
+                largest: n.parse().expect("payload size"),
+            },
+            _ => panic!("unknown payload {text}"),
+        }
+    }
 }
 
 impl Job {
     fn encode(&self) -> String {
         format!(
-            "role={}\ndb={}\nvfs={}\nuri_params={}\njournal_mode={}\nworker_id={}\ntransactions={}\nout={}\nstop_file={}\nbusy_timeout_ms={}\npayload_bytes={}\n",
+            "role={}\ndb={}\nvfs={}\nuri_params={}\njournal_mode={}\nworker_id={}\ntransactions={}\nout={}\nstop_file={}\nbusy_timeout_ms={}\npayload={}\n",
             self.role,
             self.db.display(),
             self.vfs,
@@ -57,7 +109,7 @@ impl Job {
             self.out.display(),
             self.stop_file.display(),
             self.busy_timeout_ms,
-            self.payload_bytes
+            self.payload.encode()
         )
     }
 
@@ -76,7 +128,7 @@ impl Job {
                 "out" => job.out = v.into(),
                 "stop_file" => job.stop_file = v.into(),
                 "busy_timeout_ms" => job.busy_timeout_ms = v.parse().unwrap(),
-                "payload_bytes" => job.payload_bytes = v.parse().unwrap(),
+                "payload" => job.payload = Payload::decode(v),
                 _ => panic!("unknown job key {k}"),
             }
         }
@@ -136,18 +188,16 @@ pub fn run_from_env() {
         return; // run by hand with --ignored: nothing to do
     };
     let job = Job::decode(&text);
+    // First, on the process's only thread, before SQLite is initialised (see the SAFETY note).
+    log_sqlite_errors_beside(&job.out);
     if let Ok(filter) = std::env::var("NETFS_TEST_TRACE") {
-        // Worker diagnostics, e.g. NETFS_TEST_TRACE=sqlite_netfs=warn: a fault worker's go to
-        // `<log>.trace`, where they stay with the rest of its evidence; others' to stderr.
-        let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
-        if job.role.starts_with("fault-") {
-            subscriber
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(append_beside(&job.out, ".trace")))
-                .init();
-        } else {
-            subscriber.with_writer(std::io::stderr).init();
-        }
+        // Worker diagnostics, e.g. NETFS_TEST_TRACE=sqlite_netfs=trace, go to `<log>.trace`,
+        // where they stay with the rest of the worker's evidence.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(append_beside(&job.out, ".trace")))
+            .init();
     }
     match job.role.as_str() {
         "writer" => writer(&job),
@@ -205,7 +255,6 @@ fn writer(job: &Job) {
             return;
         }
     };
-    let payload = vec![0x5au8; job.payload_bytes];
     let mut failures_in_a_row = 0;
     let mut seq = 0;
     while seq < job.transactions && failures_in_a_row < 50 {
@@ -214,8 +263,8 @@ fn writer(job: &Job) {
             let body = (|| {
                 conn.execute("UPDATE counter SET v = v + 1 WHERE id = 1", [])?;
                 conn.execute(
-                    "INSERT INTO rows(worker, seq, payload) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![job.worker_id, seq, payload],
+                    "INSERT INTO rows(worker, seq, payload) VALUES (?1, ?2, randomblob(?3))",
+                    rusqlite::params![job.worker_id, seq, job.payload.size_of(seq) as i64],
                 )?;
                 conn.execute_batch("COMMIT")
             })();
@@ -305,6 +354,33 @@ fn wal_writer(job: &Job) {
         conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
     }
     std::process::exit(0);
+}
+
+/// The file SQLite's error log goes to in this worker process.
+static SQLITE_LOG: std::sync::OnceLock<std::sync::Mutex<File>> = std::sync::OnceLock::new();
+
+/// Appends SQLite's error log (`sqlite3_log`: each failed statement with its SQL, and for
+/// "malformed" the line of SQLite's source that found the damage) to `<log>.sqlite-log`,
+/// except for BUSY and LOCKED, which are the normal course of waiting. Every worker keeps
+/// one, so any error a test reports comes with SQLite's own account of it.
+fn log_sqlite_errors_beside(out: &Path) {
+    let file = append_beside(out, ".sqlite-log");
+    if SQLITE_LOG.set(std::sync::Mutex::new(file)).is_err() {
+        return;
+    }
+    fn record(code: std::ffi::c_int, message: &str) {
+        if matches!(code & 0xff, 5 | 6) {
+            return;
+        }
+        if let Some(file) = SQLITE_LOG.get() {
+            let line = format!("at={} code={code} {message}\n", super::faults::unix_ms());
+            let _ = file.lock().map(|mut f| f.write_all(line.as_bytes()));
+        }
+    }
+    // SAFETY: sqlite3_config may only be called before SQLite is initialised and while no
+    // other thread uses SQLite. This runs first thing in a fresh worker process, on its only
+    // thread, before it registers the shim or opens a connection.
+    unsafe { rusqlite::trace::config_log(Some(record)) }.expect("install SQLite's error log");
 }
 
 /// Creates the tables the writers and readers use.

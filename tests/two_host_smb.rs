@@ -14,7 +14,8 @@ fn worker_process() {
 
 #[test]
 fn shim_detects_smb_as_network_and_keeps_every_commit_across_two_hosts() {
-    acceptance::shim_keeps_every_commit(TwoHostTestbed::smb(), "fuse.smbnetfs");
+    // Two rounds: one SMB round takes three to five minutes.
+    acceptance::shim_keeps_every_commit(TwoHostTestbed::smb(), "fuse.smbnetfs", 2);
 }
 
 #[test]

@@ -14,7 +14,7 @@ fn worker_process() {
 
 #[test]
 fn shim_detects_sshfs_as_network_and_keeps_every_commit_across_two_hosts() {
-    acceptance::shim_keeps_every_commit(TwoHostTestbed::sshfs(), "fuse.sshfs");
+    acceptance::shim_keeps_every_commit(TwoHostTestbed::sshfs(), "fuse.sshfs", 3);
 }
 
 #[test]

@@ -173,8 +173,28 @@ impl OpenJournal {
     /// Reads `buf` again from `offset` through a fresh descriptor whose size the server gave,
     /// after the base file's read came back short. `Ok(true)`: the journal does end inside
     /// `buf`, whose rest is zeroed (a short read for SQLite); `Ok(false)`: `buf` is full. A
-    /// read that stays short of the server's size is an error.
+    /// read that stays short of the server's size is an error. EIO is asked through as
+    /// patiently as "does the journal exist" ([`ACCESS_EIO_PATIENCE`]): both decide whether a
+    /// journal is hot.
     pub fn read_again_after_short_read(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let started = Instant::now();
+        loop {
+            match self.read_through_fresh_descriptor(buf, offset) {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EIO)
+                        && started.elapsed() < ACCESS_EIO_PATIENCE => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("journal {} read again at {offset}: {e}", self.name),
+                    ));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn read_through_fresh_descriptor(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         let Some((file, size)) =
             crate::lockfile::open_revalidated(Path::new(&self.name), self.refresh)?
         else {
@@ -182,17 +202,7 @@ impl OpenJournal {
             return Ok(true);
         };
         let present = size.saturating_sub(offset).min(buf.len() as u64) as usize;
-        crate::lockfile::retry_eio(|| file.read_exact_at(&mut buf[..present], offset)).map_err(
-            |e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "journal {} read again at {offset} ({present} of its {size} bytes): {e}",
-                        self.name
-                    ),
-                )
-            },
-        )?;
+        crate::lockfile::retry_eio(|| file.read_exact_at(&mut buf[..present], offset))?;
         buf[present..].fill(0);
         Ok(present < buf.len())
     }
@@ -339,6 +349,31 @@ mod tests {
         assert!(!journal.trusted());
         journal.note_failure("write");
         assert!(!journal.trusted(), "it stays untrusted until closed");
+    }
+
+    #[test]
+    fn a_short_journal_read_is_read_again_and_passed_on_only_at_the_servers_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db-journal");
+        let contents: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&path, &contents).unwrap();
+        let journal =
+            OpenJournal::new(path.to_string_lossy().into_owned(), SizeRefresh::ForcedStat);
+
+        // A read the client cut short inside the file: read again in full.
+        let mut buf = vec![0u8; 512];
+        assert!(!journal.read_again_after_short_read(&mut buf, 1024).unwrap());
+        assert_eq!(buf, contents[1024..1536]);
+        // Reaching the end the server has: short, the rest zeroed.
+        let mut buf = vec![0xffu8; 512];
+        assert!(journal.read_again_after_short_read(&mut buf, 2800).unwrap());
+        assert_eq!(&buf[..200], &contents[2800..]);
+        assert!(buf[200..].iter().all(|&b| b == 0));
+        // Gone or emptied: all short.
+        std::fs::remove_file(&path).unwrap();
+        let mut buf = vec![0xffu8; 16];
+        assert!(journal.read_again_after_short_read(&mut buf, 0).unwrap());
+        assert_eq!(buf, vec![0u8; 16]);
     }
 
     #[test]

@@ -414,14 +414,41 @@ impl DirLockFiles {
             Some(libc::ENOTDIR) => " (a plain file stands where a lock directory belongs)",
             _ => "",
         };
-        io::Error::new(
-            e.kind(),
-            format!(
-                "cannot {op} lock file {}: {e}{hint}",
-                self.path(name).display()
-            ),
-        )
+        let message = format!(
+            "cannot {op} lock file {}: {e}{hint}",
+            self.path(name).display()
+        );
+        io::Error::new(e.kind(), InContext { message, source: e })
     }
+}
+
+/// An error of the lock files with what was being done to which file; the system's error
+/// stays inside it, for [`os_error_code`].
+#[derive(Debug)]
+struct InContext {
+    message: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for InContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InContext {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The system's error number behind `e`, also when the lock files wrapped it in context.
+pub fn os_error_code(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()?
+            .downcast_ref::<InContext>()
+            .and_then(|c| os_error_code(&c.source))
+    })
 }
 
 impl LockFiles for DirLockFiles {
@@ -648,6 +675,27 @@ mod tests {
         // Exclusive create refuses to go through a symlink (it "exists").
         assert!(!files.create_exclusive(LockFileName::Latch, b"x").unwrap());
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn an_error_in_context_keeps_its_system_error_number() {
+        let files = DirLockFiles::new(
+            Path::new("/x/app.db"),
+            TokenStyle::File,
+            SizeRefresh::ForcedStat,
+        );
+        let e = files.context(
+            LockFileName::Table,
+            "read",
+            io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert_eq!(os_error_code(&e), Some(libc::EIO));
+        assert!(
+            e.to_string()
+                .contains("cannot read lock file /x/app.db-netfs-table"),
+            "{e}"
+        );
+        assert_eq!(os_error_code(&io::Error::other("no number")), None);
     }
 
     #[test]

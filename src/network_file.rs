@@ -238,10 +238,41 @@ pub struct NetworkFile {
     powersafe_overwrite: bool,
     /// The level SQLite has been refused since this moment (busy handler retrying).
     waiting_since: Option<(Level, Duration)>,
+    /// Lock requests failing with EIO, answered BUSY for a while.
+    eio_patience: EioPatience,
 }
 
 /// A lock wait longer than this is reported (SQLite's busy handler retries in between).
 const SLOW_LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// How long lock requests that fail with EIO answer BUSY before the error is reported. Under
+/// contention smbnetfs answers EIO to opens and reads of files other clients are busy with,
+/// for longer than the two seconds each request is retried (seen: a coherency reopen and a
+/// lock-table read failing a reader's and a writer's transaction with "disk I/O error" in an
+/// acceptance run without any fault). No lock is taken meanwhile, so BUSY is true: SQLite's
+/// busy handler asks again. A server that is really gone is reported once this has passed.
+const LOCK_EIO_PATIENCE: Duration = Duration::from_secs(8);
+
+/// Since when lock requests have failed with EIO, none succeeding in between.
+#[derive(Debug, Default)]
+struct EioPatience {
+    since: Option<Duration>,
+}
+
+impl EioPatience {
+    /// Notes how a request ended at `now`; true if it failed with EIO and is to answer BUSY.
+    fn answer_busy(&mut self, now: Duration, succeeded: bool, eio: bool) -> bool {
+        if succeeded {
+            self.since = None;
+            return false;
+        }
+        if !eio {
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_sub(since) < LOCK_EIO_PATIENCE
+    }
+}
 
 impl NetworkFile {
     pub fn open(
@@ -271,6 +302,7 @@ impl NetworkFile {
             size_refresh,
             powersafe_overwrite,
             waiting_since: None,
+            eio_patience: EioPatience::default(),
         })
     }
 
@@ -446,6 +478,7 @@ impl NetworkFile {
             Level::Reserved => self.lock_reserved(),
             _ => self.lock_exclusive(want),
         };
+        let result = self.passing_eio_as_busy(result);
         self.note_wait(want, &result);
         match &result {
             Ok(()) => tracing::trace!(path = %self.path.display(), level = %want, "locked"),
@@ -455,6 +488,27 @@ impl NetworkFile {
             }
         }
         result
+    }
+
+    /// A lock request that failed with EIO answers BUSY until EIO has lasted
+    /// [`LOCK_EIO_PATIENCE`] without a request succeeding.
+    fn passing_eio_as_busy<T>(&mut self, result: Result<T, FileError>) -> Result<T, FileError> {
+        let eio = match &result {
+            Err(FileError::Io { error, .. }) | Err(FileError::Lock(LockError::Io(error))) => {
+                crate::lockfile::os_error_code(error) == Some(libc::EIO)
+            }
+            _ => false,
+        };
+        if !self
+            .eio_patience
+            .answer_busy(os::boot_time(), result.is_ok(), eio)
+        {
+            return result;
+        }
+        if let Err(e) = &result {
+            tracing::debug!(path = %self.path.display(), error = ?e, "lock request failed with EIO; answered BUSY");
+        }
+        Err(FileError::Busy)
     }
 
     /// Reports lock waits that took long, counted from the first refusal of a level to its
@@ -656,11 +710,12 @@ impl NetworkFile {
         {
             return Ok(true);
         }
-        match self.lock.lock().reserved_held() {
+        let held = match self.lock.lock().reserved_held() {
             Ok(Some(held)) => Ok(held),
             Ok(None) => Err(FileError::Busy),
             Err(e) => Err(FileError::Lock(e)),
-        }
+        };
+        self.passing_eio_as_busy(held)
     }
 
     /// SQLite's `SQLITE_FCNTL_HAS_MOVED`: the path no longer names our file.
@@ -736,6 +791,70 @@ mod tests {
             retry_eio_within_lease(&run_out, true, || Ok(())),
             Err(None)
         ));
+    }
+
+    fn network_file(path: &Path) -> NetworkFile {
+        let files = crate::lockfile::DirLockFiles::new(
+            path,
+            crate::lockfile::TokenStyle::File,
+            SizeRefresh::ForcedStat,
+        );
+        let lock = DbLock::new(
+            files,
+            SystemEnvironment,
+            crate::owner::new_owner(),
+            Duration::from_secs(10),
+        );
+        let lock = Arc::new(Mutex::new(lock));
+        NetworkFile::open(path, true, false, lock, SizeRefresh::ForcedStat, false).unwrap()
+    }
+
+    #[test]
+    fn a_read_cut_short_inside_the_servers_file_is_an_error_never_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let mut file = network_file(&path);
+        // The server's file is now longer than what this client's descriptor can read, as
+        // when a client cuts a read short (a stale size, a connection dying mid-reply).
+        let longer = dir.path().join("longer");
+        std::fs::write(&longer, vec![9u8; 16384]).unwrap();
+        std::fs::rename(&longer, &path).unwrap();
+        let mut page = vec![0xffu8; 4096];
+        match file.read_at(&mut page, 8192) {
+            Err(FileError::Io { op: IoOp::Read, .. }) => {}
+            other => panic!("expected a read error, got {other:?}"),
+        }
+        assert!(file.descriptor_failed, "the next SHARED reopens the file");
+
+        // A read past the end the server has is a short read, zero-filled.
+        let mut file = network_file(&path);
+        let mut page = vec![0xffu8; 4096];
+        assert!(matches!(
+            file.read_at(&mut page, 14336),
+            Err(FileError::ShortRead)
+        ));
+        assert!(page[..2048].iter().all(|&b| b == 9));
+        assert!(page[2048..].iter().all(|&b| b == 0));
+        file.read_at(&mut page, 4096).unwrap();
+    }
+
+    #[test]
+    fn lock_requests_failing_with_eio_answer_busy_until_the_patience_has_passed() {
+        let mut patience = EioPatience::default();
+        let t = |ms: u64| Duration::from_millis(ms);
+        assert!(patience.answer_busy(t(1000), false, true));
+        assert!(patience.answer_busy(t(1000) + LOCK_EIO_PATIENCE - t(1), false, true));
+        assert!(
+            !patience.answer_busy(t(1000) + LOCK_EIO_PATIENCE, false, true),
+            "EIO for the whole patience: the server is gone, say so"
+        );
+        assert!(!patience.answer_busy(t(20_000), false, false), "not EIO");
+        assert!(!patience.answer_busy(t(20_001), true, false));
+        assert!(
+            patience.answer_busy(t(20_002), false, true),
+            "a success starts the patience afresh"
+        );
     }
 
     #[test]

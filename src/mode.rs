@@ -4,7 +4,13 @@
 //! |--------------------------------|-------------------|
 //! | URI parameter `netfs=`         | `auto`, `on`, `off` |
 //! | environment `SQLITE_NETFS`     | `auto`, `on`, `off` |
+//! | lock files beside the database (`auto`, local disk) | network |
 //! | filesystem detection (`auto`)  | local -> native; network or unknown -> network |
+//!
+//! A database with network mode's lock table beside it stays in network mode on a local disk
+//! too: another host reaches it over a network filesystem (a VM or container whose data dir is
+//! this host's directory through 9p or virtiofs), and a native process here would use WAL and
+//! `fcntl` locks that the other side never sees (DESIGN.md, ADR 16).
 //!
 //! An unknown value is an error naming where it came from and what it said.
 
@@ -63,6 +69,8 @@ impl fmt::Display for Mode {
 pub enum DecisionSource {
     UriParameter,
     Environment,
+    /// Network mode's lock files beside a database on a local disk.
+    LockFiles,
     Detection,
 }
 
@@ -71,6 +79,7 @@ impl fmt::Display for DecisionSource {
         f.write_str(match self {
             DecisionSource::UriParameter => "URI parameter netfs",
             DecisionSource::Environment => "environment SQLITE_NETFS",
+            DecisionSource::LockFiles => "lock files beside the database",
             DecisionSource::Detection => "filesystem detection",
         })
     }
@@ -125,6 +134,13 @@ pub fn decide(path: &Path, uri_value: Option<&str>) -> Result<Detection, String>
         Setting::On => (Mode::Network, source, format!("forced on by {source}")),
         Setting::Off => (Mode::Native, source, format!("forced off by {source}")),
         Setting::Auto => match class {
+            FsClass::Local if has_network_lock_table(path) => (
+                Mode::Network,
+                DecisionSource::LockFiles,
+                format!(
+                    "{fs_reason}; but network mode's lock table is beside the database, so another host or VM shares it over a network filesystem"
+                ),
+            ),
             FsClass::Local => (Mode::Native, DecisionSource::Detection, fs_reason),
             FsClass::Network | FsClass::Unknown => {
                 (Mode::Network, DecisionSource::Detection, fs_reason)
@@ -141,9 +157,38 @@ pub fn decide(path: &Path, uri_value: Option<&str>) -> Result<Detection, String>
     })
 }
 
+/// Whether network mode's lock table lies beside the database at `path` (a symbolic link
+/// counts: network mode will refuse it by name).
+fn has_network_lock_table(path: &Path) -> bool {
+    let mut table = path.as_os_str().to_owned();
+    table.push(crate::lockfile::LockFileName::Table.suffix());
+    std::fs::symlink_metadata(table).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_database_with_network_lock_files_stays_in_network_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("shared.db");
+        let d = decide(&db, None).unwrap();
+        assert_eq!(
+            (d.mode, d.source),
+            (Mode::Native, DecisionSource::Detection)
+        );
+        std::fs::write(dir.path().join("shared.db-netfs-table"), b"").unwrap();
+        let d = decide(&db, None).unwrap();
+        assert_eq!(
+            (d.mode, d.source),
+            (Mode::Network, DecisionSource::LockFiles),
+            "{d:?}"
+        );
+        assert!(d.reason.contains("lock table"), "{}", d.reason);
+        let d = decide(&db, Some("off")).unwrap();
+        assert_eq!(d.mode, Mode::Native, "an explicit setting still wins");
+    }
 
     #[test]
     fn settings_parse_and_errors_name_origin_and_value() {

@@ -178,6 +178,11 @@ fn open_network(
             )));
         }
         Ok(true) => {
+            if let Some(why) = crate::wal::in_use_by_a_native_process(path, detection.class)
+                .map_err(|e| cant(format!("netfs: cannot read {}: {e}", path.display())))?
+            {
+                return Err(cant(format!("netfs: {why}")));
+            }
             crate::wal::convert_under_lock(path, &lock, options.lease, refresh)
                 .map_err(|m| cant(format!("netfs: {m}")))?;
         }
@@ -208,8 +213,11 @@ fn check_lock_files(files: &DirLockFiles) -> Result<(), String> {
         let file = files.path(name);
         let opened = std::fs::OpenOptions::new()
             .read(true)
-            // Only the table is written in place; tokens are created and removed.
+            // Only the table is written in place; tokens are created and removed. The table
+            // is created now, before the database is touched: it is the mark that makes shim
+            // processes on a host that sees a local disk use network mode too (`mode`).
             .write(name == LockFileName::Table)
+            .create(name == LockFileName::Table)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&file);
         let e = match opened {

@@ -9,10 +9,12 @@
 //! checkpoints every committed frame into the database and removes the WAL.
 
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::detect::FsClass;
 use crate::ffi::os;
 use crate::lock::Acquired;
 use crate::lockfile::SizeRefresh;
@@ -40,6 +42,56 @@ pub fn needs_conversion(db: &Path, refresh: SizeRefresh) -> io::Result<bool> {
     let mut header = [0u8; 20];
     file.read_exact_at(&mut header, 0)?;
     Ok(header.starts_with(b"SQLite format 3\0") && (header[18] == 2 || header[19] == 2))
+}
+
+/// SQLite's `unix` VFS read-locks this byte of the `-shm` for as long as a connection has the
+/// WAL index open (`UNIX_SHM_DMS` in os_unix.c).
+const SHM_DEADMAN_BYTE: u64 = 128;
+
+/// Why a WAL database must not be converted now, if it must not: a native process may be
+/// writing it in WAL mode. Converting would checkpoint and drop the WAL under that process,
+/// and its later commits would go to a WAL nobody else reads (a host writing its local disk
+/// while a VM's shim converted the database through 9p lost every one of the VM's commits).
+///
+/// A native process in WAL mode keeps the `-shm` and a read lock on its dead-man byte. On a
+/// local disk the lock is seen, so a `-shm` without it is a crashed process's and the
+/// conversion goes ahead. Through a network filesystem the lock of a process on the other side
+/// is not seen (9p, virtiofs, sshfs and SMB clients keep locks to themselves), so there a
+/// `-shm` alone refuses the open, with what to do.
+pub fn in_use_by_a_native_process(db: &Path, class: FsClass) -> io::Result<Option<String>> {
+    let shm = sibling(db, "-shm");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&shm)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let locked = match os::range_is_locked(file.as_fd(), SHM_DEADMAN_BYTE, 1) {
+        Ok(locked) => locked,
+        Err(e) => {
+            tracing::debug!(shm = %shm.display(), error = %e, "cannot ask for the WAL index's locks");
+            false
+        }
+    };
+    if locked {
+        return Ok(Some(format!(
+            "{} is open in WAL mode by a process that does not use network mode (it holds the lock of {}); close it, or open the database through this shim with netfs=on (or SQLITE_NETFS=on) there as well",
+            db.display(),
+            shm.display()
+        )));
+    }
+    if class == FsClass::Local {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{} is in WAL mode and its shared-memory index {} exists: a process on a host that sees this directory as its local disk (the host of this VM or container) may be writing it in WAL mode, which cannot be shared across hosts. Close the database there, or have the shim use network mode there (netfs=on, or SQLITE_NETFS=on; in auto mode it does so by itself at its next open, now that this database's lock files exist). If no process uses the database, remove {}",
+        db.display(),
+        shm.display(),
+        shm.display()
+    )))
 }
 
 /// Converts under the shared lock, waiting up to `wait` for other holders to leave.

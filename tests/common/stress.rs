@@ -121,18 +121,25 @@ fn tally(into: &mut BTreeMap<String, u64>, list: &str) {
     }
 }
 
-/// Runs the plan and verifies the result. The database is created fresh on the server side.
+/// Runs the plan on a database named after its label and verifies the result. The database is
+/// created on the server side.
 pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
-    let logs = tempfile::tempdir().expect("log dir");
     let db_name = format!(
         "{}.db",
         plan.label.replace(|c: char| !c.is_alphanumeric(), "-")
     );
-    let server_db = plan.server_dir.join(&db_name);
+    run_on(plan, &db_name, extra_env)
+}
+
+/// Runs the plan on the database `db_name` in the shared directory (created if missing; rows
+/// already in it must not come from the plan's writers) and verifies the result.
+pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> StressReport {
+    let logs = tempfile::tempdir().expect("log dir");
+    let server_db = plan.server_dir.join(db_name);
     worker::create_schema(&server_db);
     let job_for = |role: &str, i: usize, out: PathBuf| Job {
         role: role.into(),
-        db: plan.mounts[i % plan.mounts.len()].join(&db_name),
+        db: plan.mounts[i % plan.mounts.len()].join(db_name),
         vfs: plan.vfs.clone(),
         uri_params: plan.uri_params.clone(),
         journal_mode: plan.journal_mode.clone(),

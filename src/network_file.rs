@@ -499,6 +499,13 @@ impl NetworkFile {
             }
             _ => false,
         };
+        if eio {
+            // The client's connection broke or stumbled. A read in flight at that moment can
+            // have been answered short, its pages zero-filled and kept in the client's cache
+            // with the size unchanged (FUSE does so when attributes arrive meanwhile): only a
+            // new descriptor drops them, so the next SHARED opens one.
+            self.descriptor_failed = true;
+        }
         if !self
             .eio_patience
             .answer_busy(os::boot_time(), result.is_ok(), eio)

@@ -1117,6 +1117,14 @@ unsafe extern "C" fn journal_read(
         }
         let (native, methods) = native_journal(file);
         let rc = methods.xRead.expect("base xRead")(native, buf, amount, offset);
+        if rc == ffi::SQLITE_IOERR_CORRUPTFS {
+            // The base VFS answers a read's EIO with "the filesystem is corrupt", which SQLite
+            // reports as "database disk image is malformed". From a network client, EIO is
+            // the connection, not the disk (sshfs fails every descriptor opened before a
+            // reconnect with EIO; seen in the sshfs outage test after the server came back).
+            tracing::warn!("journal read failed with EIO; reported as an I/O error");
+            return ffi::SQLITE_IOERR_READ;
+        }
         if rc != ffi::SQLITE_IOERR_SHORT_READ {
             return rc;
         }

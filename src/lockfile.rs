@@ -357,9 +357,14 @@ impl DirLockFiles {
                 Ok(()) => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 // SMB refuses to remove a file another client holds open; lock files are
-                // opened only for a moment, so wait for that moment to pass.
+                // opened only for a moment, so wait for that moment to pass. A token
+                // directory stays "not empty" for as long: Samba deletes its owner file,
+                // which another client had open to judge its staleness, only when that
+                // client closes it (delete on close), and the rmdir meanwhile fails (seen on
+                // the SMB testbed: the latch stayed, and every client waited a lease).
                 Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
+                    if (e.raw_os_error() == Some(libc::EBUSY)
+                        || (is_dir && e.raw_os_error() == Some(libc::ENOTEMPTY)))
                         && crate::ffi::os::boot_time() - started < REMOVE_BUSY_RETRY =>
                 {
                     std::thread::sleep(pause);
@@ -675,6 +680,31 @@ mod tests {
         // Exclusive create refuses to go through a symlink (it "exists").
         assert!(!files.create_exclusive(LockFileName::Latch, b"x").unwrap());
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn a_token_directory_is_removed_once_a_file_another_client_keeps_in_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = DirLockFiles::new(
+            &dir.path().join("app.db"),
+            TokenStyle::Directory,
+            SizeRefresh::ForcedStat,
+        );
+        assert!(
+            files
+                .create_exclusive(LockFileName::Latch, b"me 1\n")
+                .unwrap()
+        );
+        // As Samba keeps an owner file that another client still has open after its unlink.
+        let lingering = files.path(LockFileName::Latch).join("pending-delete");
+        std::fs::write(&lingering, b"").unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::remove_file(lingering).unwrap();
+        });
+        assert!(files.remove(LockFileName::Latch).unwrap());
+        closer.join().unwrap();
+        assert!(!files.path(LockFileName::Latch).exists());
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! | table edit             | read and rewritten through one new descriptor, closed before the latch goes |
 //! | unlink, rmdir          | decided by the server                                               |
 //!
-//! Never used: `stat`/`access`/`readdir` (served from stale client caches), `flock`/`fcntl`
-//! (local to one client on sshfs, SMB and `local_lock` NFS mounts), rename (refused for open
-//! files on SMB). Paths are opened with `O_NOFOLLOW` and token directories are checked to be
+//! Never trusted for an answer: `stat`/`access`/`readdir` (served from stale client caches).
+//! They are used only where a stale answer costs a retry, never a wrong grant: `lstat` of a
+//! token directory (smbnetfs, where the create itself decides), and whether the database's
+//! directory exists or is writable, to tell an ambiguous refusal apart. Never used:
+//! `flock`/`fcntl` (local to one client on sshfs, SMB and `local_lock` NFS mounts), rename
+//! (refused for open files on SMB). Paths are opened with `O_NOFOLLOW` and token directories are checked to be
 //! real directories, so a planted symlink is an error, never a redirection.
 //!
 //! The files, for a database `app.db`:

@@ -10,7 +10,8 @@
 //! |--------------------|------------------------------------------------|-----------------------------------|
 //! | NONE -> SHARED     | no other holder is PENDING or EXCLUSIVE        | BUSY, nothing recorded            |
 //! | SHARED -> RESERVED | no other holder is RESERVED or above           | BUSY, stays SHARED                |
-//! | SHARED/RESERVED -> EXCLUSIVE | no other holder is RESERVED or above, then: no other holder at all | first step fails: BUSY, level kept; second: recorded as PENDING, BUSY |
+//! | SHARED -> EXCLUSIVE (a hot-journal rollback) | no other holder at all    | BUSY, nothing recorded (as `unixLock`, which takes PENDING only from RESERVED) |
+//! | RESERVED -> EXCLUSIVE | no other holder is RESERVED or above, then: no other holder at all | first step fails: BUSY, level kept; second: recorded as PENDING, BUSY |
 //! | PENDING -> EXCLUSIVE | no other holder at all                       | BUSY, stays PENDING               |
 //! | any -> SHARED      | always (downgrade)                             |                                   |
 //! | any -> NONE        | always (the entry is removed)                  |                                   |

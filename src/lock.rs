@@ -50,6 +50,9 @@ use crate::protocol::{Holder, Level, LockTable, OwnerId, ParseError, StaleTracke
 pub const LATCH_WAIT: Duration = Duration::from_millis(500);
 /// An unlock is not allowed to fail lightly: it waits longer for the latch.
 const UNLOCK_LATCH_WAIT: Duration = Duration::from_secs(5);
+/// How long a latch reported as a plain file (where a directory belongs) is looked at again
+/// before it is called foreign.
+const PLAIN_FILE_LATCH_PATIENCE: Duration = Duration::from_secs(3);
 /// After waiting this long for a latch, look at who holds it.
 const LATCH_SUSPECT_AFTER: Duration = Duration::from_millis(20);
 /// How long a lingering release (see "Lingering releases") may stay unpublished while the
@@ -179,6 +182,8 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     /// Our entry was removed by others while we held a lock: every request fails, and the
     /// lease reads as expired, until SQLite unlocks to NONE.
     lease_lost: bool,
+    /// Since when the latch has been reported as a plain file, where a directory belongs.
+    latch_plain_file_since: Option<Duration>,
 }
 
 /// A cheap, shareable view of a lock's lease.
@@ -228,6 +233,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             entry_written_at: None,
             latch_broken_after_silence: false,
             lease_lost: false,
+            latch_plain_file_since: None,
         }
     }
 
@@ -765,17 +771,36 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 
     fn break_latch_if_dead(&mut self) -> Result<(), LockError> {
-        let contents = match self.files.read(LockFileName::Latch) {
+        let read = self.files.read(LockFileName::Latch);
+        if !read
+            .as_ref()
+            .is_err_and(|e| crate::lockfile::os_error_code(e) == Some(libc::ENOTDIR))
+        {
+            self.latch_plain_file_since = None;
+        }
+        let contents = match read {
             Ok(Some(contents)) => contents,
             Ok(None) => {
                 // Released meanwhile: whatever was watched is gone.
                 self.latch_watch = None;
                 return Ok(());
             }
-            // A latch no process of ours can read (another user's, or a symbolic link or a
-            // plain file in its place) would keep every request waiting: say so instead.
+            // smbnetfs reports a token directory that other clients keep creating and removing
+            // as a plain file, at times for longer than a second (seen on the SMB testbed under
+            // contention). Only one that stays is foreign.
+            Err(e) if crate::lockfile::os_error_code(&e) == Some(libc::ENOTDIR) => {
+                let now = self.env.now();
+                let since = *self.latch_plain_file_since.get_or_insert(now);
+                if now.saturating_sub(since) >= PLAIN_FILE_LATCH_PATIENCE {
+                    return Err(e.into());
+                }
+                tracing::debug!(error = %e, "latch reported as a plain file; looked at again later");
+                return Ok(());
+            }
+            // A latch no process of ours can read (another user's, or a symbolic link in its
+            // place) would keep every request waiting: say so instead.
             Err(e)
-                if [libc::EACCES, libc::ELOOP, libc::ENOTDIR]
+                if [libc::EACCES, libc::ELOOP]
                     .iter()
                     .any(|&code| e.kind() == io::Error::from_raw_os_error(code).kind()) =>
             {

@@ -299,12 +299,13 @@ impl DirLockFiles {
     }
 
     /// Whether the token directory exists (checked with `lstat`, so a symlink in its place
-    /// is an error rather than a directory somewhere else). smbnetfs briefly reports a
-    /// directory that another client is creating or removing as a plain file, so a plain
-    /// file is looked at twice before it is called foreign.
+    /// is an error rather than a directory somewhere else). smbnetfs reports a directory that
+    /// other clients keep creating and removing as a plain file, for a moment and at times for
+    /// over a second under contention (a reader's request failed so on the SMB testbed), so a
+    /// plain file is looked at again for about a second and a half before it is called foreign.
     fn token_dir_exists(&self, name: LockFileName) -> io::Result<bool> {
         let path = self.path(name);
-        let mut second_look = false;
+        let mut pause = Duration::from_millis(10);
         loop {
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => return Ok(true),
@@ -316,9 +317,9 @@ impl DirLockFiles {
                         io::Error::from_raw_os_error(libc::ELOOP),
                     ));
                 }
-                Ok(_) if !second_look => {
-                    second_look = true;
-                    std::thread::sleep(Duration::from_millis(20));
+                Ok(_) if pause <= Duration::from_millis(640) => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
                 }
                 Ok(_) => {
                     return Err(self.context(
@@ -708,6 +709,36 @@ mod tests {
         assert!(files.remove(LockFileName::Latch).unwrap());
         closer.join().unwrap();
         assert!(!files.path(LockFileName::Latch).exists());
+    }
+
+    #[test]
+    fn a_token_directory_reported_for_a_while_as_a_plain_file_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = DirLockFiles::new(
+            &dir.path().join("app.db"),
+            TokenStyle::Directory,
+            SizeRefresh::ForcedStat,
+        );
+        let latch = files.path(LockFileName::Latch);
+        // As smbnetfs shows a directory other clients keep creating and removing.
+        std::fs::write(&latch, b"").unwrap();
+        let fixer = {
+            let latch = latch.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::remove_file(&latch).unwrap();
+                std::fs::create_dir(&latch).unwrap();
+            })
+        };
+        assert!(files.token_dir_exists(LockFileName::Latch).unwrap());
+        fixer.join().unwrap();
+
+        // One that stays is foreign, and named.
+        std::fs::remove_dir(&latch).unwrap();
+        std::fs::write(&latch, b"").unwrap();
+        let err = files.token_dir_exists(LockFileName::Latch).unwrap_err();
+        assert_eq!(os_error_code(&err), Some(libc::ENOTDIR));
+        assert!(err.to_string().contains("plain file"), "{err}");
     }
 
     #[test]

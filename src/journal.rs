@@ -177,21 +177,12 @@ impl OpenJournal {
     /// patiently as "does the journal exist" ([`ACCESS_EIO_PATIENCE`]): both decide whether a
     /// journal is hot.
     pub fn read_again_after_short_read(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
-        let started = Instant::now();
-        loop {
-            match self.read_through_fresh_descriptor(buf, offset) {
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EIO)
-                        && started.elapsed() < ACCESS_EIO_PATIENCE => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("journal {} read again at {offset}: {e}", self.name),
-                    ));
-                }
-                done => return done,
-            }
-        }
+        with_access_patience(|| self.read_through_fresh_descriptor(buf, offset)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("journal {} read again at {offset}: {e}", self.name),
+            )
+        })
     }
 
     fn read_through_fresh_descriptor(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
@@ -234,13 +225,19 @@ const ACCESS_EIO_PATIENCE: Duration = Duration::from_secs(8);
 /// "Exists" for SQLite: has bytes at the server (a missed hot journal would let a reader see
 /// a half-written database, so no cached size is trusted).
 pub fn has_content(path: &Path, refresh: SizeRefresh) -> io::Result<bool> {
+    let opened = with_access_patience(|| crate::lockfile::open_revalidated(path, refresh))?;
+    Ok(opened.is_some_and(|(_, size)| size > 0))
+}
+
+/// Runs `op` again while it fails with EIO, for up to [`ACCESS_EIO_PATIENCE`].
+fn with_access_patience<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     let started = Instant::now();
     loop {
-        match crate::lockfile::open_revalidated(path, refresh) {
+        match op() {
             Err(e)
                 if e.raw_os_error() == Some(libc::EIO)
                     && started.elapsed() < ACCESS_EIO_PATIENCE => {}
-            result => return Ok(result?.is_some_and(|(_, size)| size > 0)),
+            result => return result,
         }
     }
 }

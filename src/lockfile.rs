@@ -13,8 +13,8 @@
 //! token directory (smbnetfs, where the create itself decides), and whether the database's
 //! directory exists or is writable, to tell an ambiguous refusal apart. Never used:
 //! `flock`/`fcntl` (local to one client on sshfs, SMB and `local_lock` NFS mounts), rename
-//! (refused for open files on SMB). Paths are opened with `O_NOFOLLOW` and token directories are checked to be
-//! real directories, so a planted symlink is an error, never a redirection.
+//! (refused for open files on SMB). Paths are opened with `O_NOFOLLOW` and token directories
+//! are checked to be real directories, so a planted symlink is an error, never a redirection.
 //!
 //! The files, for a database `app.db`:
 //! - `app.db-netfs-latch`: exists while one process edits the table (milliseconds); holds
@@ -587,6 +587,11 @@ impl TableFile for DirTableFile {
 mod tests {
     use super::*;
 
+    /// Lock files of the database at `db`, whose sizes come from a forced `statx`.
+    fn files_for(db: &Path, style: TokenStyle) -> DirLockFiles {
+        DirLockFiles::new(db, style, SizeRefresh::ForcedStat)
+    }
+
     #[test]
     fn only_sshfs_sizes_are_asked_after_an_attribute_change() {
         assert_eq!(
@@ -638,11 +643,7 @@ mod tests {
     #[test]
     fn create_exclusive_read_write_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let files = DirLockFiles::new(
-            &dir.path().join("app.db"),
-            TokenStyle::File,
-            SizeRefresh::ForcedStat,
-        );
+        let files = files_for(&dir.path().join("app.db"), TokenStyle::File);
         assert!(
             files
                 .create_exclusive(LockFileName::Latch, b"me 1\n")
@@ -671,11 +672,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("victim");
         std::fs::write(&target, b"precious").unwrap();
-        let files = DirLockFiles::new(
-            &dir.path().join("app.db"),
-            TokenStyle::File,
-            SizeRefresh::ForcedStat,
-        );
+        let files = files_for(&dir.path().join("app.db"), TokenStyle::File);
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Table)).unwrap();
         std::os::unix::fs::symlink(&target, files.path(LockFileName::Latch)).unwrap();
         let err = files.open_table().err().unwrap();
@@ -689,11 +686,7 @@ mod tests {
     #[test]
     fn a_token_directory_is_removed_once_a_file_another_client_keeps_in_it_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let files = DirLockFiles::new(
-            &dir.path().join("app.db"),
-            TokenStyle::Directory,
-            SizeRefresh::ForcedStat,
-        );
+        let files = files_for(&dir.path().join("app.db"), TokenStyle::Directory);
         assert!(
             files
                 .create_exclusive(LockFileName::Latch, b"me 1\n")
@@ -714,11 +707,7 @@ mod tests {
     #[test]
     fn a_token_directory_reported_for_a_while_as_a_plain_file_is_waited_for() {
         let dir = tempfile::tempdir().unwrap();
-        let files = DirLockFiles::new(
-            &dir.path().join("app.db"),
-            TokenStyle::Directory,
-            SizeRefresh::ForcedStat,
-        );
+        let files = files_for(&dir.path().join("app.db"), TokenStyle::Directory);
         let latch = files.path(LockFileName::Latch);
         // As smbnetfs shows a directory other clients keep creating and removing.
         std::fs::write(&latch, b"").unwrap();
@@ -743,11 +732,7 @@ mod tests {
 
     #[test]
     fn an_error_in_context_keeps_its_system_error_number() {
-        let files = DirLockFiles::new(
-            Path::new("/x/app.db"),
-            TokenStyle::File,
-            SizeRefresh::ForcedStat,
-        );
+        let files = files_for(Path::new("/x/app.db"), TokenStyle::File);
         let e = files.context(
             LockFileName::Table,
             "read",
@@ -765,10 +750,9 @@ mod tests {
     #[test]
     fn unwritable_directory_error_names_the_file_and_the_cause() {
         let dir = tempfile::tempdir().unwrap();
-        let files = DirLockFiles::new(
+        let files = files_for(
             &dir.path().join("missing-dir").join("app.db"),
             TokenStyle::Directory,
-            SizeRefresh::ForcedStat,
         );
         let err = files
             .create_exclusive(LockFileName::Latch, b"x")

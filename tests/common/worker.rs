@@ -189,7 +189,10 @@ pub fn run_from_env() {
     };
     let job = Job::decode(&text);
     // First, on the process's only thread, before SQLite is initialised (see the SAFETY note).
-    log_sqlite_errors_beside(&job.out);
+    // A job without a log (the WAL writer) keeps none.
+    if !job.out.as_os_str().is_empty() {
+        log_sqlite_errors_beside(&job.out);
+    }
     if let Ok(filter) = std::env::var("NETFS_TEST_TRACE") {
         // Worker diagnostics, e.g. NETFS_TEST_TRACE=sqlite_netfs=trace, go to `<log>.trace`,
         // where they stay with the rest of the worker's evidence.

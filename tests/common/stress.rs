@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 
 use sqlite_netfs::rusqlite::{Connection, OpenFlags};
 
-use super::worker::{self, Job, Payload};
+use super::worker::{self, Job, Payload, Place, Running};
 
 #[derive(Debug, Clone)]
 pub struct StressPlan {
     pub label: String,
     /// The shared directory as each "host" sees it; writer `i` uses `mounts[i % len]`.
     pub mounts: Vec<PathBuf>,
+    /// Where each mount's workers run, parallel to `mounts` (empty: all on this machine).
+    pub places: Vec<Place>,
+    /// Where the workers' logs go: a directory every place sees at the same path (the system
+    /// temp dir when `None`).
+    pub log_root: Option<PathBuf>,
     /// The same directory on the server, for the verification after the run.
     pub server_dir: PathBuf,
     pub vfs: String,
@@ -34,6 +39,8 @@ impl StressPlan {
         StressPlan {
             label: label.into(),
             mounts,
+            places: Vec::new(),
+            log_root: None,
             server_dir,
             vfs: vfs.into(),
             uri_params: String::new(),
@@ -100,14 +107,13 @@ impl StressReport {
     }
 }
 
-fn wait_or_kill(child: &mut std::process::Child, deadline: Instant) -> bool {
+fn wait_or_kill(child: &mut Running, deadline: Instant) -> bool {
     loop {
-        if child.try_wait().expect("wait").is_some() {
+        if child.has_exited() {
             return true;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -134,7 +140,11 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
 /// Runs the plan on the database `db_name` in the shared directory (created if missing; rows
 /// already in it must not come from the plan's writers) and verifies the result.
 pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> StressReport {
-    let logs = tempfile::tempdir().expect("log dir");
+    let logs = match &plan.log_root {
+        Some(root) => tempfile::tempdir_in(root),
+        None => tempfile::tempdir(),
+    }
+    .expect("log dir");
     let server_db = plan.server_dir.join(db_name);
     worker::create_schema(&server_db);
     let job_for = |role: &str, i: usize, out: PathBuf| Job {
@@ -150,20 +160,22 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         busy_timeout_ms: plan.busy_timeout_ms,
         payload: plan.payload,
     };
+    let place = |i: usize| match plan.places.len() {
+        0 => Place::Here,
+        n => plan.places[i % n].clone(),
+    };
     let started = Instant::now();
     let deadline = started + plan.deadline;
     let mut readers: Vec<_> = (0..plan.readers)
         .map(|i| {
             let job = job_for("reader", i + 1, logs.path().join(format!("reader-{i}")));
-            worker::spawn(&job, extra_env)
+            place(i + 1).spawn(&job, extra_env)
         })
         .collect();
     let mut writers: Vec<_> = (0..plan.writers)
         .map(|i| {
-            worker::spawn(
-                &job_for("writer", i, logs.path().join(format!("ack-{i}"))),
-                extra_env,
-            )
+            let job = job_for("writer", i, logs.path().join(format!("ack-{i}")));
+            place(i).spawn(&job, extra_env)
         })
         .collect();
     let mut report = StressReport {

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use sqlite_netfs::rusqlite::{self, Connection, ErrorCode, OpenFlags};
 
+use super::vm::{GuestAgent, GuestProcess};
+
 const JOB_ENV: &str = "SQLITE_NETFS_TEST_JOB";
 
 /// What a worker process does. Encoded as `key=value` lines.
@@ -135,6 +137,11 @@ impl Job {
         job
     }
 
+    /// The environment that hands this job to a worker process.
+    pub fn env(&self) -> (&'static str, String) {
+        (JOB_ENV, self.encode())
+    }
+
     pub fn uri(&self) -> String {
         format!(
             "file:{}?vfs={}{}",
@@ -180,6 +187,49 @@ pub fn spawn(job: &Job, extra_env: &[(&str, &str)]) -> Child {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn worker")
+}
+
+/// Where a worker process runs: on this machine, or in a QEMU guest (another kernel, with its
+/// own filesystem client).
+#[derive(Debug, Clone, Default)]
+pub enum Place {
+    #[default]
+    Here,
+    Guest(GuestAgent),
+}
+
+/// A running worker process, wherever it runs.
+pub enum Running {
+    Here(Child),
+    Guest(GuestProcess),
+}
+
+impl Place {
+    pub fn spawn(&self, job: &Job, extra_env: &[(&str, &str)]) -> Running {
+        match self {
+            Place::Here => Running::Here(spawn(job, extra_env)),
+            Place::Guest(agent) => Running::Guest(agent.spawn_worker(job, extra_env)),
+        }
+    }
+}
+
+impl Running {
+    pub fn has_exited(&mut self) -> bool {
+        match self {
+            Running::Here(child) => child.try_wait().expect("wait").is_some(),
+            Running::Guest(process) => process.try_wait().is_some(),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        match self {
+            Running::Here(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Guest(process) => process.signal(libc::SIGKILL),
+        }
+    }
 }
 
 /// The body of each binary's ignored `worker_process` test.

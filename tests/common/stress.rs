@@ -17,6 +17,9 @@ pub struct StressPlan {
     pub mounts: Vec<PathBuf>,
     /// Where each mount's workers run, parallel to `mounts` (empty: all on this machine).
     pub places: Vec<Place>,
+    /// How long after the run's start each place's workers start, parallel to `places`
+    /// (empty: all at once).
+    pub start_after: Vec<Duration>,
     /// Where the workers' logs go: a directory every place sees at the same path (the system
     /// temp dir when `None`).
     pub log_root: Option<PathBuf>,
@@ -40,6 +43,7 @@ impl StressPlan {
             label: label.into(),
             mounts,
             places: Vec::new(),
+            start_after: Vec::new(),
             log_root: None,
             server_dir,
             vfs: vfs.into(),
@@ -161,23 +165,31 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         payload: plan.payload,
     };
     let place = |i: usize| match plan.places.len() {
-        0 => Place::Here,
-        n => plan.places[i % n].clone(),
+        0 => (Place::Here, Duration::ZERO),
+        n => (
+            plan.places[i % n].clone(),
+            plan.start_after.get(i % n).copied().unwrap_or_default(),
+        ),
     };
+    // (start after, is a reader, index), started in that order.
+    let mut starts: Vec<(Duration, bool, usize)> = (0..plan.readers)
+        .map(|i| (place(i + 1).1, true, i))
+        .chain((0..plan.writers).map(|i| (place(i).1, false, i)))
+        .collect();
+    starts.sort();
     let started = Instant::now();
     let deadline = started + plan.deadline;
-    let mut readers: Vec<_> = (0..plan.readers)
-        .map(|i| {
+    let (mut readers, mut writers) = (Vec::new(), Vec::new());
+    for (after, is_reader, i) in starts {
+        std::thread::sleep((started + after).saturating_duration_since(Instant::now()));
+        if is_reader {
             let job = job_for("reader", i + 1, logs.path().join(format!("reader-{i}")));
-            place(i + 1).spawn(&job, extra_env)
-        })
-        .collect();
-    let mut writers: Vec<_> = (0..plan.writers)
-        .map(|i| {
+            readers.push(place(i + 1).0.spawn(&job, extra_env));
+        } else {
             let job = job_for("writer", i, logs.path().join(format!("ack-{i}")));
-            place(i).spawn(&job, extra_env)
-        })
-        .collect();
+            writers.push(place(i).0.spawn(&job, extra_env));
+        }
+    }
     let mut report = StressReport {
         label: plan.label.clone(),
         ..Default::default()
@@ -245,7 +257,19 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
     verify(&server_db, &acked, &mut report);
     eprintln!("FIGURES {}", report.summary());
     if !report.correct() {
-        let kept = logs.keep();
+        let mut kept = logs.keep();
+        if plan.log_root.is_some() {
+            // The log root (a VM testbed's control directory) goes with its testbed.
+            let outside = std::env::temp_dir().join(kept.file_name().unwrap());
+            let copied = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&kept)
+                .arg(&outside)
+                .status();
+            if copied.is_ok_and(|s| s.success()) {
+                kept = outside;
+            }
+        }
         eprintln!(
             "{}: evidence kept in {} (acknowledgement and reader logs, SQLite's error log per worker, traces with NETFS_TEST_TRACE)",
             report.label,

@@ -143,7 +143,13 @@ impl GuestAgent {
         let exe = std::env::current_exe().expect("test binary path");
         let (job_var, job_text) = job.env();
         let mut script = format!("export {job_var}={}\n", quote(&job_text));
-        for (k, v) in extra_env {
+        // The guest's environment is init's: pass on what asks workers for diagnostics.
+        let inherited: Vec<(String, String)> = ["NETFS_TEST_TRACE", "RUST_LOG"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+            .collect();
+        let inherited = inherited.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (k, v) in inherited.chain(extra_env.iter().copied()) {
             script.push_str(&format!("export {k}={}\n", quote(v)));
         }
         script.push_str(&format!(

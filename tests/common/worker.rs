@@ -256,6 +256,7 @@ pub fn run_from_env() {
         "writer" => writer(&job),
         "reader" => reader(&job),
         "wal-writer" => wal_writer(&job),
+        "probe" => probe(&job),
         fault if fault.starts_with("fault-") => super::faults::run_role(&job),
         other => panic!("unknown worker role {other}"),
     }
@@ -288,6 +289,23 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
     )
+}
+
+/// Opens the database, reads it once, and writes what happened to `out`: `mode=network` or
+/// `mode=native` and the row count, or `error=` and the error's whole message. The probe of
+/// a process on another host (a guest), where the test cannot open a connection itself.
+fn probe(job: &Job) {
+    let outcome = connect(job).and_then(|conn| {
+        let rows: i64 = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0))?;
+        let mode = if sqlite_netfs::network_mode_active(&conn) {
+            "network"
+        } else {
+            "native"
+        };
+        Ok(format!("mode={mode} rows={rows}\n"))
+    });
+    let text = outcome.unwrap_or_else(|e| format!("error={e}\n"));
+    std::fs::write(&job.out, text).expect("probe result");
 }
 
 /// Runs `transactions` write transactions on one long-lived connection. BUSY is retried;

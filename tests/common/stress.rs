@@ -144,11 +144,7 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
 /// Runs the plan on the database `db_name` in the shared directory (created if missing; rows
 /// already in it must not come from the plan's writers) and verifies the result.
 pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> StressReport {
-    let logs = match &plan.log_root {
-        Some(root) => tempfile::tempdir_in(root),
-        None => tempfile::tempdir(),
-    }
-    .expect("log dir");
+    let logs = log_dir(plan.log_root.as_deref());
     let server_db = plan.server_dir.join(db_name);
     worker::create_schema(&server_db);
     let job_for = |role: &str, i: usize, out: PathBuf| Job {
@@ -257,19 +253,7 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
     verify(&server_db, &acked, &mut report);
     eprintln!("FIGURES {}", report.summary());
     if !report.correct() {
-        let mut kept = logs.keep();
-        if plan.log_root.is_some() {
-            // The log root (a VM testbed's control directory) goes with its testbed.
-            let outside = std::env::temp_dir().join(kept.file_name().unwrap());
-            let copied = std::process::Command::new("cp")
-                .arg("-a")
-                .arg(&kept)
-                .arg(&outside)
-                .status();
-            if copied.is_ok_and(|s| s.success()) {
-                kept = outside;
-            }
-        }
+        let kept = keep_evidence(logs, plan.log_root.as_deref());
         eprintln!(
             "{}: evidence kept in {} (acknowledgement and reader logs, SQLite's error log per worker, traces with NETFS_TEST_TRACE)",
             report.label,
@@ -277,6 +261,36 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         );
     }
     report
+}
+
+/// A directory for one run's worker logs, in `root` (a directory every place sees at one
+/// path) or the system temp dir.
+pub fn log_dir(root: Option<&Path>) -> tempfile::TempDir {
+    match root {
+        Some(root) => tempfile::tempdir_in(root),
+        None => tempfile::tempdir(),
+    }
+    .expect("log dir")
+}
+
+/// Keeps a failed run's logs and returns where: copied out of `root`, which (a VM testbed's
+/// control directory) goes with its testbed.
+pub fn keep_evidence(logs: tempfile::TempDir, root: Option<&Path>) -> PathBuf {
+    let kept = logs.keep();
+    if root.is_none() {
+        return kept;
+    }
+    let outside = std::env::temp_dir().join(kept.file_name().unwrap());
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&kept)
+        .arg(&outside)
+        .status();
+    if copied.is_ok_and(|s| s.success()) {
+        outside
+    } else {
+        kept
+    }
 }
 
 fn verify(server_db: &Path, acked: &HashSet<(i64, i64)>, report: &mut StressReport) {

@@ -198,6 +198,11 @@ impl Guest {
         let _ = self.qemu.wait();
     }
 
+    /// Whether the guest's QEMU has ended (killed, or powered off).
+    pub fn is_dead(&mut self) -> bool {
+        self.qemu.try_wait().ok().flatten().is_some()
+    }
+
     /// Freezes the whole guest (SIGSTOP to QEMU): its processes, kernel and clock stop.
     pub fn freeze(&self) {
         send_signal("STOP", &[self.qemu.id()]);

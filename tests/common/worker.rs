@@ -221,13 +221,35 @@ impl Running {
         }
     }
 
+    /// SIGKILLs the process and waits until it is gone (reaped here; in a guest, until its
+    /// agent saw it end): an unreaped process still exists for the liveness check.
     pub fn kill(&mut self) {
         match self {
             Running::Here(child) => {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Running::Guest(process) => process.signal(libc::SIGKILL),
+            Running::Guest(process) => {
+                process.signal(libc::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while process.try_wait().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        match self {
+            Running::Here(child) => {
+                // kill(1), not libc::kill: the tests have no unsafe code.
+                let status = Command::new("kill")
+                    .args([format!("-{signal}"), child.id().to_string()])
+                    .status()
+                    .expect("run kill(1)");
+                assert!(status.success(), "kill -{signal} {}", child.id());
+            }
+            Running::Guest(process) => process.signal(signal),
         }
     }
 }

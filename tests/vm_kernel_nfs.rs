@@ -11,10 +11,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::faults::{self, FaultPlan, FaultRun, KillPlan};
-use common::stress::{self, StressPlan};
+use common::stress;
 use common::testbed::testbed_or_skip;
-use common::vm::{GANESHA_LEASE_SECS, GUEST_MOUNT, VmTestbed};
-use common::worker::Place;
+use common::vm::{GANESHA_LEASE_SECS, VmTestbed};
 
 #[test]
 #[ignore = "worker process entry point, spawned by the tests in this file"]
@@ -25,43 +24,10 @@ fn worker_process() {
 /// The shim's lease in the fault runs: how long a dead guest's locks stand.
 const LEASE: Duration = Duration::from_secs(5);
 
-fn places(tb: &VmTestbed) -> Vec<Place> {
-    tb.guests
-        .iter()
-        .map(|g| Place::Guest(g.agent().clone()))
-        .collect()
-}
-
-/// Two writers per guest and a reader, `transactions` each, `PRAGMA journal_mode=WAL`
-/// asked first.
-fn stress_plan(tb: &VmTestbed, label: &str, vfs: &str, transactions: u32) -> StressPlan {
-    let mut plan = StressPlan::new(
-        label,
-        vec![GUEST_MOUNT.into(); tb.guests.len()],
-        tb.server_dir().to_owned(),
-        vfs,
-    );
-    plan.places = places(tb);
-    plan.log_root = Some(tb.control_dir().to_owned());
-    plan.journal_mode = "WAL".into();
-    plan.transactions = transactions;
-    plan.deadline = Duration::from_secs(900);
-    plan
-}
-
 /// Fault workers on both guests (even workers on the first), the reader on the second.
 fn fault_plan(tb: &VmTestbed, label: &str) -> FaultPlan {
-    let mut plan = FaultPlan::new(
-        label,
-        tb.kind(),
-        vec![GUEST_MOUNT.into(); tb.guests.len()],
-        tb.server_dir().to_owned(),
-    );
-    plan.places = places(tb);
-    plan.log_root = Some(tb.control_dir().to_owned());
+    let mut plan = tb.fault_plan(label);
     plan.lease = Some(LEASE);
-    // Each guest is a host of its own already.
-    plan.other_host_id = None;
     plan.writers = 4;
     plan.readers = 1;
     plan
@@ -72,7 +38,7 @@ fn shim_keeps_every_commit_of_two_kernel_nfs_clients() {
     let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "4.1")) else {
         return;
     };
-    let plan = stress_plan(&tb, "vm-nfs41-shim", "netfs", 40);
+    let plan = tb.stress_plan("vm-nfs41-shim", "netfs", 40);
     let report = stress::run(&plan, &[]);
     assert!(report.correct(), "{}", report.summary());
     assert_eq!(report.acknowledged, 4 * 40);
@@ -90,7 +56,7 @@ fn native_sqlite_in_wal_mode_fails_across_two_kernel_nfs_clients() {
     let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "4.1")) else {
         return;
     };
-    let report = stress::expect_broken(stress_plan(&tb, "vm-nfs41-native-wal", "unix", 40), 2);
+    let report = stress::expect_broken(tb.stress_plan("vm-nfs41-native-wal", "unix", 40), 2);
     assert!(
         !report.correct(),
         "native SQLite came through intact: the negative control has lost its teeth: {}",

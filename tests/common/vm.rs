@@ -25,8 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::faults::FaultPlan;
+use super::stress::StressPlan;
 use super::testbed::{find_bin, free_port, send_signal, tail, wait_until};
-use super::worker::Job;
+use super::worker::{Job, Place};
 
 /// Where a guest mounts the filesystem under test (inside the guest's own `/tmp`).
 pub const GUEST_MOUNT: &str = "/tmp/netfs-guest-mount";
@@ -83,6 +85,8 @@ pub enum GuestFs {
     Nfs { port: u16, vers: &'static str },
     /// The host directory, shared by QEMU's virtio-9p server (as WSL and VM-backed containers do).
     NineP { dir: PathBuf },
+    /// The kernel CIFS client (SMB3), to the SMB testbed's Samba on the host.
+    Cifs,
 }
 
 /// One QEMU guest.
@@ -231,6 +235,8 @@ pub struct VmTestbed {
     /// The shared directory on the server (the host's local disk).
     server_dir: PathBuf,
     ganesha: Option<Child>,
+    /// The SMB testbed whose Samba the guests mount (its own FUSE mounts stay unused).
+    samba: Option<super::testbed::TwoHostTestbed>,
     /// The control directory; dropped last.
     root: tempfile::TempDir,
 }
@@ -248,6 +254,7 @@ impl VmTestbed {
             guests: Vec::new(),
             server_dir,
             ganesha: Some(ganesha),
+            samba: None,
             root,
         };
         tb.boot(guests, &GuestFs::Nfs { port, vers })?;
@@ -265,9 +272,25 @@ impl VmTestbed {
             guests: Vec::new(),
             server_dir: server_dir.clone(),
             ganesha: None,
+            samba: None,
             root,
         };
         tb.boot(1, &GuestFs::NineP { dir: server_dir })?;
+        Ok(tb)
+    }
+
+    /// `guests` kernel CIFS (SMB3) clients of the SMB testbed's Samba on 127.0.0.1:445.
+    pub fn cifs(guests: usize) -> Result<VmTestbed, String> {
+        let samba = super::testbed::TwoHostTestbed::smb()?;
+        let mut tb = VmTestbed {
+            kind: "vm-cifs",
+            guests: Vec::new(),
+            server_dir: samba.server_dir().to_owned(),
+            ganesha: None,
+            samba: Some(samba),
+            root: control_dir()?,
+        };
+        tb.boot(guests, &GuestFs::Cifs)?;
         Ok(tb)
     }
 
@@ -282,6 +305,46 @@ impl VmTestbed {
     /// A directory every guest and the host see at this same path.
     pub fn control_dir(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Each guest as a place to run workers, in guest order.
+    pub fn places(&self) -> Vec<Place> {
+        self.guests
+            .iter()
+            .map(|g| Place::Guest(g.agent().clone()))
+            .collect()
+    }
+
+    /// The acceptance workload across the guests: two writers per guest (writer `i` on guest
+    /// `i % guests`) and a reader, `transactions` each, `PRAGMA journal_mode=WAL` asked first.
+    pub fn stress_plan(&self, label: &str, vfs: &str, transactions: u32) -> StressPlan {
+        let mut plan = StressPlan::new(
+            label,
+            vec![GUEST_MOUNT.into(); self.guests.len()],
+            self.server_dir.clone(),
+            vfs,
+        );
+        plan.places = self.places();
+        plan.writers = 2 * self.guests.len();
+        plan.log_root = Some(self.control_dir().to_owned());
+        plan.journal_mode = "WAL".into();
+        plan.transactions = transactions;
+        plan.deadline = Duration::from_secs(900);
+        plan
+    }
+
+    /// Fault workers across the guests, each guest a host of its own.
+    pub fn fault_plan(&self, label: &str) -> FaultPlan {
+        let mut plan = FaultPlan::new(
+            label,
+            self.kind,
+            vec![GUEST_MOUNT.into(); self.guests.len()],
+            self.server_dir.clone(),
+        );
+        plan.places = self.places();
+        plan.log_root = Some(self.control_dir().to_owned());
+        plan.other_host_id = None;
+        plan
     }
 
     fn boot(&mut self, count: usize, fs: &GuestFs) -> Result<(), String> {
@@ -323,6 +386,9 @@ impl VmTestbed {
             match fs {
                 GuestFs::Nfs { port, .. } => net.push_str(&format!(
                     ",guestfwd=tcp:{SERVER_ADDR}:{port}-tcp:127.0.0.1:{port}"
+                )),
+                GuestFs::Cifs => net.push_str(&format!(
+                    ",guestfwd=tcp:{SERVER_ADDR}:445-tcp:127.0.0.1:445"
                 )),
                 GuestFs::NineP { dir } => {
                     cmd.arg("-virtfs").arg(format!(
@@ -374,6 +440,7 @@ impl VmTestbed {
 impl Drop for VmTestbed {
     fn drop(&mut self) {
         self.guests.clear();
+        self.samba.take();
         if let Some(mut g) = self.ganesha.take() {
             let _ = g.kill();
             let _ = g.wait();
@@ -394,6 +461,12 @@ fn setup_script(fs: &GuestFs) -> String {
         GuestFs::Nfs { port, vers } => format!(
             "set -e\nmodprobe nfsv4\nmkdir -p {m}\n\
              mount -t nfs4 -o vers={vers},port={port},proto=tcp {SERVER_ADDR}:/export {m}\n"
+        ),
+        // The options mount.cifs would add: the server's address and the guest login Samba
+        // maps to its guest account.
+        GuestFs::Cifs => format!(
+            "set -e\nmodprobe cifs\nmkdir -p {m}\n\
+             mount -t cifs //{SERVER_ADDR}/share {m} -o ip={SERVER_ADDR},user=guest,pass=,vers=3.0\n"
         ),
         GuestFs::NineP { .. } => format!(
             "set -e\nmkdir -p {m}\n\

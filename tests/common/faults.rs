@@ -833,6 +833,8 @@ pub struct FaultRun {
     started: Instant,
     /// Kills made so far, by the phase the victim had reported.
     pub kills_by_phase: BTreeMap<String, u64>,
+    /// Writers found making no progress after a fault, so far.
+    pub stalled_writers: u64,
 }
 
 impl FaultRun {
@@ -890,6 +892,7 @@ impl FaultRun {
             events,
             started: Instant::now(),
             kills_by_phase: BTreeMap::new(),
+            stalled_writers: 0,
         }
     }
 
@@ -984,6 +987,7 @@ impl FaultRun {
             kills: self.kills(),
             kills_by_phase: self.kills_by_phase.clone(),
             stuck_workers: stuck,
+            stalled_writers: self.stalled_writers,
             wall,
             ..Default::default()
         };
@@ -1266,8 +1270,8 @@ pub fn run_mixed(
         kill_one(&mut run, &mut rng, kills.aim_for);
     }
     stalled += run.wait_for_progress(kills.progress_timeout).len() as u64;
+    run.stalled_writers = stalled;
     let mut report = run.finish(kills.finish_timeout);
-    report.stalled_writers = stalled;
     report.outages = made;
     report
 }
@@ -1370,7 +1374,7 @@ pub fn run_with_outages(
     testbed: &super::testbed::TwoHostTestbed,
     outages: &OutagePlan,
 ) -> FaultReport {
-    let run = FaultRun::start(plan);
+    let mut run = FaultRun::start(plan);
     let started = Instant::now();
     let mut made = Vec::new();
     let mut stalled = 0;
@@ -1387,8 +1391,8 @@ pub fn run_with_outages(
         made.push(outage);
         stalled += still;
     }
+    run.stalled_writers = stalled;
     let mut report = run.finish(outages.finish_timeout);
-    report.stalled_writers = stalled;
     report.outages = made;
     report
 }

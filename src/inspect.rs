@@ -331,6 +331,25 @@ fn existing_database(db: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// Looks at the journal again after something may have rolled it back (`doctor --check`'s
+/// connection does so for a dead writer's journal, as any connection would): a hot journal
+/// that is gone turns its finding into information.
+pub fn recheck_journal(report: &mut Report) {
+    if !matches!(report.journal, JournalState::Hot { .. }) {
+        return;
+    }
+    report.journal = journal_state(&report.database, false, &mut Vec::new());
+    if matches!(report.journal, JournalState::Hot { .. }) {
+        return;
+    }
+    report.findings.retain(|f| f.code != "journal-hot");
+    report.add(
+        "journal-rolled-back",
+        Severity::Info,
+        "the journal held a dead writer's unfinished transaction; the check's connection rolled it back".into(),
+    );
+}
+
 /// The lock files as read at one moment.
 struct Snapshot {
     table: Result<Option<LockTable>, String>,

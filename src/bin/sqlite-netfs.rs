@@ -134,6 +134,7 @@ fn doctor(args: &[String]) -> Result<u8, String> {
         };
         note(&format!("running {} through the shim", kind.pragma()));
         let messages = integrity::check_through_shim(&report.database, kind)?;
+        inspect::recheck_journal(&mut report);
         let ok = integrity::is_ok(&messages);
         if !ok {
             report.add(

@@ -642,7 +642,7 @@ fn salvage_table(
         match insert.execute(rusqlite::params_from_iter(values)) {
             Ok(_) => {
                 recovered += 1;
-                if recovered % 1000 == 0 {
+                if recovered.is_multiple_of(1000) {
                     progress(recovered);
                 }
             }

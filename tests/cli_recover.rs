@@ -1,0 +1,176 @@
+//! `sqlite-netfs recover`: rows around overwritten pages are salvaged and the lost ones
+//! counted; the damaged file (and its journal) is never written; bad paths are refused by
+//! name.
+
+mod cli_support;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use cli_support::{Hold, Holder, run};
+use sqlite_netfs::rusqlite::Connection;
+
+#[test]
+#[ignore = "holder process entry point, spawned by the tests in this file"]
+fn holder_process() {
+    cli_support::holder_from_env()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn payload(id: i64) -> String {
+    format!("row {id} {}", "x".repeat(150))
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn digest(p: &Path) -> u64 {
+    fnv(&std::fs::read(p).unwrap())
+}
+
+/// `(recovered, lost, rest of the line)` from recover's line for `table`.
+fn figures<'a>(stdout: &'a str, table: &str) -> (u64, u64, &'a str) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{table}: ")))
+        .unwrap_or_else(|| panic!("no line for {table} in {stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let recovered = words[1].parse().unwrap();
+    let lost = if line.contains("none lost") {
+        0
+    } else {
+        words[4].parse().unwrap()
+    };
+    (recovered, lost, line)
+}
+
+#[test]
+fn rows_around_overwritten_pages_are_recovered_and_the_lost_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.db");
+    let conn = Connection::open(&broken).unwrap();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, x TEXT); BEGIN;")
+        .unwrap();
+    for id in 1..=3000 {
+        conn.execute("INSERT INTO t VALUES (?1, ?2)", (id, payload(id)))
+            .unwrap();
+    }
+    conn.execute_batch(
+        "COMMIT; CREATE INDEX t_x ON t(x); CREATE TABLE u(v); INSERT INTO u VALUES (42);",
+    )
+    .unwrap();
+    drop(conn);
+    // Three leaves of t, well inside it (its pages come first, after the schema's).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&broken)
+        .unwrap();
+    for page in [20u64, 21, 40] {
+        f.write_all_at(&[0xA5; 4096], (page - 1) * 4096).unwrap();
+    }
+    drop(f);
+    let before = digest(&broken);
+
+    let new = dir.path().join("new.db");
+    let out = run(&["recover", path(&broken), path(&new)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    println!("{}", out.stdout);
+    let (recovered, lost, line) = figures(&out.stdout, "t");
+    assert!(lost > 0 && recovered > 2500, "{line}");
+    assert_eq!(
+        recovered + lost,
+        3000,
+        "counted exactly by the intact index: {line}"
+    );
+    assert!(line.contains("counted by index t_x"), "{line}");
+    assert_eq!(figures(&out.stdout, "u").0, 1);
+    assert_eq!(digest(&broken), before, "the damaged file was written");
+
+    let new = Connection::open(&new).unwrap();
+    let check: String = new
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut stmt = new.prepare("SELECT id, x FROM t ORDER BY id").unwrap();
+    let rows: Vec<(i64, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len() as u64, recovered);
+    assert!(
+        rows.iter().all(|(id, x)| *x == payload(*id)),
+        "a row came back changed"
+    );
+    let index: i64 = new
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='index' AND name='t_x'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1, "the index is made again");
+}
+
+#[test]
+fn the_damaged_file_and_its_hot_journal_are_never_written_and_the_copy_is_rolled_back() {
+    let (dir, db) = cli_support::network_database(50);
+    let writer = Holder::start(&db, Hold::Write, None);
+    writer.kill();
+    let journal = dir.path().join("app.db-journal");
+    let (db_before, journal_before) = (digest(&db), digest(&journal));
+    assert!(std::fs::metadata(&journal).unwrap().len() > 0);
+
+    let new = dir.path().join("new.db");
+    let out = run(&["recover", path(&db), path(&new)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(figures(&out.stdout, "t").0, 50, "{}", out.stdout);
+    assert_eq!(digest(&db), db_before, "the damaged file was written");
+    assert_eq!(digest(&journal), journal_before, "its journal was written");
+    // The killed writer's spilled 3000-byte rows are rolled back in the copy: what was
+    // committed comes out.
+    let new = Connection::open(&new).unwrap();
+    let longest: i64 = new
+        .query_row("SELECT max(length(x)) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(longest, 100);
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("recovering"))
+        .collect();
+    assert!(leftovers.is_empty(), "work files left: {leftovers:?}");
+}
+
+#[test]
+fn bad_paths_are_refused_by_name_and_nothing_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let new = dir.path().join("new.db");
+    let out = run(&["recover", path(&missing), path(&new)]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("missing.db"), "{out:?}");
+    assert!(!new.exists());
+
+    let broken = dir.path().join("broken.db");
+    Connection::open(&broken)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    std::fs::write(&new, b"mine").unwrap();
+    let out = run(&["recover", path(&broken), path(&new)]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("exists"), "{out:?}");
+    assert_eq!(std::fs::read(&new).unwrap(), b"mine");
+    let out = run(&["recover", path(&broken)]);
+    assert!(
+        out.code == 2 && out.stderr.contains("BROKEN NEW"),
+        "{out:?}"
+    );
+}

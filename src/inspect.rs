@@ -33,7 +33,7 @@ use crate::detect::{self, MountEntry};
 use crate::lock::{DbLock, Removed, SystemEnvironment};
 use crate::lockfile::{DirLockFiles, LockFileName, LockFiles, SizeRefresh, TokenStyle};
 use crate::mode::{self, Detection, Mode};
-use crate::protocol::{Level, LockTable, OwnerId, ParseError};
+use crate::protocol::{Level, LockTable, OwnerId, ParseError, fnv1a};
 
 /// How bad a finding is. The command's exit status is the worst one's: 0, 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,9 +100,10 @@ pub struct HolderReport {
     pub level: String,
     pub this_host: bool,
     pub liveness: Liveness,
-    /// How long its entry has been seen unchanged: since the change, if it changed while
-    /// watched; else at least this long. `None` for a holder of this host not watched.
+    /// How long its entry has been seen unchanged: since its renewal, if one was seen
+    /// (`renewal_seen`); else at least this long. `None` if it was not watched.
     pub silent_for: Option<Duration>,
+    pub renewal_seen: bool,
 }
 
 /// A latch or break token that exists.
@@ -261,7 +262,10 @@ pub fn examine(
                         level: h.level.to_string(),
                         this_host: h.owner.host == me,
                         liveness: verdict(&h.owner, me, silent, watched, options.lease),
-                        silent_for: silent.map(|(d, _)| d),
+                        silent_for: silent
+                            .filter(|&(_, changed)| changed || watched >= WATCH_TICK)
+                            .map(|(d, _)| d),
+                        renewal_seen: silent.is_some_and(|(_, changed)| changed),
                     }
                 })
                 .collect()
@@ -270,7 +274,7 @@ pub fn examine(
     let token = |name: LockFileName, read: &Result<Option<Vec<u8>>, String>| {
         let contents = read.as_ref().ok()?.as_ref()?;
         let owner = parse_owner(contents);
-        let silent = watch.silent_for(&Seen::Token(name), fnv(contents));
+        let silent = watch.silent_for(&Seen::Token(name), fnv1a(contents));
         let liveness = match &owner {
             Some(o) => verdict(o, me, silent, watched, options.lease),
             None => verdict_by_silence(silent, watched, options.lease),
@@ -393,7 +397,7 @@ impl Snapshot {
             let foreign = parse_owner(contents).is_none_or(|o| o.host != me);
             foreign
                 && watch
-                    .silent_for(&Seen::Token(*name), fnv(contents))
+                    .silent_for(&Seen::Token(*name), fnv1a(contents))
                     .is_some_and(|(d, changed)| !changed && d < lease)
         })
         .count();
@@ -449,7 +453,7 @@ impl Watcher {
             (LockFileName::Break, &snapshot.break_token),
         ] {
             if let Ok(Some(contents)) = read {
-                self.note(Seen::Token(name), fnv(contents));
+                self.note(Seen::Token(name), fnv1a(contents));
             }
         }
     }
@@ -509,15 +513,11 @@ fn parse_owner(contents: &[u8]) -> Option<OwnerId> {
     OwnerId::parse_fields(&mut text.split_whitespace())
 }
 
-/// A token's contents as one number, to watch them change.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// SQLite's rollback journal header starts with these bytes; a journal whose header was
-/// zeroed (`journal_mode=PERSIST`) or that is empty holds nothing to roll back.
+/// Whether the journal holds a transaction to roll back, as SQLite's `hasHotJournal` decides:
+/// not empty, and a first byte that is not zero. SQLite writes the header's magic only when
+/// it syncs the journal, before it overwrites any database page, and zeroes or truncates it
+/// at commit; until then there is nothing to undo. Read with a fresh open; on sshfs the size
+/// may be up to 20 s old, since changing the file's times to refresh it would be a write.
 fn journal_state(db: &Path, writer_alive: bool, findings: &mut Vec<Finding>) -> JournalState {
     let path = companion(db, "-journal");
     let file = match std::fs::File::open(&path) {
@@ -658,14 +658,32 @@ fn companion_findings(report: &mut Report) {
         .map(|p| p.display().to_string())
         .collect();
     if !present.is_empty() && (network_here || table_present) {
-        report.add(
-            "wal-files",
-            Severity::Problem,
-            format!(
-                "{} exist beside a database that network mode uses: a process opened it natively in WAL mode, which other hosts never see; network-mode opens are refused while a -shm exists. Close that process; if none runs, a network-mode open converts the WAL, or remove a crashed process's -shm",
-                present.join(" and ")
-            ),
-        );
+        // Header bytes 18 and 19 (file format read and write versions) are 2 in WAL mode.
+        let mut header = [0u8; 20];
+        let wal_mode = std::fs::File::open(&report.database)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut header, 0))
+            .is_ok_and(|()| header[18] == 2 && header[19] == 2);
+        let wal_pending =
+            std::fs::metadata(companion(&report.database, "-wal")).is_ok_and(|m| m.len() > 0);
+        if wal_mode || wal_pending {
+            report.add(
+                "wal-files",
+                Severity::Problem,
+                format!(
+                    "the database is in WAL mode ({} beside it): a process opened it natively, and other hosts never see its WAL or locks. Network-mode opens convert it once no native process holds it, and refuse while one may (on a network filesystem: while the -shm exists); close that process",
+                    present.join(", ")
+                ),
+            );
+        } else {
+            report.add(
+                "wal-files",
+                Severity::Warning,
+                format!(
+                    "{} beside a database that network mode uses: left by a process that opened it natively; remove them while nothing uses the database",
+                    present.join(", ")
+                ),
+            );
+        }
     }
     if !network_here && table_present {
         report.add(
@@ -1063,7 +1081,7 @@ pub fn to_json(report: &Report, check: Option<&CheckJson<'_>>) -> String {
         .iter()
         .map(|h| {
             format!(
-                r#"{{"host":{},"pid":{},"start":{},"connection":{},"level":{},"this_host":{},"state":{},"silent_for_ms":{}}}"#,
+                r#"{{"host":{},"pid":{},"start":{},"connection":{},"level":{},"this_host":{},"state":{},"silent_for_ms":{},"renewal_seen":{}}}"#,
                 json_str(&h.host),
                 h.pid,
                 h.start,
@@ -1071,7 +1089,8 @@ pub fn to_json(report: &Report, check: Option<&CheckJson<'_>>) -> String {
                 json_str(&h.level),
                 h.this_host,
                 json_str(&h.liveness.to_string()),
-                h.silent_for.map_or("null".to_owned(), |d| d.as_millis().to_string())
+                h.silent_for.map_or("null".to_owned(), |d| d.as_millis().to_string()),
+                h.renewal_seen
             )
         })
         .collect();

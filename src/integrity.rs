@@ -78,12 +78,23 @@ pub fn is_ok(messages: &[String]) -> bool {
     messages.len() == 1 && messages[0] == "ok"
 }
 
-/// Opens `db` through the shim (as any application would, registering the default VFS if
-/// needed; a dead writer's hot journal is rolled back as at any open) and runs the check
-/// under its lock. Errors name the file.
-pub fn check_through_shim(db: &Path, kind: CheckKind) -> Result<Vec<String>, String> {
-    crate::register().map_err(|e| format!("cannot register the netfs VFS: {e}"))?;
-    let uri = format!("{}?vfs={}", file_uri(db), crate::DEFAULT_VFS_NAME);
+/// Opens `db` through the shim (as any application would: a dead writer's hot journal is
+/// rolled back as at any open) and runs the check under its lock. `lease` must be the
+/// applications' lease: a reader that renews more slowly than they expect is judged dead
+/// while it reads, and could read pages a writer changes under it. Errors name the file.
+pub fn check_through_shim(
+    db: &Path,
+    kind: CheckKind,
+    lease: Duration,
+) -> Result<Vec<String>, String> {
+    // One VFS per lease, so that checks with different leases can share a process.
+    let vfs = format!("netfs-check-{}ms", lease.as_millis());
+    crate::Builder::new()
+        .vfs_name(&vfs)
+        .lease(lease)
+        .register()
+        .map_err(|e| format!("cannot register the netfs VFS: {e}"))?;
+    let uri = format!("{}?vfs={vfs}", file_uri(db));
     let conn = Connection::open_with_flags(
         &uri,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI,

@@ -133,7 +133,7 @@ fn doctor(args: &[String]) -> Result<u8, String> {
             CheckKind::Quick
         };
         note(&format!("running {} through the shim", kind.pragma()));
-        let messages = integrity::check_through_shim(&report.database, kind)?;
+        let messages = integrity::check_through_shim(&report.database, kind, a.lease)?;
         inspect::recheck_journal(&mut report);
         let ok = integrity::is_ok(&messages);
         if !ok {
@@ -188,9 +188,11 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
     }
     for h in &r.holders {
         let host = if h.this_host { "this host" } else { &h.host };
-        let silent = h.silent_for.map_or(String::new(), |s| {
-            format!(", unchanged for {:.1} s", s.as_secs_f64())
-        });
+        let silent = match (h.silent_for, h.renewal_seen) {
+            (None, _) => String::new(),
+            (Some(d), true) => format!(", renewed {:.1} s ago", d.as_secs_f64()),
+            (Some(d), false) => format!(", unchanged for {:.1} s", d.as_secs_f64()),
+        };
         println!(
             "  {:<9} {host} pid {} connection {}: {}{silent}",
             h.level, h.pid, h.connection, h.liveness

@@ -946,7 +946,9 @@ pub fn unlock_stale(
         writer_removed |= removed.iter().any(
             |r| matches!(r, Removed::Holder { holder, .. } if holder.level >= Level::Reserved),
         );
-        report.removed.extend(removed.iter().map(describe_removal));
+        report
+            .removed
+            .extend(removed.iter().map(|r| describe_removal(r, me)));
         let edited = match outcome {
             Ok(edited) => {
                 last_error = None;
@@ -1019,11 +1021,18 @@ fn undecided_by_time(files: &DirLockFiles, me: &str) -> usize {
     holders + tokens
 }
 
-fn describe_removal(r: &Removed) -> String {
+fn describe_removal(r: &Removed, me: &str) -> String {
     match r {
         Removed::Holder { holder, reason } => format!(
             "lock table entry {} of {} pid {} connection {} ({reason})",
-            holder.level, holder.owner.host, holder.owner.pid, holder.owner.conn
+            holder.level,
+            if holder.owner.host == me {
+                "this host"
+            } else {
+                &holder.owner.host
+            },
+            holder.owner.pid,
+            holder.owner.conn
         ),
         Removed::Token {
             name,

@@ -45,6 +45,7 @@ fn a_damaged_database_fails_the_open_naming_recover_in_either_mode() {
             "{err}"
         );
         let message = err.to_string();
+        println!("netfs={mode} netfs_check={check}: {message}");
         assert!(message.contains("is damaged"), "{message}");
         assert!(
             message.contains(&format!("sqlite-netfs recover {}", db.display())),

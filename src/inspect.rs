@@ -861,30 +861,35 @@ fn sshfs_reconnects(mount_point: &Path) -> Option<bool> {
         let is_sshfs = args
             .first()
             .is_some_and(|a| a.rsplit('/').next() == Some("sshfs"));
+        // A relative mount point is relative to the sshfs process's directory.
+        let cwd = entry.path().join("cwd");
         if !is_sshfs
             || !args
                 .iter()
-                .any(|a| std::fs::canonicalize(a).is_ok_and(|p| p == mount_point))
+                .any(|a| std::fs::canonicalize(cwd.join(a)).is_ok_and(|p| p == mount_point))
         {
             continue;
         }
-        // Options come as `-o a,b` or `-oa,b`.
-        let mut options = Vec::new();
-        for (i, a) in args.iter().enumerate() {
-            match a.strip_prefix("-o") {
-                Some("") => options.extend(args.get(i + 1)),
-                Some(joined) => options.push(joined),
-                None => {}
-            }
-        }
-        return Some(
-            options
-                .iter()
-                .flat_map(|o| o.split(','))
-                .any(|o| o == "reconnect"),
-        );
+        return Some(asks_for_reconnect(&args));
     }
     None
+}
+
+/// Whether an sshfs command line has `reconnect` among its options, which come as `-o a,b`
+/// or `-oa,b`.
+fn asks_for_reconnect(args: &[&str]) -> bool {
+    let mut options = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        match a.strip_prefix("-o") {
+            Some("") => options.extend(args.get(i + 1)),
+            Some(joined) => options.push(joined),
+            None => {}
+        }
+    }
+    options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .any(|o| o == "reconnect")
 }
 
 /// What [`unlock_stale`] did.
@@ -1199,6 +1204,93 @@ pub fn json_str(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mount(point: &Path, fstype: &str, options: &str) -> MountEntry {
+        MountEntry {
+            mount_point: point.to_owned(),
+            dev: (0, 0),
+            fstype: fstype.into(),
+            source: "server:/export".into(),
+            root: PathBuf::from("/"),
+            options: options.into(),
+        }
+    }
+
+    fn codes(report: &Report) -> Vec<(&'static str, Severity)> {
+        report
+            .findings
+            .iter()
+            .map(|f| (f.code, f.severity))
+            .collect()
+    }
+
+    #[test]
+    fn mount_options_that_break_kernel_locks_or_cost_speed_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        std::fs::write(&db, b"").unwrap();
+        let options = ExamineOptions {
+            lease: Duration::from_secs(1),
+            watch: false,
+        };
+        let fresh = || examine(&db, options, &mut |_| {}).unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+
+        let mut report = fresh();
+        mount_findings(
+            &mut report,
+            &[mount(
+                &dir,
+                "nfs",
+                "rw,relatime,vers=3,nolock,local_lock=all",
+            )],
+        );
+        // The database is native here (a local disk): kernel locks are all it has.
+        assert_eq!(codes(&report), [("nfs-local-locks", Severity::Problem)]);
+
+        let mut report = fresh();
+        mount_findings(
+            &mut report,
+            &[mount(&dir, "nfs4", "rw,vers=4.2,actimeo=0,local_lock=none")],
+        );
+        assert_eq!(codes(&report), [("nfs-no-attribute-cache", Severity::Info)]);
+
+        let mut report = fresh();
+        mount_findings(&mut report, &[mount(&dir, "fuse.sshfs", "rw,user_id=0")]);
+        assert_eq!(codes(&report), [("sshfs-options-unknown", Severity::Info)]);
+
+        let mut report = fresh();
+        let file = std::fs::canonicalize(&db).unwrap();
+        mount_findings(&mut report, &[mount(&file, "ext4", "rw")]);
+        assert_eq!(codes(&report), [("bind-mounted-file", Severity::Problem)]);
+    }
+
+    #[test]
+    fn sshfs_options_are_read_in_both_spellings() {
+        let with = |args: &[&str]| asks_for_reconnect(args);
+        assert!(with(&[
+            "sshfs",
+            "h:/x",
+            "/m",
+            "-o",
+            "allow_other,reconnect"
+        ]));
+        assert!(with(&[
+            "sshfs",
+            "-oreconnect,ServerAliveInterval=15",
+            "h:/x",
+            "/m"
+        ]));
+        assert!(!with(&[
+            "sshfs",
+            "h:/x",
+            "/m",
+            "-o",
+            "allow_other,reconnect_x"
+        ]));
+        assert!(!with(&["sshfs", "h:/x", "/m", "-o"]));
+        assert!(sshfs_reconnects(Path::new("/nonexistent-mount-point")).is_none());
+    }
 
     #[test]
     fn json_strings_escape_what_rfc_8259_requires() {

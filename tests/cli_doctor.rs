@@ -156,6 +156,20 @@ fn wal_files_beside_a_network_mode_database_are_a_warning_and_wal_mode_a_problem
 }
 
 #[test]
+fn a_host_that_would_open_natively_beside_the_lock_table_is_a_problem() {
+    let (_dir, db) = cli_support::network_database(1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite-netfs"))
+        .args(["doctor", path(&db), "--json", "--no-wait"])
+        .env("SQLITE_NETFS", "off")
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{json}");
+    assert!(json.contains(r#""mode":"native""#), "{json}");
+    assert_eq!(finding_codes(&json), ["mixed-modes"], "{json}");
+}
+
+#[test]
 fn a_missing_database_is_named_with_exit_2_and_nothing_created() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.db");

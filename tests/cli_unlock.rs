@@ -109,6 +109,28 @@ fn unlock_removes_a_killed_writers_entry_at_once_and_the_next_connection_rolls_b
 }
 
 #[test]
+fn a_latch_left_by_a_vanished_host_is_stale_and_unlock_breaks_it() {
+    let (dir, db) = cli_support::network_database(5);
+    let latch = dir.path().join("app.db-netfs-latch");
+    std::fs::write(&latch, b"cli-unlock-vanished-host 4242 77 1 9\n").unwrap();
+    let seen = run(&["doctor", path(&db), "--json", "--lease", LEASE_ARG]);
+    assert_eq!(seen.code, 1, "{seen:?}");
+    assert!(
+        seen.stdout.contains(r#""latch":{"path""#) && seen.stdout.contains(r#""state":"stale"}"#),
+        "{seen:?}"
+    );
+    assert_eq!(finding_codes(seen.stdout.trim()), ["token-stale"]);
+    let out = run(&["unlock", path(&db), "--stale", "--lease", LEASE_ARG]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("removed netfs-latch token [cli-unlock-vanished-host 4242 77 1 9]"),
+        "{out:?}"
+    );
+    assert!(!latch.exists());
+}
+
+#[test]
 fn unlock_without_a_lock_table_refuses_and_creates_none() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("plain.db");

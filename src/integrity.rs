@@ -467,7 +467,9 @@ fn read_schema(old: &Connection) -> Result<Vec<SchemaEntry>, String> {
         match scanned {
             Scan::Done => break,
             Scan::Failed { last, error } => {
-                match resume_after(old, "sqlite_master", last.map_or(start, |l| l + 1)) {
+                let next = after_failure(old, "sqlite_master", start, last)
+                    .and_then(|from| resume_after(old, "sqlite_master", from));
+                match next {
                     Some(next) => start = next,
                     None if entries.is_empty() => {
                         return Err(format!(
@@ -539,9 +541,24 @@ fn scan_from(
     }
 }
 
+/// Where a scan of `table` from `start` that failed after reading `last` (if anything) goes
+/// on: past the last row read, or, if none was read, past the row whose seek worked but
+/// whose read failed (that row is lost). `None`: past the largest rowid.
+fn after_failure(conn: &Connection, table: &str, start: i64, last: Option<i64>) -> Option<i64> {
+    match last {
+        Some(l) => l.checked_add(1),
+        None => match first_rowid_from(conn, table, start) {
+            Some(unreadable) => unreadable.checked_add(1),
+            // The seek itself fails: `resume_after` looks past it.
+            None => Some(start),
+        },
+    }
+}
+
 /// The smallest rowid at or after `from` where a scan of `table` can start again past a
-/// damaged page: doubling steps find one that works, then bisection the first. `None` if
-/// no seek past `from` succeeds.
+/// damaged page: `from` itself (a scan that stopped at rowids out of order), else doubling
+/// steps find one that works, then bisection the first. `None` if no seek from `from` on
+/// succeeds.
 fn resume_after(conn: &Connection, table: &str, from: i64) -> Option<i64> {
     let sql = format!(
         "SELECT rowid FROM main.{} WHERE rowid >= ?1 ORDER BY rowid LIMIT 1",
@@ -552,6 +569,9 @@ fn resume_after(conn: &Connection, table: &str, from: i64) -> Option<i64> {
             .and_then(|mut s| s.query([start]).and_then(|mut r| r.next().map(|_| ())))
             .is_ok()
     };
+    if works(from) {
+        return Some(from);
+    }
     let mut failing = from;
     let mut step: i64 = 1;
     let found = loop {
@@ -688,23 +708,23 @@ fn salvage_table(
                     unknown_tail = true;
                     break;
                 }
-                let from = match last {
-                    Some(l) if l == i64::MAX => break,
-                    Some(l) => l + 1,
-                    None => start,
-                };
-                match resume_after(old, &t.name, from) {
+                // Rows from `lost_from` on were not copied; the scan goes on at `next`.
+                let lost_from = last.map_or(Some(start), |l| l.checked_add(1));
+                let Some(lost_from) = lost_from else { break };
+                let next = after_failure(old, &t.name, start, last)
+                    .and_then(|from| resume_after(old, &t.name, from));
+                match next {
                     Some(next) => {
                         // The first row readable from `next` on bounds what was skipped.
                         let first = first_rowid_from(old, &t.name, next).unwrap_or(next);
-                        if first > from {
-                            result.damaged.push((from, first - 1));
-                            skipped += first.abs_diff(from);
+                        if first > lost_from {
+                            result.damaged.push((lost_from, first - 1));
+                            skipped += first.abs_diff(lost_from);
                         }
                         start = first.max(next);
                     }
                     None => {
-                        result.damaged.push((from, i64::MAX));
+                        result.damaged.push((lost_from, i64::MAX));
                         unknown_tail = true;
                         break;
                     }

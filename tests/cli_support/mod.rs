@@ -197,6 +197,52 @@ pub fn holder_from_env() {
     std::io::stdout().flush().unwrap();
 }
 
+const WRITER_ENV: &str = "CLI_UNLOCKED_WRITER";
+
+/// Starts a writer that inserts into `db`'s `t(w, i, x)` for `secs` seconds through SQLite's
+/// `unix-none` VFS, which takes no locks at all: what native SQLite does on a network
+/// filesystem whose locks do not cross hosts. Several of them corrupt the file.
+pub fn start_unlocked_writer(db: &Path, id: u32, secs: f64) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "unlocked_writer_process", "-q"])
+        .env(DB_ENV, db)
+        .env(WRITER_ENV, format!("{id} {secs}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn writer")
+}
+
+/// The body of the ignored `unlocked_writer_process` test.
+pub fn unlocked_writer_from_env() {
+    let (Ok(db), Ok(job)) = (std::env::var(DB_ENV), std::env::var(WRITER_ENV)) else {
+        return;
+    };
+    let (id, secs) = job.split_once(' ').unwrap();
+    let id: i64 = id.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(secs.parse().unwrap());
+    let Ok(conn) = Connection::open_with_flags_and_vfs(
+        &db,
+        sqlite_netfs::rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        c"unix-none",
+    ) else {
+        return;
+    };
+    let mut i: i64 = 0;
+    while std::time::Instant::now() < deadline {
+        let wrote = conn.execute_batch("BEGIN").and_then(|()| {
+            conn.execute(
+                "INSERT INTO t(w, i, x) VALUES (?1, ?2, randomblob(50 + ?2 * 97 % 3000))",
+                (id, i),
+            )?;
+            conn.execute_batch("COMMIT")
+        });
+        if wrote.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        i += 1;
+    }
+}
+
 /// The JSON object of the holder with `pid` in doctor's `holders` array.
 pub fn holder_json(json: &str, pid: u32) -> &str {
     let at = json

@@ -324,6 +324,9 @@ pub fn examine(
 
 /// The database path made absolute, after checking that it names an existing file.
 fn existing_database(db: &Path) -> Result<PathBuf, String> {
+    if db.as_os_str().is_empty() {
+        return Err("an empty path names no database".into());
+    }
     let absolute = std::path::absolute(db).map_err(|e| format!("{}: {e}", db.display()))?;
     match std::fs::metadata(&absolute) {
         Ok(m) if m.is_file() => Ok(absolute),

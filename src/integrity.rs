@@ -65,28 +65,42 @@ impl CheckKind {
 /// The URI parameter that asks for a check at open.
 pub const CHECK_URI_PARAMETER: &str = "netfs_check";
 
-/// Runs the check on `conn`'s main database. `Ok(["ok"])` is a healthy database; any other
-/// list is SQLite's description of the damage (up to 100 lines).
-pub fn run_check(conn: &Connection, kind: CheckKind) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare(&format!("PRAGMA main.{}(100)", kind.pragma()))?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    rows.collect()
+/// What a check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Healthy,
+    /// SQLite's description of the damage (up to 100 lines).
+    Damaged(Vec<String>),
+    /// Not an SQLite database at all (or its header is destroyed): nothing to salvage.
+    NotADatabase(String),
 }
 
-/// Whether a check's lines say the database is healthy.
-pub fn is_ok(messages: &[String]) -> bool {
-    messages.len() == 1 && messages[0] == "ok"
+/// Runs the check on `conn`'s main database. `Err` only when the check could not run (a
+/// lock it could not get, an I/O error).
+pub fn check(conn: &Connection, kind: CheckKind) -> rusqlite::Result<Verdict> {
+    let lines = conn
+        .prepare(&format!("PRAGMA main.{}(100)", kind.pragma()))
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        });
+    match lines {
+        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => Ok(Verdict::Healthy),
+        Ok(lines) => Ok(Verdict::Damaged(lines)),
+        // Damage bad enough to stop the check itself.
+        Err(e) => match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => Ok(Verdict::Damaged(vec![e.to_string()])),
+            Some(rusqlite::ErrorCode::NotADatabase) => Ok(Verdict::NotADatabase(e.to_string())),
+            _ => Err(e),
+        },
+    }
 }
 
 /// Opens `db` through the shim (as any application would: a dead writer's hot journal is
 /// rolled back as at any open) and runs the check under its lock. `lease` must be the
 /// applications' lease: a reader that renews more slowly than they expect is judged dead
 /// while it reads, and could read pages a writer changes under it. Errors name the file.
-pub fn check_through_shim(
-    db: &Path,
-    kind: CheckKind,
-    lease: Duration,
-) -> Result<Vec<String>, String> {
+pub fn check_through_shim(db: &Path, kind: CheckKind, lease: Duration) -> Result<Verdict, String> {
     // One VFS per lease, so that checks with different leases can share a process.
     let vfs = format!("netfs-check-{}ms", lease.as_millis());
     crate::Builder::new()
@@ -102,20 +116,7 @@ pub fn check_through_shim(
     .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    run_check(&conn, kind).or_else(|e| match damage(&e) {
-        Some(message) => Ok(vec![message]),
-        None => Err(format!("{} of {}: {e}", kind.pragma(), db.display())),
-    })
-}
-
-/// SQLite's description when `e` says the file is damaged or is not a database.
-fn damage(e: &rusqlite::Error) -> Option<String> {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
-            Some(e.to_string())
-        }
-        _ => None,
-    }
+    check(&conn, kind).map_err(|e| format!("{} of {}: {e}", kind.pragma(), db.display()))
 }
 
 /// The check `netfs_check=VALUE` asks for, run on a connection just opened (by the FFI layer's
@@ -134,20 +135,23 @@ pub(crate) fn check_at_open(
     // A new connection has no busy handler; another connection's write lock must not turn
     // the check into "database is locked". The application sets its own timeout afterwards.
     let _ = conn.busy_timeout(Duration::from_secs(5));
-    let result = run_check(conn, kind);
+    let verdict = check(conn, kind);
     let _ = conn.busy_timeout(Duration::ZERO);
-    let messages = match result {
-        Ok(m) if is_ok(&m) => return Ok(()),
-        Ok(m) => m,
-        Err(e) => match damage(&e) {
-            Some(m) => vec![m],
-            None => {
-                return Err((
-                    extended_code(&e),
-                    format!("netfs: the {} of {path} could not run: {e}", kind.pragma()),
-                ));
-            }
-        },
+    let messages = match verdict {
+        Ok(Verdict::Healthy) => return Ok(()),
+        Ok(Verdict::Damaged(m)) => m,
+        Ok(Verdict::NotADatabase(m)) => {
+            return Err((
+                rusqlite::ffi::SQLITE_NOTADB,
+                format!("netfs: {path} is not an SQLite database ({m})"),
+            ));
+        }
+        Err(e) => {
+            return Err((
+                extended_code(&e),
+                format!("netfs: the {} of {path} could not run: {e}", kind.pragma()),
+            ));
+        }
     };
     let shown: Vec<&str> = messages.iter().take(3).map(String::as_str).collect();
     Err((
@@ -246,6 +250,12 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
     }
     let new = std::path::absolute(new).map_err(|e| format!("{}: {e}", new.display()))?;
     let dir = new.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(format!(
+            "{}: no such directory for the new file",
+            dir.display()
+        ));
+    }
     let work = WorkDir(dir.join(format!(
         ".{}.recovering-{}",
         new.file_name().map_or("db".into(), |n| n.to_string_lossy()),
@@ -265,7 +275,7 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
                 .map_err(|e| format!("cannot read {}: {e}", Path::new(&from).display()))?;
         }
     }
-    let old = open_copy(&copy)?;
+    let old = open_copy(&copy).map_err(|e| format!("{}: {e}", broken.display()))?;
     let made = work.0.join("new.db");
     let out = Connection::open_with_flags_and_vfs(
         &made,
@@ -352,13 +362,16 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
     }
     out.execute_batch("COMMIT")
         .map_err(|e| format!("new database: {e}"))?;
-    let messages = run_check(&out, CheckKind::Full).map_err(|e| format!("new database: {e}"))?;
-    if !is_ok(&messages) {
-        return Err(format!(
-            "the new database fails its integrity check ({}); nothing was written to {}",
-            messages.join("; "),
-            new.display()
-        ));
+    match check(&out, CheckKind::Full).map_err(|e| format!("new database: {e}"))? {
+        Verdict::Healthy => {}
+        Verdict::Damaged(lines) => {
+            return Err(format!(
+                "the new database fails its integrity check ({}); nothing was written to {}",
+                lines.join("; "),
+                new.display()
+            ));
+        }
+        Verdict::NotADatabase(m) => return Err(format!("new database: {m}")),
     }
     out.close().map_err(|(_, e)| format!("new database: {e}"))?;
     drop(old);
@@ -403,7 +416,12 @@ fn open_copy(copy: &Path) -> Result<Connection, String> {
                 let _ = std::fs::remove_file(p);
             }
             open().map_err(|e| {
-                format!("cannot read the damaged database's schema: {e} (first attempt: {first})")
+                let also = if e.to_string() == first.to_string() {
+                    String::new()
+                } else {
+                    format!("; with its journal or WAL: {first}")
+                };
+                format!("cannot read the database's schema: {e}{also}")
             })
         }
     }

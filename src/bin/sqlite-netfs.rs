@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sqlite_netfs::inspect::{self, ExamineOptions, JournalState, Report, Severity, TableState};
-use sqlite_netfs::integrity::{self, CheckKind};
+use sqlite_netfs::integrity::{self, CheckKind, Verdict};
 
 const USAGE: &str = "\
 usage:
@@ -133,21 +133,36 @@ fn doctor(args: &[String]) -> Result<u8, String> {
             CheckKind::Quick
         };
         note(&format!("running {} through the shim", kind.pragma()));
-        let messages = integrity::check_through_shim(&report.database, kind, a.lease)?;
+        let verdict = integrity::check_through_shim(&report.database, kind, a.lease)?;
         inspect::recheck_journal(&mut report);
-        let ok = integrity::is_ok(&messages);
-        if !ok {
-            report.add(
-                "integrity",
-                Severity::Problem,
-                format!(
-                    "{} found damage: {}; salvage the readable rows with `sqlite-netfs recover {} NEW.db`",
-                    kind.pragma(),
-                    messages.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
-                    report.database.display()
-                ),
-            );
-        }
+        let messages = match verdict {
+            Verdict::Healthy => vec!["ok".to_owned()],
+            Verdict::Damaged(lines) => {
+                report.add(
+                    "integrity",
+                    Severity::Problem,
+                    format!(
+                        "{} found damage: {}; salvage the readable rows with `sqlite-netfs recover {} NEW.db`",
+                        kind.pragma(),
+                        lines.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+                        report.database.display()
+                    ),
+                );
+                lines
+            }
+            Verdict::NotADatabase(why) => {
+                report.add(
+                    "not-a-database",
+                    Severity::Problem,
+                    format!(
+                        "{} is not an SQLite database ({why}): another kind of file, or its header is destroyed, which recover cannot read past",
+                        report.database.display()
+                    ),
+                );
+                vec![why]
+            }
+        };
+        let ok = messages.len() == 1 && messages[0] == "ok";
         Some((kind, messages, ok))
     } else {
         None

@@ -193,8 +193,8 @@ pub struct TableRecovery {
     pub recovered: u64,
     /// Rows known lost (see `lost_basis`); `None` if nothing tells.
     pub lost: Option<u64>,
-    /// How `lost` was counted: `index NAME` (exact), `rowids skipped` (exact for consecutive
-    /// rowids, else an upper bound), or `unknown`.
+    /// How `lost` was counted: by an intact index (exact), from the rowids skipped (exact for
+    /// consecutive rowids, else an upper bound), or `unknown`.
     pub lost_basis: String,
     /// Rowid ranges that could not be read, inclusive.
     pub damaged: Vec<(i64, i64)>,
@@ -757,7 +757,7 @@ fn salvage_table(
         && n >= recovered
     {
         result.lost = Some(n - recovered);
-        result.lost_basis = format!("index {index}");
+        result.lost_basis = format!("counted by index {index}");
         return result;
     }
     if unknown_tail {
@@ -765,7 +765,7 @@ fn salvage_table(
         result.lost_basis = "unknown".into();
     } else {
         result.lost = Some(skipped + refused);
-        result.lost_basis = "rowids skipped".into();
+        result.lost_basis = "the rowids skipped; exact if they were consecutive".into();
     }
     result
 }
@@ -857,7 +857,7 @@ impl fmt::Display for TableRecovery {
         write!(f, "{}: {} rows recovered, ", self.table, self.recovered)?;
         match self.lost {
             Some(0) if self.damaged.is_empty() => f.write_str("none lost")?,
-            Some(n) => write!(f, "{n} lost (counted by {})", self.lost_basis)?,
+            Some(n) => write!(f, "{n} lost ({})", self.lost_basis)?,
             None => f.write_str("rows lost unknown")?,
         }
         for (from, to) in &self.damaged {

@@ -948,6 +948,7 @@ pub fn unlock_stale(
     let deadline = lease + lease / 8 + WATCH_TICK;
     let mut told = false;
     let mut last_error: Option<String>;
+    let unreadable_before = read_table(&files).err();
     let mut writer_removed = false;
     loop {
         let (removed, outcome) = lock.sweep_stale();
@@ -985,6 +986,15 @@ pub fn unlock_stale(
     }
     if let Some(e) = last_error {
         return Err(format!("{}: {e}", db.display()));
+    }
+    // Any connection replaces a table that stays unreadable for a lease (see `lock`); the
+    // sweep's edit did so.
+    if let Some(why) = unreadable_before
+        && read_table(&files).is_ok()
+    {
+        report.removed.push(format!(
+            "the unreadable lock table ({why}), replaced by an empty one after a lease unchanged"
+        ));
     }
     if let Ok(Some(table)) = read_table(&files) {
         report.kept = table

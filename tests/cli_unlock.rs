@@ -131,6 +131,25 @@ fn a_latch_left_by_a_vanished_host_is_stale_and_unlock_breaks_it() {
 }
 
 #[test]
+fn an_unreadable_lock_table_is_replaced_once_unchanged_for_a_lease() {
+    let (dir, db) = cli_support::network_database(5);
+    std::fs::write(dir.path().join("app.db-netfs-table"), b"garbage\n").unwrap();
+    let before = run(&["doctor", path(&db), "--json", "--no-wait"]);
+    assert_eq!(before.code, 2, "{before:?}");
+    assert_eq!(finding_codes(before.stdout.trim()), ["table-unreadable"]);
+    let started = Instant::now();
+    let out = run(&["unlock", path(&db), "--stale", "--lease", LEASE_ARG]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(started.elapsed() >= LEASE, "replaced within a lease");
+    assert!(
+        out.stdout.contains("removed the unreadable lock table"),
+        "{out:?}"
+    );
+    let after = run(&["doctor", path(&db), "--json", "--no-wait"]);
+    assert_eq!(after.code, 0, "{after:?}");
+}
+
+#[test]
 fn unlock_without_a_lock_table_refuses_and_creates_none() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("plain.db");

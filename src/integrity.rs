@@ -315,12 +315,8 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
         let exists = table_exists(&out, &t.name);
         if !exists && let Err(e) = out.execute_batch(&t.sql) {
             recovery.tables.push(TableRecovery {
-                table: t.name.clone(),
-                recovered: 0,
-                lost: None,
-                lost_basis: "unknown".into(),
-                damaged: Vec::new(),
                 error: Some(format!("cannot create it in the new file: {e}")),
+                ..TableRecovery::default_for(&t.name)
             });
             continue;
         }
@@ -334,19 +330,12 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
             .tables
             .push(salvage_table(&old, &out, t, exists, &indexes, &mut report));
     }
-    if table_exists(&out, "sqlite_sequence") {
-        // AUTOINCREMENT's memory of the largest rowid ever used, so new rows do not reuse
-        // the rowids of rows that were lost.
-        let entry = SchemaEntry {
-            kind: "table".into(),
-            name: "sqlite_sequence".into(),
-            table: "sqlite_sequence".into(),
-            sql: String::new(),
-        };
-        let sequence = salvage_table(&old, &out, &entry, true, &[], &mut |_| {});
-        if sequence.error.is_some() {
-            recovery.tables.push(sequence);
-        }
+    if table_exists(&out, "sqlite_sequence")
+        && let Err(e) = copy_sequence(&old, &out)
+    {
+        recovery.schema_errors.push(format!(
+            "sqlite_sequence: {e} (AUTOINCREMENT may reuse the rowids of lost rows at the end of a table)"
+        ));
     }
     for kind in ["index", "view", "trigger"] {
         for e in schema
@@ -393,6 +382,29 @@ impl TableRecovery {
             error: None,
         }
     }
+}
+
+/// AUTOINCREMENT's memory of the largest rowid each table ever used, so that new rows do not
+/// reuse the rowids of lost ones. The copy's inserts already recorded the largest rowid
+/// recovered; the old value is kept where it is larger.
+fn copy_sequence(old: &Connection, out: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = old.prepare("SELECT name, seq FROM sqlite_sequence")?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, seq) in rows {
+        let updated = out.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?2) WHERE name = ?1",
+            (&name, seq),
+        )?;
+        if updated == 0 {
+            out.execute(
+                "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
+                (&name, seq),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens the work copy; a journal or WAL that cannot be applied is set aside, and the file is

@@ -244,3 +244,65 @@ fn a_file_native_sqlite_corrupted_without_working_locks_is_salvaged_into_real_ro
         .unwrap();
     assert_eq!(n as u64, recovered);
 }
+
+#[test]
+fn the_schema_comes_back_whole_and_autoincrement_keeps_its_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    let conn = Connection::open(&old).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, twice AS (id * 2));
+         CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         CREATE VIEW big AS SELECT * FROM a WHERE id > 50;
+         CREATE TRIGGER log AFTER INSERT ON a BEGIN INSERT INTO w VALUES ('t' || new.id, 1); END;
+         CREATE VIRTUAL TABLE f USING fts5(body);
+         INSERT INTO f VALUES ('salvage every readable row');",
+    )
+    .unwrap();
+    for i in 1..=100 {
+        conn.execute("INSERT INTO a(name) VALUES (?1)", [format!("n{i}")])
+            .unwrap();
+    }
+    // AUTOINCREMENT remembers 100 although the largest rowid left is 90.
+    conn.execute("DELETE FROM a WHERE id > 90", []).unwrap();
+    drop(conn);
+
+    let new = dir.path().join("new.db");
+    let out = run(&["recover", path(&old), path(&new)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(figures(&out.stdout, "a").0, 90, "{}", out.stdout);
+    assert_eq!(figures(&out.stdout, "w").0, 100, "{}", out.stdout);
+    assert!(!out.stdout.contains("not made again"), "{}", out.stdout);
+
+    let new = Connection::open(&new).unwrap();
+    let objects: Vec<String> = new
+        .prepare("SELECT type || ' ' || name FROM sqlite_master WHERE name IN ('a', 'w', 'big', 'log', 'f') ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        objects,
+        ["table a", "table f", "table w", "trigger log", "view big"]
+    );
+    let hit: String = new
+        .query_row("SELECT body FROM f WHERE f MATCH 'readable'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(hit, "salvage every readable row");
+    // The trigger did not fire on the copy (w has exactly the old rows), and fires now.
+    new.execute("INSERT INTO a(name) VALUES ('fresh')", [])
+        .unwrap();
+    let (id, twice): (i64, i64) = new
+        .query_row("SELECT id, twice FROM a WHERE name = 'fresh'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((id, twice), (101, 202), "AUTOINCREMENT reused a rowid");
+    let logged: i64 = new
+        .query_row("SELECT count(*) FROM w", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(logged, 101);
+}

@@ -218,8 +218,37 @@ impl Recovery {
     }
 }
 
-/// Progress of a recovery: the table being copied and its rows so far.
-pub type ProgressFn<'a> = &'a mut dyn FnMut(&str, u64);
+/// How far a recovery has come, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress<'a> {
+    /// Copying the damaged file into the work directory: bytes so far, of the whole.
+    Copying { done: u64, total: u64 },
+    /// Rows copied so far from one table.
+    Table { name: &'a str, rows: u64 },
+}
+
+/// Told of a recovery's progress now and then.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress<'_>);
+
+/// Copies `from` to `to` in large pieces, telling `progress`, and syncs the copy.
+fn copy_with_progress(from: &Path, to: &Path, progress: ProgressFn<'_>) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut src = std::fs::File::open(from)?;
+    let total = src.metadata()?.len();
+    let mut dst = std::fs::File::create_new(to)?;
+    let mut buf = vec![0u8; 8 << 20];
+    let mut done = 0;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all(&buf[..n])?;
+        done += n as u64;
+        progress(Progress::Copying { done, total });
+    }
+    Ok(())
+}
 
 /// Removes the work directory however `recover` ends.
 struct WorkDir(PathBuf);
@@ -264,7 +293,8 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
     std::fs::create_dir(&work.0)
         .map_err(|e| format!("cannot make work directory {}: {e}", work.0.display()))?;
     let copy = work.0.join("broken.db");
-    std::fs::copy(broken, &copy).map_err(|e| format!("cannot read {}: {e}", broken.display()))?;
+    copy_with_progress(broken, &copy, progress)
+        .map_err(|e| format!("cannot copy {}: {e}", broken.display()))?;
     for suffix in ["-journal", "-wal"] {
         let mut from = broken.as_os_str().to_owned();
         from.push(suffix);
@@ -325,7 +355,12 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
             .filter(|e| e.kind == "index" && e.table == t.name)
             .map(|e| e.name.as_str())
             .collect();
-        let mut report = |rows| progress(&t.name, rows);
+        let mut report = |rows| {
+            progress(Progress::Table {
+                name: &t.name,
+                rows,
+            })
+        };
         recovery
             .tables
             .push(salvage_table(&old, &out, t, exists, &indexes, &mut report));

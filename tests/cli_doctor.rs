@@ -177,6 +177,13 @@ fn a_missing_database_is_named_with_exit_2_and_nothing_created() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("missing.db: no such file"), "{out:?}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let json = run(&["doctor", path(&missing), "--json"]);
+    assert_eq!(json.code, 2);
+    assert!(
+        json.stdout.starts_with(r#"{"version":1,"error":""#)
+            && json.stdout.contains("no such file"),
+        "{json:?}"
+    );
     let bad = run(&["doctor", path(&missing), "--fast"]);
     assert!(
         bad.code == 2 && bad.stderr.contains("unknown option --fast"),

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sqlite_netfs::inspect::{self, ExamineOptions, JournalState, Report, Severity, TableState};
-use sqlite_netfs::integrity::{self, CheckKind, Verdict};
+use sqlite_netfs::integrity::{self, CheckKind, Progress, Verdict};
 
 const USAGE: &str = "\
 usage:
@@ -114,6 +114,21 @@ fn doctor(args: &[String]) -> Result<u8, String> {
         args,
         &["--json", "--check", "--full", "--lease", "--no-wait"],
     )?;
+    let json = a.flags.iter().any(|f| f == "--json");
+    match examine_and_check(&a) {
+        // A program reading the JSON gets an object in every case.
+        Err(e) if json => {
+            println!(
+                r#"{{"version":1,"error":{},"status":"problems"}}"#,
+                inspect::json_str(&e)
+            );
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+fn examine_and_check(a: &Args) -> Result<u8, String> {
     let [path] = &a.paths[..] else {
         return Err(format!("doctor takes one database path\n\n{USAGE}"));
     };
@@ -288,9 +303,17 @@ fn recover(args: &[String]) -> Result<u8, String> {
         return Err(format!("recover takes two paths: BROKEN NEW\n\n{USAGE}"));
     };
     let terminal = std::io::stderr().is_terminal();
-    let mut progress = |table: &str, rows: u64| {
-        if terminal {
-            eprint!("\rrecovering {table}: {rows} rows   ");
+    let mut progress = |p: Progress<'_>| {
+        if !terminal {
+            return;
+        }
+        match p {
+            Progress::Copying { done, total } => eprint!(
+                "\rcopying the damaged file: {} of {} MiB   ",
+                done >> 20,
+                total >> 20
+            ),
+            Progress::Table { name, rows } => eprint!("\rrecovering {name}: {rows} rows          "),
         }
     };
     let recovery = integrity::recover(broken, new, &mut progress);

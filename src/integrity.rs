@@ -7,8 +7,10 @@
 //! table it needs are not compiled into libsqlite3-sys's amalgamation), so salvage goes table
 //! by table through SQL:
 //! 1. the damaged file (with its journal and WAL, if any) is copied into a work directory
-//!    beside the new file, so the broken file is only ever read; SQLite then rolls back a hot
-//!    journal or replays a WAL in the copy as it would at any open;
+//!    beside the new file, so the broken file is only ever read; a database with a lock
+//!    table is copied under network mode's read lock, so no writer of the protocol changes
+//!    it meanwhile; SQLite then rolls back a hot journal or replays a WAL in the copy as it
+//!    would at any open;
 //! 2. the schema is read from `sqlite_master` (with `writable_schema` on, so an unparsable
 //!    entry is skipped rather than failing every statement), the new file gets the old
 //!    page size, encoding and header values, and every table is created from its SQL;
@@ -31,6 +33,10 @@ use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
+
+use crate::lock::{Acquired, DbLock, SystemEnvironment};
+use crate::lockfile::{DirLockFiles, LockFileName, SizeRefresh, TokenStyle};
+use crate::protocol::Level;
 
 /// Which check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,8 +236,13 @@ pub enum Progress<'a> {
 /// Told of a recovery's progress now and then.
 pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress<'_>);
 
-/// Copies `from` to `to` in large pieces, telling `progress`, and syncs the copy.
-fn copy_with_progress(from: &Path, to: &Path, progress: ProgressFn<'_>) -> std::io::Result<()> {
+/// Copies `from` to `to` in large pieces, telling `progress`, and keeping `lock`'s lease.
+fn copy_with_progress(
+    from: &Path,
+    to: &Path,
+    lock: &mut ReadLock,
+    progress: ProgressFn<'_>,
+) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let mut src = std::fs::File::open(from)?;
     let total = src.metadata()?.len();
@@ -246,8 +257,84 @@ fn copy_with_progress(from: &Path, to: &Path, progress: ProgressFn<'_>) -> std::
         dst.write_all(&buf[..n])?;
         done += n as u64;
         progress(Progress::Copying { done, total });
+        lock.keep()?;
     }
     Ok(())
+}
+
+/// A SHARED lock of network mode's protocol on a database with a lock table, held while its
+/// files are copied. Without a heartbeat thread, the copy renews it between pieces.
+struct ReadLock(Option<DbLock<DirLockFiles, SystemEnvironment>>);
+
+impl ReadLock {
+    /// Waits for the lock as a reader would: behind a writer's PENDING or EXCLUSIVE, and for
+    /// a dead writer's entry to be judged stale (another host's: a lease). `None` inside when
+    /// the database has no lock table (nobody uses it in network mode).
+    fn take(db: &Path, lease: Duration) -> Result<ReadLock, String> {
+        let mut table = db.as_os_str().to_owned();
+        table.push(LockFileName::Table.suffix());
+        if std::fs::symlink_metadata(&table).is_err() {
+            return Ok(ReadLock(None));
+        }
+        let fs_type = crate::mode::decide(db, None)
+            .map(|d| d.fs_type)
+            .unwrap_or_default();
+        let files = DirLockFiles::new(
+            db,
+            TokenStyle::for_fs_type(&fs_type),
+            SizeRefresh::for_fs_type(&fs_type),
+        );
+        let mut lock = DbLock::new(files, SystemEnvironment, crate::owner::new_owner(), lease);
+        let started = crate::ffi::os::boot_time();
+        loop {
+            match lock.lock(Level::Shared) {
+                Ok(Acquired::Granted { .. }) => return Ok(ReadLock(Some(lock))),
+                Ok(Acquired::Busy)
+                    if crate::ffi::os::boot_time().saturating_sub(started) < lease * 2 =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(Acquired::Busy) => {
+                    return Err(format!(
+                        "{}: a writer has held the database for {} s; stop the applications using it, then run recover again",
+                        db.display(),
+                        (lease * 2).as_secs()
+                    ));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "{}: cannot take its read lock ({e}); `sqlite-netfs doctor` says more",
+                        db.display()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Renews the lease when due; an error once the lock cannot be kept (a copy made after
+    /// that could mix two versions of the file).
+    fn keep(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            Some(lock) if lock.renewal_due() => lock
+                .renew()
+                .map_err(|e| std::io::Error::other(format!("read lock lost: {e}"))),
+            _ => Ok(()),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(mut lock) = self.0.take()
+            && let Err(e) = lock.unlock(Level::None, false)
+        {
+            tracing::warn!(error = %e, "read lock not released; it lingers until judged stale");
+        }
+    }
+}
+
+impl Drop for ReadLock {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Removes the work directory however `recover` ends.
@@ -264,8 +351,15 @@ fn quote(name: &str) -> String {
 }
 
 /// Salvages every readable row of the database at `broken` into a new database at `new`
-/// (which must not exist). `broken` is only read. See the module documentation.
-pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Recovery, String> {
+/// (which must not exist). `broken` is only read. A database that network mode uses is copied
+/// under a read lock of its protocol (`lease`: the applications' lease), so no writer of the
+/// protocol changes it meanwhile. See the module documentation.
+pub fn recover(
+    broken: &Path,
+    new: &Path,
+    lease: Duration,
+    progress: ProgressFn<'_>,
+) -> Result<Recovery, String> {
     match std::fs::metadata(broken) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return Err(format!("{}: not a database file", broken.display())),
@@ -293,7 +387,8 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
     std::fs::create_dir(&work.0)
         .map_err(|e| format!("cannot make work directory {}: {e}", work.0.display()))?;
     let copy = work.0.join("broken.db");
-    copy_with_progress(broken, &copy, progress)
+    let mut lock = ReadLock::take(broken, lease)?;
+    copy_with_progress(broken, &copy, &mut lock, progress)
         .map_err(|e| format!("cannot copy {}: {e}", broken.display()))?;
     for suffix in ["-journal", "-wal"] {
         let mut from = broken.as_os_str().to_owned();
@@ -301,10 +396,11 @@ pub fn recover(broken: &Path, new: &Path, progress: ProgressFn<'_>) -> Result<Re
         if std::fs::metadata(&from).is_ok_and(|m| m.len() > 0) {
             let mut to = copy.as_os_str().to_owned();
             to.push(suffix);
-            std::fs::copy(&from, &to)
-                .map_err(|e| format!("cannot read {}: {e}", Path::new(&from).display()))?;
+            copy_with_progress(Path::new(&from), Path::new(&to), &mut lock, &mut |_| {})
+                .map_err(|e| format!("cannot copy {}: {e}", Path::new(&from).display()))?;
         }
     }
+    lock.release();
     let old = open_copy(&copy).map_err(|e| format!("{}: {e}", broken.display()))?;
     let made = work.0.join("new.db");
     let out = Connection::open_with_flags_and_vfs(

@@ -306,3 +306,33 @@ fn the_schema_comes_back_whole_and_autoincrement_keeps_its_memory() {
         .unwrap();
     assert_eq!(logged, 101);
 }
+
+#[test]
+fn recover_copies_under_the_read_lock_so_a_live_writer_finishes_first() {
+    let (dir, db) = cli_support::network_database(50);
+    let writer = Holder::start(&db, Hold::Write, None);
+    let new = dir.path().join("new.db");
+    let recover = {
+        let (db, new) = (db.clone(), new.clone());
+        std::thread::spawn(move || {
+            run(&[
+                "recover",
+                path(&db),
+                path(&new),
+                "--lease",
+                cli_support::LEASE_ARG,
+            ])
+        })
+    };
+    // The writer is EXCLUSIVE with pages spilled into the file: a copy now would be torn.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(!new.exists(), "recover did not wait for the writer");
+    assert!(writer.commit(), "the writer lost its lock to recover");
+    let out = recover.join().unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let new = Connection::open(&new).unwrap();
+    let shortest: i64 = new
+        .query_row("SELECT min(length(x)) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(shortest, 3000, "the copy is not the committed state");
+}

@@ -15,7 +15,7 @@ const USAGE: &str = "\
 usage:
   sqlite-netfs doctor PATH [--json] [--check [--full]] [--lease SECS] [--no-wait]
   sqlite-netfs unlock PATH --stale [--lease SECS]
-  sqlite-netfs recover BROKEN NEW
+  sqlite-netfs recover BROKEN NEW [--lease SECS]
 
 doctor   shows the mode this host picks for the database and why, who holds its locks and
          whether they are alive, the journal, and hazards (WAL files in network mode, bad
@@ -27,7 +27,8 @@ unlock   --stale removes lock-table entries and tokens of dead holders: at once 
          host's processes that are gone, after one lease of silence for other hosts'. Never a
          live holder's.
 recover  copies every readable row of a damaged database into the new file NEW and reports
-         rows recovered and lost per table. BROKEN is only read.
+         rows recovered and lost per table. BROKEN is only read (under network mode's read
+         lock when it has a lock table).
 
 --lease SECS   the lease the applications use (default 10, as sqlite_netfs::DEFAULT_LEASE)";
 
@@ -298,7 +299,7 @@ fn unlock(args: &[String]) -> Result<u8, String> {
 }
 
 fn recover(args: &[String]) -> Result<u8, String> {
-    let a = parse(args, &[])?;
+    let a = parse(args, &["--lease"])?;
     let [broken, new] = &a.paths[..] else {
         return Err(format!("recover takes two paths: BROKEN NEW\n\n{USAGE}"));
     };
@@ -316,7 +317,7 @@ fn recover(args: &[String]) -> Result<u8, String> {
             Progress::Table { name, rows } => eprint!("\rrecovering {name}: {rows} rows          "),
         }
     };
-    let recovery = integrity::recover(broken, new, &mut progress);
+    let recovery = integrity::recover(broken, new, a.lease, &mut progress);
     if terminal {
         eprintln!();
     }

@@ -28,7 +28,8 @@ unlock   --stale removes lock-table entries and tokens of dead holders: at once 
          live holder's.
 recover  copies every readable row of a damaged database into the new file NEW and reports
          rows recovered and lost per table. BROKEN is only read (under network mode's read
-         lock when it has a lock table).
+         lock when it has a lock table). Exit status: 0 nothing lost, 1 rows or schema
+         objects lost, 2 could not run.
 
 --lease SECS   the lease the applications use (default 10, as sqlite_netfs::DEFAULT_LEASE)";
 
@@ -343,5 +344,7 @@ fn recover(args: &[String]) -> Result<u8, String> {
             String::new()
         }
     );
-    Ok(0)
+    // 1: the new file holds all that could be read, but not all there was.
+    let incomplete = lost > 0 || unknown > 0 || !recovery.schema_errors.is_empty();
+    Ok(u8::from(incomplete))
 }

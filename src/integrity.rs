@@ -27,6 +27,7 @@
 //! around the damage, which is exact for consecutive rowids (the usual `INTEGER PRIMARY KEY`)
 //! and an upper bound otherwise.
 
+use std::cell::Cell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -202,7 +203,12 @@ pub struct TableRecovery {
     /// How `lost` was counted: by an intact index (exact), from the rowids skipped (exact for
     /// consecutive rowids, else an upper bound), or `unknown`.
     pub lost_basis: String,
-    /// Rowid ranges that could not be read, inclusive.
+    /// Where `lost` is unknown: rows known unreadable all the same.
+    pub lost_at_least: u64,
+    /// Rows kept with their unreadable values set to NULL (only with `partial`), among
+    /// `recovered`.
+    pub partial: u64,
+    /// Rowid ranges that could not be read, inclusive (`i64::MIN`/`i64::MAX`: open ends).
     pub damaged: Vec<(i64, i64)>,
     /// Why the table could not be (fully) copied, beyond damaged pages.
     pub error: Option<String>,
@@ -337,6 +343,16 @@ impl Drop for ReadLock {
     }
 }
 
+/// How to recover.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoverOptions {
+    /// The applications' lease, for the read lock of a network-mode database.
+    pub lease: Duration,
+    /// Keep rows whose values cannot all be read, with NULL for the unreadable ones.
+    /// Off: such rows count as lost.
+    pub partial: bool,
+}
+
 /// Removes the work directory however `recover` ends.
 struct WorkDir(PathBuf);
 
@@ -357,9 +373,10 @@ fn quote(name: &str) -> String {
 pub fn recover(
     broken: &Path,
     new: &Path,
-    lease: Duration,
+    options: RecoverOptions,
     progress: ProgressFn<'_>,
 ) -> Result<Recovery, String> {
+    let RecoverOptions { lease, partial } = options;
     match std::fs::metadata(broken) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return Err(format!("{}: not a database file", broken.display())),
@@ -457,9 +474,15 @@ pub fn recover(
                 rows,
             })
         };
-        recovery
-            .tables
-            .push(salvage_table(&old, &out, t, exists, &indexes, &mut report));
+        recovery.tables.push(salvage_table(
+            &old,
+            &out,
+            t,
+            exists,
+            partial,
+            &indexes,
+            &mut report,
+        ));
     }
     if table_exists(&out, "sqlite_sequence")
         && let Err(e) = copy_sequence(&old, &out)
@@ -509,6 +532,8 @@ impl TableRecovery {
             recovered: 0,
             lost: None,
             lost_basis: "unknown".into(),
+            lost_at_least: 0,
+            partial: 0,
             damaged: Vec::new(),
             error: None,
         }
@@ -605,114 +630,306 @@ struct SchemaEntry {
 /// `sqlite_master`'s rows, read like any table's: past damaged pages where possible.
 fn read_schema(old: &Connection) -> Result<Vec<SchemaEntry>, String> {
     let mut entries = Vec::new();
-    let mut start = i64::MIN;
+    let columns = ["type", "name", "tbl_name", "sql"].map(String::from);
+    let walked = walk(old, "sqlite_master", &columns, false, &mut |row| {
+        let text = |i| match &row[i] {
+            Value::Text(t) => t.clone(),
+            _ => String::new(),
+        };
+        entries.push(SchemaEntry {
+            kind: text(1),
+            name: text(2),
+            table: text(3),
+            sql: text(4),
+        });
+        Ok(true)
+    });
+    match walked.first_error {
+        Some(error) if entries.is_empty() => Err(format!(
+            "the damaged database's schema cannot be read: {error}"
+        )),
+        _ => Ok(entries),
+    }
+}
+
+/// What [`walk`] found besides the rows.
+#[derive(Debug, Default)]
+struct Walk {
+    /// Rowid ranges that could not be read, inclusive (`i64::MIN`/`MAX` at an open end).
+    damaged: Vec<(i64, i64)>,
+    /// Rows known to be unreadable: one for each row the plain scan failed on, plus the
+    /// rowids inside ranges the seeks skipped, where both ends are known.
+    skipped: u64,
+    /// A range with an open end: how many rows it held is not known.
+    open_ended: bool,
+    /// `take` refused a row with an error: the walk stopped there.
+    stopped: bool,
+    first_error: Option<String>,
+    /// Rows kept with their unreadable values set to NULL (`partial`).
+    partial: u64,
+}
+
+/// How a walk reads on.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    /// In the b-tree's own order, skipping this many rows without reading them.
+    Plain { offset: i64 },
+    /// Rowids from this one on, by seeking.
+    Seek { start: i64 },
+}
+
+/// After how many rows the plain scan failed on, the walk only seeks: each new plain pass
+/// steps again over every row before the damage.
+const PLAIN_RESTARTS: u32 = 10_000;
+
+/// Hands every row of the rowid table `table` (rowid first, then `columns`) that can be read
+/// to `take`; an error from `take` stops the walk.
+///
+/// First a plain scan, which SQLite makes from the b-tree's leftmost leaf without comparing
+/// keys, so an interior page with damaged keys does not misdirect it. A row it cannot read
+/// is stepped over with `OFFSET`, which moves the cursor without reading rows. Where the
+/// cursor itself cannot move on (a damaged page), the walk seeks past the damage (see
+/// [`resume_after`]).
+fn walk(
+    conn: &Connection,
+    table: &str,
+    column_list: &[String],
+    partial: bool,
+    take: &mut dyn FnMut(&[Value]) -> rusqlite::Result<bool>,
+) -> Walk {
+    let columns = column_list.join(", ");
+    let plain = format!(
+        "SELECT rowid, {columns} FROM main.{} LIMIT -1 OFFSET ?1",
+        quote(table)
+    );
+    let seek = format!(
+        "SELECT rowid, {columns} FROM main.{} WHERE rowid >= ?1 ORDER BY rowid",
+        quote(table)
+    );
+    let mut walked = Walk::default();
+    let mut pass = Pass::Plain { offset: 0 };
+    // The largest rowid read so far.
+    let mut high: Option<i64> = None;
+    // A row the plain scan could not read lies after this rowid, before the next one read.
+    let mut gap_after: Option<i64> = None;
+    let mut restarts = 0u32;
     loop {
-        let scanned = scan_from(
-            old,
-            "SELECT rowid, type, name, tbl_name, sql FROM sqlite_master WHERE rowid >= ?1 ORDER BY rowid",
-            start,
-            &mut |row| {
-                let text = |i| match &row[i] {
-                    Value::Text(t) => t.clone(),
-                    _ => String::new(),
-                };
-                entries.push(SchemaEntry {
-                    kind: text(1),
-                    name: text(2),
-                    table: text(3),
-                    sql: text(4),
-                });
-                Ok(())
-            },
-        );
-        match scanned {
-            Scan::Done => break,
-            Scan::Failed { last, error } => {
-                let next = after_failure(old, "sqlite_master", start, last)
-                    .and_then(|from| resume_after(old, "sqlite_master", from));
-                match next {
-                    Some(next) => start = next,
-                    None if entries.is_empty() => {
-                        return Err(format!(
-                            "the damaged database's schema cannot be read: {error}"
-                        ));
+        let scanned = match pass {
+            Pass::Plain { offset } => scan(conn, &plain, offset, false, take),
+            Pass::Seek { start } => scan(conn, &seek, start, true, take),
+        };
+        if let Some(first) = scanned.first
+            && let Some(after) = gap_after.take()
+            && first > after.saturating_add(1)
+        {
+            walked.damaged.push((after.saturating_add(1), first - 1));
+        }
+        high = high.max(scanned.last);
+        let error = match scanned.end {
+            End::Done => break,
+            End::Stopped(e) => {
+                walked.first_error.get_or_insert(e);
+                walked.stopped = true;
+                break;
+            }
+            End::Failed(e) => e,
+        };
+        walked.first_error.get_or_insert(error);
+        if let Pass::Plain { offset } = pass
+            && restarts < PLAIN_RESTARTS
+        {
+            // Can the cursor reach the row that failed? Then only that row is damaged:
+            // step over it. If not, the b-tree itself is, and seeks go on past it.
+            let failed_at = offset + scanned.read as i64;
+            let cursor = conn.query_row(
+                &format!("SELECT rowid FROM main.{} LIMIT 1 OFFSET ?1", quote(table)),
+                [failed_at],
+                |r| r.get::<_, i64>(0),
+            );
+            match cursor {
+                Ok(rowid) => {
+                    restarts += 1;
+                    pass = Pass::Plain {
+                        offset: failed_at + 1,
+                    };
+                    if partial {
+                        // Each value read on its own; an unreadable one is NULL.
+                        let mut values = vec![Value::Integer(rowid)];
+                        for c in column_list {
+                            values.push(
+                                conn.query_row(
+                                    &format!(
+                                        "SELECT {c} FROM main.{} LIMIT 1 OFFSET ?1",
+                                        quote(table)
+                                    ),
+                                    [failed_at],
+                                    |r| r.get::<_, Value>(0),
+                                )
+                                .unwrap_or(Value::Null),
+                            );
+                        }
+                        match take(&values) {
+                            Ok(true) => {
+                                walked.partial += 1;
+                                high = high.max(Some(rowid));
+                                continue;
+                            }
+                            // Refused by its table's constraints: `take` counts it.
+                            Ok(false) => continue,
+                            Err(e) => {
+                                walked.first_error = Some(e.to_string());
+                                walked.stopped = true;
+                                break;
+                            }
+                        }
                     }
-                    None => break,
+                    walked.skipped += 1;
+                    gap_after = gap_after.or(Some(high.unwrap_or(i64::MIN)));
+                    continue;
                 }
+                // The failure was the end of the table after all.
+                Err(rusqlite::Error::QueryReturnedNoRows) => break,
+                Err(_) => {}
             }
         }
+        // Rows from `lost_from` on were not read, except those a plain pass stepped over,
+        // which are counted already.
+        let lost_from = match (high, pass) {
+            (Some(h), _) => match h.checked_add(1) {
+                Some(f) => f,
+                None => break,
+            },
+            (None, Pass::Seek { start }) => start,
+            (None, Pass::Plain { .. }) => i64::MIN,
+        };
+        gap_after = None;
+        // Nothing read in this pass: the first row its seek finds is the failing one.
+        let from = match (scanned.read, pass) {
+            (0, Pass::Seek { .. }) => match first_rowid_from(conn, table, lost_from) {
+                Some(unreadable) => unreadable.checked_add(1),
+                None => Some(lost_from),
+            },
+            _ => Some(lost_from),
+        };
+        let Some(next) = from.and_then(|f| resume_after(conn, table, f)) else {
+            walked.damaged.push((lost_from, i64::MAX));
+            walked.open_ended = true;
+            break;
+        };
+        // The first row readable from `next` on bounds what was skipped.
+        let first = first_rowid_from(conn, table, next).unwrap_or(next);
+        if first > lost_from {
+            walked.damaged.push((lost_from, first - 1));
+            if high.is_none() {
+                walked.open_ended = true; // from the smallest rowid on: no count
+            } else {
+                walked.skipped += first.abs_diff(lost_from);
+            }
+        }
+        // Always forward, so a seek that keeps failing at one place cannot loop.
+        let floor = match pass {
+            Pass::Seek { start } => start.saturating_add(1),
+            Pass::Plain { .. } => i64::MIN,
+        };
+        pass = Pass::Seek {
+            start: first.max(next).max(floor),
+        };
     }
-    Ok(entries)
+    if gap_after.is_some() {
+        // The last row the plain scan failed on came after every row read.
+        walked
+            .damaged
+            .push((gap_after.unwrap_or(i64::MIN).saturating_add(1), i64::MAX));
+    }
+    walked
 }
 
-enum Scan {
+/// How a scan ended.
+enum End {
     Done,
-    /// The scan failed after `last` (the last rowid read), or before any row.
-    Failed {
-        last: Option<i64>,
-        error: String,
-    },
+    /// A read failed (damage).
+    Failed(String),
+    /// `take` refused a row.
+    Stopped(String),
 }
 
-/// Steps through `sql`, handing each row to `take`, until the end or an error. With a rowid
-/// (`sql`'s first column, from `?1 = start` on), rowids must increase: a damaged b-tree that
-/// goes back is treated as damage. A WITHOUT ROWID table's scan has no `?1` and a constant
-/// first column.
-fn scan_from(
+/// What one scan read.
+struct Scanned {
+    /// Rows handed to `take`.
+    read: u64,
+    first: Option<i64>,
+    /// The largest rowid read.
+    last: Option<i64>,
+    end: End,
+}
+
+/// Steps through `sql` (its first column a rowid, bound to `?1 = bind`), handing each row to
+/// `take`, until the end or an error. With `ordered`, rowids must increase: a damaged
+/// b-tree that goes back is treated as damage. A plain scan's are not checked: a damaged
+/// tree may hold them out of order, and the new table's key refuses a repeated one.
+fn scan(
     conn: &Connection,
     sql: &str,
-    start: i64,
-    take: &mut dyn FnMut(&[Value]) -> rusqlite::Result<()>,
-) -> Scan {
-    let failed = |last, error: String| Scan::Failed { last, error };
+    bind: i64,
+    ordered: bool,
+    take: &mut dyn FnMut(&[Value]) -> rusqlite::Result<bool>,
+) -> Scanned {
+    let mut scanned = Scanned {
+        read: 0,
+        first: None,
+        last: None,
+        end: End::Done,
+    };
     let mut stmt = match conn.prepare(sql) {
         Ok(s) => s,
-        Err(e) => return failed(None, e.to_string()),
+        Err(e) => {
+            scanned.end = End::Failed(e.to_string());
+            return scanned;
+        }
     };
     let n = stmt.column_count();
-    let with_rowid = stmt.parameter_count() == 1;
-    let bound = if with_rowid { vec![start] } else { Vec::new() };
+    let bound = (stmt.parameter_count() == 1).then_some(bind);
     let mut rows = match stmt.query(rusqlite::params_from_iter(bound)) {
         Ok(r) => r,
-        Err(e) => return failed(None, e.to_string()),
-    };
-    let mut last: Option<i64> = None;
-    loop {
-        match rows.next() {
-            Ok(None) => return Scan::Done,
-            Ok(Some(row)) => {
-                let values: rusqlite::Result<Vec<Value>> = (0..n).map(|i| row.get(i)).collect();
-                let values = match values {
-                    Ok(v) => v,
-                    Err(e) => return failed(last, e.to_string()),
-                };
-                let Value::Integer(rowid) = values[0] else {
-                    return failed(last, "a row without an integer rowid".into());
-                };
-                if with_rowid && last.is_some_and(|l| rowid <= l) {
-                    return failed(last, format!("rowid {rowid} out of order"));
-                }
-                if let Err(e) = take(&values) {
-                    return failed(Some(rowid), e.to_string());
-                }
-                last = Some(rowid);
-            }
-            Err(e) => return failed(last, e.to_string()),
+        Err(e) => {
+            scanned.end = End::Failed(e.to_string());
+            return scanned;
         }
-    }
-}
-
-/// Where a scan of `table` from `start` that failed after reading `last` (if anything) goes
-/// on: past the last row read, or, if none was read, past the row whose seek worked but
-/// whose read failed (that row is lost). `None`: past the largest rowid.
-fn after_failure(conn: &Connection, table: &str, start: i64, last: Option<i64>) -> Option<i64> {
-    match last {
-        Some(l) => l.checked_add(1),
-        None => match first_rowid_from(conn, table, start) {
-            Some(unreadable) => unreadable.checked_add(1),
-            // The seek itself fails: `resume_after` looks past it.
-            None => Some(start),
-        },
+    };
+    loop {
+        let row = match rows.next() {
+            Ok(None) => return scanned,
+            Ok(Some(row)) => row,
+            Err(e) => {
+                scanned.end = End::Failed(e.to_string());
+                return scanned;
+            }
+        };
+        let values = match (0..n)
+            .map(|i| row.get(i))
+            .collect::<rusqlite::Result<Vec<Value>>>()
+        {
+            Ok(v) => v,
+            Err(e) => {
+                scanned.end = End::Failed(e.to_string());
+                return scanned;
+            }
+        };
+        let rowid = match values[0] {
+            Value::Integer(r) => r,
+            _ => 0, // the constant of a table without rowid
+        };
+        if ordered && scanned.last.is_some_and(|l| rowid <= l) {
+            scanned.end = End::Failed(format!("rowid {rowid} out of order"));
+            return scanned;
+        }
+        if let Err(e) = take(&values) {
+            scanned.end = End::Stopped(e.to_string());
+            return scanned;
+        }
+        scanned.read += 1;
+        scanned.first.get_or_insert(rowid);
+        scanned.last = scanned.last.max(Some(rowid));
     }
 }
 
@@ -736,12 +953,16 @@ fn resume_after(conn: &Connection, table: &str, from: i64) -> Option<i64> {
     let mut failing = from;
     let mut step: i64 = 1;
     let found = loop {
-        let probe = failing.checked_add(step)?;
+        // Saturating, so a search from the smallest rowid still reaches the positive ones.
+        let probe = failing.saturating_add(step);
+        if probe == failing {
+            return None;
+        }
         if works(probe) {
             break probe;
         }
         failing = probe;
-        step = step.checked_mul(2)?;
+        step = step.saturating_mul(2);
     };
     let (mut bad, mut good) = (failing, found);
     while good - bad > 1 {
@@ -770,6 +991,7 @@ fn salvage_table(
     out: &Connection,
     t: &SchemaEntry,
     replace: bool,
+    partial: bool,
     indexes: &[&str],
     progress: &mut dyn FnMut(u64),
 ) -> TableRecovery {
@@ -781,8 +1003,8 @@ fn salvage_table(
             return result;
         }
     };
-    let list: Vec<String> = columns.iter().map(|c| quote(c)).collect();
-    let list = list.join(", ");
+    let quoted: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+    let list = quoted.join(", ");
     let without_rowid = old
         .prepare(&format!(
             "SELECT rowid FROM main.{} LIMIT 0",
@@ -794,31 +1016,20 @@ fn salvage_table(
     } else {
         "INSERT"
     };
-    let (select, insert) = if without_rowid {
-        let holes: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-        (
-            // A constant first column keeps one scan loop for both kinds of table.
-            format!("SELECT 0, {list} FROM main.{}", quote(&t.name)),
-            format!(
-                "{verb} INTO main.{}({list}) VALUES ({})",
-                quote(&t.name),
-                holes.join(", ")
-            ),
-        )
+    // A rowid table's rows come with their rowid first, and keep it.
+    let (rowid_column, first_value) = if without_rowid {
+        ("", 1)
     } else {
-        let holes: Vec<String> = (1..=columns.len() + 1).map(|i| format!("?{i}")).collect();
-        (
-            format!(
-                "SELECT rowid, {list} FROM main.{} WHERE rowid >= ?1 ORDER BY rowid",
-                quote(&t.name)
-            ),
-            format!(
-                "{verb} INTO main.{}(rowid, {list}) VALUES ({})",
-                quote(&t.name),
-                holes.join(", ")
-            ),
-        )
+        ("rowid, ", 0)
     };
+    let holes: Vec<String> = (1..=columns.len() + 1 - first_value)
+        .map(|i| format!("?{i}"))
+        .collect();
+    let insert = format!(
+        "{verb} INTO main.{}({rowid_column}{list}) VALUES ({})",
+        quote(&t.name),
+        holes.join(", ")
+    );
     let mut insert = match out.prepare(&insert) {
         Ok(s) => s,
         Err(e) => {
@@ -826,98 +1037,161 @@ fn salvage_table(
             return result;
         }
     };
-    let mut recovered = 0u64;
-    let mut refused = 0u64;
-    let insert_error = std::cell::RefCell::new(None);
+    let recovered = Cell::new(0u64);
+    let refused = Cell::new(0u64);
     let mut take = |row: &[Value]| {
-        let values = if without_rowid { &row[1..] } else { row };
-        match insert.execute(rusqlite::params_from_iter(values)) {
+        match insert.execute(rusqlite::params_from_iter(&row[first_value..])) {
             Ok(_) => {
-                recovered += 1;
-                if recovered.is_multiple_of(1000) {
-                    progress(recovered);
+                recovered.set(recovered.get() + 1);
+                if recovered.get().is_multiple_of(1000) {
+                    progress(recovered.get());
                 }
+                Ok(true)
             }
             // A damaged row that breaks a constraint of its own table is lost, not fatal.
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
-                refused += 1;
+                refused.set(refused.get() + 1);
+                Ok(false)
             }
             // The new file cannot take rows (disk full?): nothing more can be copied.
-            Err(e) => {
-                *insert_error.borrow_mut() = Some(format!("cannot write to the new file: {e}"));
-                return Err(e);
-            }
+            Err(e) => Err(e),
         }
-        Ok(())
     };
-    let mut start = i64::MIN;
-    let mut skipped: u64 = 0;
-    let mut unknown_tail = false;
-    loop {
-        match scan_from(old, &select, start, &mut take) {
-            Scan::Done => break,
-            Scan::Failed { last, error } => {
-                if result.error.is_none() {
-                    result.error = Some(error);
-                }
-                if let Some(e) = insert_error.borrow_mut().take() {
-                    result.error = Some(e);
-                    unknown_tail = true;
-                    break;
-                }
-                if without_rowid {
-                    unknown_tail = true;
-                    break;
-                }
-                // Rows from `lost_from` on were not copied; the scan goes on at `next`.
-                let lost_from = last.map_or(Some(start), |l| l.checked_add(1));
-                let Some(lost_from) = lost_from else { break };
-                let next = after_failure(old, &t.name, start, last)
-                    .and_then(|from| resume_after(old, &t.name, from));
-                match next {
-                    Some(next) => {
-                        // The first row readable from `next` on bounds what was skipped.
-                        let first = first_rowid_from(old, &t.name, next).unwrap_or(next);
-                        if first > lost_from {
-                            result.damaged.push((lost_from, first - 1));
-                            skipped += first.abs_diff(lost_from);
-                        }
-                        start = first.max(next);
-                    }
-                    None => {
-                        result.damaged.push((lost_from, i64::MAX));
-                        unknown_tail = true;
-                        break;
-                    }
-                }
-            }
+    let walked = if without_rowid {
+        // No rowid to seek past damage with: one plain scan, up to the first damage. The
+        // constant first column stands where a rowid would.
+        let sql = format!("SELECT 0, {list} FROM main.{}", quote(&t.name));
+        match scan(old, &sql, 0, false, &mut take).end {
+            End::Done => Walk::default(),
+            End::Failed(e) => Walk {
+                open_ended: true,
+                first_error: Some(e),
+                ..Walk::default()
+            },
+            End::Stopped(e) => Walk {
+                stopped: true,
+                first_error: Some(e),
+                ..Walk::default()
+            },
         }
+    } else {
+        walk(old, &t.name, &quoted, partial, &mut take)
+    };
+    let Walk {
+        mut damaged,
+        skipped,
+        mut open_ended,
+        stopped,
+        first_error,
+        partial: kept_partly,
+    } = walked;
+    result.partial = kept_partly;
+    result.error = first_error.map(|e| {
+        if stopped {
+            format!("cannot write to the new file: {e}")
+        } else {
+            e
+        }
+    });
+    // An index that reads through lists every rowid the table had at its last commit. Where
+    // the walk met damage, a lookup by each rowid it did not copy reaches the rows it could
+    // not: behind a damaged interior page, or in a stretch the seeks past damage jumped.
+    let listed = if without_rowid {
+        None
+    } else {
+        indexes
+            .iter()
+            .find_map(|&index| index_rowids(old, &t.name, index).map(|rowids| (index, rowids)))
+    };
+    if let Some((_, rowids)) = &listed
+        && result.error.is_some()
+        && !stopped
+    {
+        let missing = copy_by_rowid(old, out, &t.name, &list, rowids, &mut take);
+        damaged = ranges(&missing);
+        open_ended = false;
     }
+    let recovered = recovered.get();
     progress(recovered);
     result.recovered = recovered;
-    // An index that reads through counts the rows the table had.
-    if let Some((index, n)) = indexes.iter().find_map(|i| index_count(old, &t.name, i))
-        && n >= recovered
-    {
-        result.lost = Some(n - recovered);
-        result.lost_basis = format!("counted by index {index}");
-        return result;
-    }
-    if unknown_tail {
-        result.lost = None;
-        result.lost_basis = "unknown".into();
-    } else {
-        result.lost = Some(skipped + refused);
-        result.lost_basis = "the rowids skipped; exact if they were consecutive".into();
+    result.damaged = damaged;
+    let counted = listed
+        .map(|(index, rowids)| (index, rowids.len() as u64))
+        .or_else(|| indexes.iter().find_map(|i| index_count(old, &t.name, i)));
+    match counted {
+        Some((index, n)) if n >= recovered => {
+            result.lost = Some(n - recovered);
+            result.lost_basis = format!("counted by index {index}");
+        }
+        _ if open_ended || stopped => {
+            result.lost = None;
+            result.lost_at_least = skipped + refused.get();
+            result.lost_basis = "unknown".into();
+        }
+        _ => {
+            result.lost = Some(skipped + refused.get());
+            result.lost_basis = "the rowids skipped; exact if they were consecutive".into();
+        }
     }
     result
 }
 
-/// The number of entries of `index` (on `table`), read from the index alone; `None` for an
-/// index that cannot tell the table's row count (partial, led by an expression) or does not
-/// read through. `count(*)` alone would read the table, even with `INDEXED BY`; a condition
+/// Copies the rows of `rowids` that `out` does not hold yet, one lookup each, through
+/// `take`; returns the rowids that could not be read (sorted).
+fn copy_by_rowid(
+    old: &Connection,
+    out: &Connection,
+    table: &str,
+    columns: &str,
+    rowids: &[i64],
+    take: &mut dyn FnMut(&[Value]) -> rusqlite::Result<bool>,
+) -> Vec<i64> {
+    let lookup = format!(
+        "SELECT rowid, {columns} FROM main.{} WHERE rowid = ?1",
+        quote(table)
+    );
+    let present = format!("SELECT 1 FROM main.{} WHERE rowid = ?1", quote(table));
+    let (Ok(mut lookup), Ok(mut present)) = (old.prepare(&lookup), out.prepare(&present)) else {
+        return Vec::new();
+    };
+    let width = lookup.column_count();
+    let mut missing = Vec::new();
+    for &rowid in rowids {
+        if present.exists([rowid]).unwrap_or(false) {
+            continue;
+        }
+        let row = lookup.query_row([rowid], |r| {
+            (0..width)
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<rusqlite::Result<Vec<Value>>>()
+        });
+        let copied = row.is_ok_and(|values| take(&values).unwrap_or(false))
+            && present.exists([rowid]).unwrap_or(false);
+        if !copied {
+            missing.push(rowid);
+        }
+    }
+    missing.sort_unstable();
+    missing
+}
+
+/// Sorted rowids as inclusive ranges of consecutive values.
+fn ranges(sorted: &[i64]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &r in sorted {
+        match out.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(r) => *end = r,
+            _ => out.push((r, r)),
+        }
+    }
+    out
+}
+
+/// The SQL that reads `what` for every entry of `index` (on `table`) from the index alone;
+/// `None` for an index that cannot stand for the table's rows (partial, or led by an
+/// expression). `count(*)` alone would read the table, even with `INDEXED BY`; a condition
 /// on the index's first column that every row meets makes SQLite scan the covering index.
-fn index_count<'a>(conn: &Connection, table: &str, index: &'a str) -> Option<(&'a str, u64)> {
+fn from_index_alone(conn: &Connection, table: &str, index: &str, what: &str) -> Option<String> {
     let partial: i64 = conn
         .query_row(
             &format!(
@@ -938,21 +1212,31 @@ fn index_count<'a>(conn: &Connection, table: &str, index: &'a str) -> Option<(&'
             |r| r.get(0),
         )
         .ok()?;
-    if partial != 0 {
-        return None;
-    }
-    let n: i64 = conn
-        .query_row(
-            &format!(
-                "SELECT count(*) FROM main.{} INDEXED BY {} WHERE {c} IS NOT NULL OR {c} IS NULL",
-                quote(table),
-                quote(index),
-                c = quote(&first)
-            ),
-            [],
-            |r| r.get(0),
+    (partial == 0).then(|| {
+        format!(
+            "SELECT {what} FROM main.{} INDEXED BY {} WHERE {c} IS NOT NULL OR {c} IS NULL",
+            quote(table),
+            quote(index),
+            c = quote(&first)
         )
-        .ok()?;
+    })
+}
+
+/// The rowids of every entry of `index`, read from the index alone (see
+/// [`from_index_alone`]); `None` if it does not read through.
+fn index_rowids(conn: &Connection, table: &str, index: &str) -> Option<Vec<i64>> {
+    let sql = from_index_alone(conn, table, index, "rowid")?;
+    let mut stmt = conn.prepare(&sql).ok()?;
+    let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).ok()?;
+    rows.collect::<rusqlite::Result<Vec<i64>>>().ok()
+}
+
+/// The number of entries of `index` (on `table`), read from the index alone (see
+/// [`from_index_alone`]): the table's row count at its last commit. For tables without a
+/// rowid, whose index entries `index_rowids` cannot list.
+fn index_count<'a>(conn: &Connection, table: &str, index: &'a str) -> Option<(&'a str, u64)> {
+    let sql = from_index_alone(conn, table, index, "count(*)")?;
+    let n: i64 = conn.query_row(&sql, [], |r| r.get(0)).ok()?;
     Some((index, u64::try_from(n).ok()?))
 }
 
@@ -997,17 +1281,26 @@ fn insertable_columns(conn: &Connection, table: &str) -> Result<Vec<String>, Str
 
 impl fmt::Display for TableRecovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} rows recovered, ", self.table, self.recovered)?;
-        match self.lost {
-            Some(0) if self.damaged.is_empty() => f.write_str("none lost")?,
-            Some(n) => write!(f, "{n} lost ({})", self.lost_basis)?,
-            None => f.write_str("rows lost unknown")?,
+        write!(f, "{}: {} rows recovered", self.table, self.recovered)?;
+        if self.partial > 0 {
+            write!(f, " ({} with unreadable values set to NULL)", self.partial)?;
         }
-        for (from, to) in &self.damaged {
-            if *to == i64::MAX {
-                write!(f, "; rowids from {from} on unreadable")?;
-            } else {
-                write!(f, "; rowids {from}..={to} unreadable")?;
+        match self.lost {
+            Some(0) if self.damaged.is_empty() => f.write_str(", none lost")?,
+            Some(n) => write!(f, ", {n} lost ({})", self.lost_basis)?,
+            None if self.lost_at_least > 0 => write!(
+                f,
+                ", at least {} lost (how many more is unknown)",
+                self.lost_at_least
+            )?,
+            None => f.write_str(", rows lost unknown")?,
+        }
+        for &(from, to) in &self.damaged {
+            match (from, to) {
+                (i64::MIN, i64::MAX) => write!(f, "; no rowid readable")?,
+                (i64::MIN, to) => write!(f, "; rowids up to {to} unreadable")?,
+                (from, i64::MAX) => write!(f, "; rowids from {from} on unreadable")?,
+                (from, to) => write!(f, "; rowids {from}..={to} unreadable")?,
             }
         }
         if let Some(e) = &self.error {

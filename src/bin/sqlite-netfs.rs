@@ -9,13 +9,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sqlite_netfs::inspect::{self, ExamineOptions, JournalState, Report, Severity, TableState};
-use sqlite_netfs::integrity::{self, CheckKind, Progress, Verdict};
+use sqlite_netfs::integrity::{self, CheckKind, Progress, RecoverOptions, Verdict};
 
 const USAGE: &str = "\
 usage:
   sqlite-netfs doctor PATH [--json] [--check [--full]] [--lease SECS] [--no-wait]
   sqlite-netfs unlock PATH --stale [--lease SECS]
-  sqlite-netfs recover BROKEN NEW [--lease SECS]
+  sqlite-netfs recover BROKEN NEW [--partial] [--lease SECS]
 
 doctor   shows the mode this host picks for the database and why, who holds its locks and
          whether they are alive, the journal, and hazards (WAL files in network mode, bad
@@ -28,8 +28,9 @@ unlock   --stale removes lock-table entries and tokens of dead holders: at once 
          live holder's.
 recover  copies every readable row of a damaged database into the new file NEW and reports
          rows recovered and lost per table. BROKEN is only read (under network mode's read
-         lock when it has a lock table). Exit status: 0 nothing lost, 1 rows or schema
-         objects lost, 2 could not run.
+         lock when it has a lock table). --partial also keeps rows some of whose values
+         cannot be read, with NULL in their place. Exit status: 0 nothing lost, 1 rows or
+         schema objects lost (or kept partly), 2 could not run.
 
 --lease SECS   the lease the applications use (default 10, as sqlite_netfs::DEFAULT_LEASE)";
 
@@ -300,7 +301,7 @@ fn unlock(args: &[String]) -> Result<u8, String> {
 }
 
 fn recover(args: &[String]) -> Result<u8, String> {
-    let a = parse(args, &["--lease"])?;
+    let a = parse(args, &["--lease", "--partial"])?;
     let [broken, new] = &a.paths[..] else {
         return Err(format!("recover takes two paths: BROKEN NEW\n\n{USAGE}"));
     };
@@ -318,7 +319,15 @@ fn recover(args: &[String]) -> Result<u8, String> {
             Progress::Table { name, rows } => eprint!("\rrecovering {name}: {rows} rows          "),
         }
     };
-    let recovery = integrity::recover(broken, new, a.lease, &mut progress);
+    let recovery = integrity::recover(
+        broken,
+        new,
+        RecoverOptions {
+            lease: a.lease,
+            partial: a.flags.iter().any(|f| f == "--partial"),
+        },
+        &mut progress,
+    );
     if terminal {
         eprintln!();
     }
@@ -345,6 +354,7 @@ fn recover(args: &[String]) -> Result<u8, String> {
         }
     );
     // 1: the new file holds all that could be read, but not all there was.
-    let incomplete = lost > 0 || unknown > 0 || !recovery.schema_errors.is_empty();
+    let partly = recovery.tables.iter().any(|t| t.partial > 0);
+    let incomplete = lost > 0 || unknown > 0 || partly || !recovery.schema_errors.is_empty();
     Ok(u8::from(incomplete))
 }

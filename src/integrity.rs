@@ -14,18 +14,27 @@
 //! 2. the schema is read from `sqlite_master` (with `writable_schema` on, so an unparsable
 //!    entry is skipped rather than failing every statement), the new file gets the old
 //!    page size, encoding and header values, and every table is created from its SQL;
-//! 3. rows are copied in rowid order. A read that fails (a damaged page) ends that scan; the
-//!    scan starts again at the smallest rowid past the damage that a seek can reach (found by
-//!    doubling, then bisecting), so one bad page costs only the rows on it;
+//! 3. rows are copied table by table (`walk`):
+//!    - first a plain scan, which SQLite makes from the leftmost leaf without comparing keys,
+//!      so damaged keys in an interior page do not misdirect it; a row that cannot be read
+//!      (its record runs off its page) is stepped over with `OFFSET`, which moves the cursor
+//!      without reading rows, or, with `partial`, kept with NULL for the values that cannot
+//!      be read;
+//!    - where the cursor itself cannot move on (a damaged page), seeks go on at the smallest
+//!      rowid past the damage that a seek can reach (found by doubling, then bisecting), so
+//!      one bad page costs only the rows on it;
+//!    - where an index of the table still reads through, every rowid it lists that was not
+//!      copied is looked up on its own, which reaches rows behind a damaged interior page;
 //! 4. indexes, views and triggers are created last (triggers so they do not fire on the copy);
 //!    any that fail are reported;
 //! 5. the new file passes `integrity_check` before it is renamed into place, so a half-made
 //!    file never appears under the new name.
 //!
 //! Rows lost are counted exactly where an index of the table is still readable (its entry
-//! count is the table's row count at the last commit); otherwise from the rowids skipped
-//! around the damage, which is exact for consecutive rowids (the usual `INTEGER PRIMARY KEY`)
-//! and an upper bound otherwise.
+//! count is the table's row count at the last commit); otherwise as the rows stepped over
+//! plus the rowids the seeks skipped, which is exact for consecutive rowids (the usual
+//! `INTEGER PRIMARY KEY`) and an upper bound otherwise. A skipped stretch open at either end
+//! leaves only a lower bound.
 
 use std::cell::Cell;
 use std::fmt;
@@ -1130,7 +1139,8 @@ fn salvage_table(
         }
         _ => {
             result.lost = Some(skipped + refused.get());
-            result.lost_basis = "the rowids skipped; exact if they were consecutive".into();
+            result.lost_basis =
+                "rows stepped over and rowids skipped; exact if rowids were consecutive".into();
         }
     }
     result

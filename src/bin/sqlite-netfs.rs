@@ -151,11 +151,20 @@ fn examine_and_check(a: &Args) -> Result<u8, String> {
             CheckKind::Quick
         };
         note(&format!("running {} through the shim", kind.pragma()));
-        let verdict = integrity::check_through_shim(&report.database, kind, a.lease)?;
+        let verdict = integrity::check_through_shim(&report.database, kind, a.lease);
         inspect::recheck_journal(&mut report);
         let messages = match verdict {
-            Verdict::Healthy => vec!["ok".to_owned()],
-            Verdict::Damaged(lines) => {
+            // The examination stands; the check is one more finding.
+            Err(why) => {
+                report.add(
+                    "check-failed",
+                    Severity::Problem,
+                    format!("the {} could not run: {why}", kind.pragma()),
+                );
+                vec![why]
+            }
+            Ok(Verdict::Healthy) => vec!["ok".to_owned()],
+            Ok(Verdict::Damaged(lines)) => {
                 report.add(
                     "integrity",
                     Severity::Problem,
@@ -168,7 +177,7 @@ fn examine_and_check(a: &Args) -> Result<u8, String> {
                 );
                 lines
             }
-            Verdict::NotADatabase(why) => {
+            Ok(Verdict::NotADatabase(why)) => {
                 report.add(
                     "not-a-database",
                     Severity::Problem,

@@ -153,6 +153,21 @@ fn wal_files_beside_a_network_mode_database_are_a_warning_and_wal_mode_a_problem
     let out = run(&["doctor", path(&db), "--json", "--no-wait"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stdout.contains("in WAL mode"), "{out:?}");
+    // The shim refuses to open it while the native writer holds its WAL: the check cannot
+    // run, which is one more finding, not the end of the report.
+    let out = run(&["doctor", path(&db), "--json", "--no-wait", "--check"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        finding_codes(out.stdout.trim()),
+        ["wal-files", "check-failed"],
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains(r#""check":{"kind":"quick_check","ok":false"#),
+        "{out:?}"
+    );
+    drop(native);
 }
 
 #[test]

@@ -30,6 +30,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -168,8 +169,20 @@ impl SizeRefresh {
         }
     }
 
-    /// The size of `file` (open at `path`) at the server.
+    /// The size of `file` (open at `path`) at the server, with the client's cached pages of
+    /// the file dropped, so that reads that follow fetch what the server has now.
+    ///
+    /// Why the pages too: a kernel NFS client keeps them while the file's change attribute
+    /// looks unchanged to it, or while it holds a delegation. With SQLite's lock bytes
+    /// no longer mirrored there (every lock request made the client drop them), two kernel
+    /// NFSv4.1 guests lost each other's commits: one wrote pages over a stale copy.
     pub fn server_size(self, file: &File, path: &Path) -> io::Result<u64> {
+        let size = self.size_at_server(file, path)?;
+        crate::ffi::os::drop_cached_pages(file.as_fd())?;
+        Ok(size)
+    }
+
+    fn size_at_server(self, file: &File, path: &Path) -> io::Result<u64> {
         if self == SizeRefresh::TouchFirst {
             match crate::ffi::os::touch(file) {
                 // The kernel took the attributes sshfs fetched from the server for its reply,

@@ -89,9 +89,9 @@ struct NativeRangeLocks {
 }
 
 impl NativeRangeLocks {
-    fn new() -> Self {
+    fn new(wanted: bool) -> Self {
         NativeRangeLocks {
-            enabled: cfg!(target_os = "linux"),
+            enabled: wanted && cfg!(target_os = "linux"),
             level: Level::None,
         }
     }
@@ -282,6 +282,7 @@ impl NetworkFile {
         lock: SharedLock,
         size_refresh: SizeRefresh,
         powersafe_overwrite: bool,
+        mirror_native_locks: bool,
     ) -> io::Result<NetworkFile> {
         let file = Self::open_file(path, writable, create)?;
         let lease = lock.lock().lease_view();
@@ -292,7 +293,7 @@ impl NetworkFile {
             lock,
             journal_permit: Arc::new(JournalPermit::new(lease.clone())),
             lease,
-            native: NativeRangeLocks::new(),
+            native: NativeRangeLocks::new(mirror_native_locks),
             level: Level::None,
             synced_generation: None,
             unsynced: false,
@@ -813,7 +814,16 @@ mod tests {
             Duration::from_secs(10),
         );
         let lock = Arc::new(Mutex::new(lock));
-        NetworkFile::open(path, true, false, lock, SizeRefresh::ForcedStat, false).unwrap()
+        NetworkFile::open(
+            path,
+            true,
+            false,
+            lock,
+            SizeRefresh::ForcedStat,
+            false,
+            true,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -867,7 +877,7 @@ mod tests {
     #[test]
     fn native_range_locks_follow_sqlite_levels_between_descriptors() {
         let (_dir, fa, fb) = two_handles();
-        let (mut a, mut b) = (NativeRangeLocks::new(), NativeRangeLocks::new());
+        let (mut a, mut b) = (NativeRangeLocks::new(true), NativeRangeLocks::new(true));
         assert!(a.lock(&fa, Level::Shared).unwrap());
         assert!(b.lock(&fb, Level::Shared).unwrap());
         assert!(a.lock(&fa, Level::Reserved).unwrap());
@@ -879,7 +889,7 @@ mod tests {
         // a cannot go EXCLUSIVE while b reads, but holds PENDING.
         assert!(!a.lock(&fa, Level::Exclusive).unwrap());
         assert_eq!(a.level, Level::Pending);
-        let mut c = NativeRangeLocks::new();
+        let mut c = NativeRangeLocks::new(true);
         b.unlock(&fb, Level::None).unwrap();
         assert!(a.lock(&fa, Level::Exclusive).unwrap());
         assert!(
@@ -893,7 +903,7 @@ mod tests {
     #[test]
     fn refused_exclusive_gives_back_only_pending() {
         let (_dir, fa, fb) = two_handles();
-        let (mut a, mut b) = (NativeRangeLocks::new(), NativeRangeLocks::new());
+        let (mut a, mut b) = (NativeRangeLocks::new(true), NativeRangeLocks::new(true));
         assert!(a.lock(&fa, Level::Shared).unwrap());
         assert!(a.lock(&fa, Level::Reserved).unwrap());
         assert!(a.lock(&fa, Level::Pending).unwrap());

@@ -188,7 +188,10 @@ fn open_network(
         }
         Err(e) => return Err(cant(format!("netfs: cannot read {}: {e}", path.display()))),
     }
-    let file = open_file_with_fallback(path, req, lock, refresh)
+    // Same-host interop with plain SQLite, except where a server would keep the lock bytes of
+    // a crashed client past the shim's lease.
+    let mirror_native_locks = !crate::detect::server_keeps_byte_range_locks(&detection.fs_type);
+    let file = open_file_with_fallback(path, req, lock, refresh, mirror_native_locks)
         .map_err(|e| cant(format!("netfs: cannot open {}: {e}", path.display())))?;
     let registry_name = String::from_utf8_lossy(req.name).into_owned();
     crate::journal::register_database(&registry_name, refresh, file.journal_permit().clone());
@@ -258,6 +261,7 @@ fn open_file_with_fallback(
     req: &OpenRequest<'_>,
     lock: crate::network_file::SharedLock,
     refresh: SizeRefresh,
+    mirror_native_locks: bool,
 ) -> io::Result<NetworkFile> {
     if req.read_write {
         match NetworkFile::open(
@@ -267,6 +271,7 @@ fn open_file_with_fallback(
             lock.clone(),
             refresh,
             req.powersafe_overwrite,
+            mirror_native_locks,
         ) {
             Ok(f) => return Ok(f),
             Err(e)
@@ -277,5 +282,13 @@ fn open_file_with_fallback(
             Err(e) => return Err(e),
         }
     }
-    NetworkFile::open(path, false, false, lock, refresh, req.powersafe_overwrite)
+    NetworkFile::open(
+        path,
+        false,
+        false,
+        lock,
+        refresh,
+        req.powersafe_overwrite,
+        mirror_native_locks,
+    )
 }

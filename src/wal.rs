@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::detect::FsClass;
 use crate::ffi::os;
-use crate::lock::Acquired;
+use crate::lock::{Acquired, LockError};
 use crate::lockfile::SizeRefresh;
 use crate::network_file::SharedLock;
 use crate::protocol::Level;
@@ -94,7 +94,7 @@ pub fn in_use_by_a_native_process(db: &Path, class: FsClass) -> io::Result<Optio
     )))
 }
 
-/// Converts under the shared lock, waiting up to `wait` for other holders to leave.
+/// Converts under an EXCLUSIVE lock, waiting up to `wait` for other holders to leave.
 /// Returns whether a conversion was done.
 pub fn convert_under_lock(
     db: &Path,
@@ -103,27 +103,23 @@ pub fn convert_under_lock(
     refresh: SizeRefresh,
 ) -> Result<bool, String> {
     let started = os::boot_time();
-    for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-        loop {
-            match lock.lock().lock(level) {
-                Ok(Acquired::Granted { .. }) => break,
-                Ok(Acquired::Busy) if os::boot_time() - started < wait => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(Acquired::Busy) => {
-                    let _ = lock.lock().unlock(Level::None, false);
-                    return Err(format!(
-                        "database {} is in WAL mode and must be converted for network mode, but other processes kept it locked for {wait:?}",
-                        db.display()
-                    ));
-                }
-                Err(e) => {
-                    let _ = lock.lock().unlock(Level::None, false);
-                    return Err(format!(
-                        "cannot lock {} to convert it from WAL: {e}",
-                        db.display()
-                    ));
-                }
+    loop {
+        match take_exclusive(lock) {
+            Ok(true) => break,
+            Ok(false) if os::boot_time() - started < wait => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Ok(false) => {
+                return Err(format!(
+                    "database {} is in WAL mode and must be converted for network mode, but other processes kept it locked for {wait:?}",
+                    db.display()
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot lock {} to convert it from WAL: {e}",
+                    db.display()
+                ));
             }
         }
     }
@@ -137,6 +133,23 @@ pub fn convert_under_lock(
         tracing::warn!(path = %db.display(), error = %e, "lock release after WAL conversion failed");
     }
     converted
+}
+
+/// Climbs to EXCLUSIVE, or drops back to no lock at the first BUSY. Holding SHARED while
+/// waiting would keep out another converter that holds SHARED too and waits for EXCLUSIVE:
+/// several processes opening one WAL database at once would each wait out `wait` and fail.
+fn take_exclusive(lock: &SharedLock) -> Result<bool, LockError> {
+    let mut held = lock.lock();
+    for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+        let outcome = held.lock(level);
+        if !matches!(outcome, Ok(Acquired::Granted { .. })) {
+            if let Err(e) = held.unlock(Level::None, false) {
+                tracing::debug!(path = ?level, error = %e, "release after a refused WAL conversion lock failed");
+            }
+            return outcome.map(|_| false);
+        }
+    }
+    Ok(true)
 }
 
 fn convert(db: &Path, refresh: SizeRefresh) -> Result<(), String> {
@@ -177,4 +190,103 @@ fn convert(db: &Path, refresh: SizeRefresh) -> Result<(), String> {
     }
     tracing::info!(path = %db.display(), "database converted from WAL to a rollback journal for network mode");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::{DbLock, SystemEnvironment};
+    use crate::lockfile::{DirLockFiles, TokenStyle};
+    use std::sync::Arc;
+
+    fn connection_lock(db: &Path) -> SharedLock {
+        let files = DirLockFiles::new(db, TokenStyle::File, SizeRefresh::ForcedStat);
+        let lock = DbLock::new(
+            files,
+            SystemEnvironment,
+            crate::owner::new_owner(),
+            Duration::from_secs(10),
+        );
+        Arc::new(parking_lot::Mutex::new(lock))
+    }
+
+    /// A database SQLite left in WAL mode (header bytes 18 and 19 set to 2, no `-wal`).
+    fn wal_database(db: &Path) {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .unwrap();
+    }
+
+    /// Runs the conversion on a thread, so a deadlock fails the test instead of hanging it.
+    fn convert_within(db: &Path, lock: &SharedLock, wait: Duration) -> Result<bool, String> {
+        let (db, lock) = (db.to_owned(), lock.clone());
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(convert_under_lock(
+                &db,
+                &lock,
+                wait,
+                SizeRefresh::ForcedStat,
+            ));
+        });
+        result
+            .recv_timeout(wait + Duration::from_secs(20))
+            .expect("the conversion never returned: it deadlocked")
+    }
+
+    #[test]
+    fn a_conversion_kept_out_by_another_holder_fails_after_its_wait_and_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        wal_database(&db);
+        let reader = connection_lock(&db);
+        assert!(matches!(
+            reader.lock().lock(Level::Shared),
+            Ok(Acquired::Granted { .. })
+        ));
+        let converter = connection_lock(&db);
+        let refused = convert_within(&db, &converter, Duration::from_millis(300));
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|m| m.contains("kept it locked")),
+            "{refused:?}"
+        );
+        assert_eq!(converter.lock().level(), Level::None);
+
+        // The refused converter left no lock behind: another one, once the reader left,
+        // converts at once.
+        reader.lock().unlock(Level::None, false).unwrap();
+        reader.lock().settle_before_close().unwrap();
+        assert_eq!(
+            convert_within(&db, &converter, Duration::from_secs(5)),
+            Ok(true)
+        );
+        assert!(!needs_conversion(&db, SizeRefresh::ForcedStat).unwrap());
+    }
+
+    #[test]
+    fn converters_that_open_one_wal_database_together_all_get_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        wal_database(&db);
+        let converters: Vec<_> = (0..4)
+            .map(|_| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    let lock = connection_lock(&db);
+                    convert_within(&db, &lock, Duration::from_secs(5))
+                })
+            })
+            .collect();
+        let results: Vec<_> = converters.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        assert_eq!(
+            results.iter().filter(|r| **r == Ok(true)).count(),
+            1,
+            "one converts, the others find it done: {results:?}"
+        );
+    }
 }

@@ -73,13 +73,13 @@ fn stalled_holder_cannot_touch_the_next_writers_journal(place: &DbPlace) {
         "the first holder never got the write lock: {:?}",
         stalled.log()
     );
-    stalled.signal("STOP");
+    stalled.signal(libc::SIGSTOP);
 
     // The next writer waits out the stalled holder's lease, takes the lock over and spills its
     // transaction into the database file.
     let mut next = holder(2, place, logs.path(), true);
     let took_over = next.wait_for_phase("holding", Duration::from_secs(60));
-    stalled.signal("CONT");
+    stalled.signal(libc::SIGCONT);
     assert!(
         took_over,
         "the next writer never took over: {:?}",

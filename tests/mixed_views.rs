@@ -3,8 +3,9 @@
 //! directory through 9p or virtiofs). Both sides use the shim in auto mode: the host would
 //! pick native WAL, the other side network mode, and nothing would make them agree.
 //!
-//! Here the sshfs testbed's server directory is the host's local disk and a mount is the
-//! guest's view of it (the VM topology, with sshfs in place of 9p, is issue 10's).
+//! Two setups: a QEMU guest that sees the host's directory through virtio-9p (the WSL and
+//! VM-backed container shape, with the kernel's 9p client), and the sshfs testbed, whose
+//! server directory is the host's local disk and a mount the guest's view.
 //!
 //! | order        | what must happen |
 //! |--------------|------------------|
@@ -13,12 +14,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use common::stress::{self, StressPlan};
 use common::testbed::{TwoHostTestbed, testbed_or_skip};
-use common::worker;
+use common::vm::{GUEST_MOUNT, VmTestbed};
+use common::worker::{self, Job, Place};
 use sqlite_netfs::rusqlite::{Connection, OpenFlags};
 use sqlite_netfs::{DecisionSource, FsClass};
 
@@ -58,66 +60,131 @@ fn native_wal_writer(db: &Path, rows: i64) -> Connection {
     conn
 }
 
-/// Two writers on the host's local view, two on the guest's network view, and a reader on the
-/// guest's: everything acknowledged is in the file, nothing torn, no error but BUSY.
-fn both_sides_write(testbed: &TwoHostTestbed, label: &str, db_name: &str) {
-    let mut plan = StressPlan::new(
-        label,
-        vec![
-            testbed.server_dir().to_owned(),
-            testbed.mount_a().to_owned(),
-        ],
-        testbed.server_dir().to_owned(),
-        "netfs",
-    );
-    plan.journal_mode = "WAL".into();
-    plan.transactions = 100;
-    let report = stress::run_on(&plan, db_name, &[]);
-    assert!(report.reader_checks > 0, "{}", report.summary());
-    assert!(report.correct(), "{}", report.summary());
-    assert_eq!(report.acknowledged, 4 * 100);
+/// The two views of one directory.
+struct Views {
+    /// The host's: its local disk.
+    host_dir: PathBuf,
+    /// The guest's: a network filesystem of the host's directory.
+    guest_dir: PathBuf,
+    /// Where the guest's processes run.
+    guest: Place,
+    /// A directory both sides see at one path, for the workers' logs.
+    log_root: Option<PathBuf>,
+    /// Transactions per writer (a TCG guest is slow).
+    transactions: u32,
 }
 
-#[test]
-fn a_host_on_its_local_disk_joins_network_mode_when_a_guest_opened_the_database_first() {
-    let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
-        return;
-    };
-    let db_name = "guest-first.db";
-    worker::create_schema(&testbed.server_dir().join(db_name));
-    let guest = open_auto(&testbed.mount_a().join(db_name)).unwrap();
-    assert!(sqlite_netfs::network_mode_active(&guest));
-    let host = open_auto(&testbed.server_dir().join(db_name)).unwrap();
-    let detection = sqlite_netfs::detect(&testbed.server_dir().join(db_name)).unwrap();
+impl Views {
+    fn sshfs(testbed: &TwoHostTestbed) -> Views {
+        Views {
+            host_dir: testbed.server_dir().to_owned(),
+            guest_dir: testbed.mount_a().to_owned(),
+            guest: Place::Here,
+            log_root: None,
+            transactions: 100,
+        }
+    }
+
+    fn nine_p(testbed: &VmTestbed) -> Views {
+        Views {
+            host_dir: testbed.server_dir().to_owned(),
+            guest_dir: GUEST_MOUNT.into(),
+            guest: Place::Guest(testbed.guests[0].agent().clone()),
+            log_root: Some(testbed.control_dir().to_owned()),
+            transactions: 100,
+        }
+    }
+
+    /// Opens the database in a guest process through the shim in auto mode, asking for WAL
+    /// as applications do; its `mode=...` line or the open's error message.
+    fn guest_opens(&self, db_name: &str) -> Result<String, String> {
+        let logs = match &self.log_root {
+            Some(root) => tempfile::tempdir_in(root),
+            None => tempfile::tempdir(),
+        }
+        .unwrap();
+        let job = Job {
+            role: "probe".into(),
+            db: self.guest_dir.join(db_name),
+            vfs: "netfs".into(),
+            journal_mode: "WAL".into(),
+            out: logs.path().join("probe"),
+            busy_timeout_ms: 30_000,
+            ..Job::default()
+        };
+        let mut probe = self.guest.spawn(&job, &[]);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !probe.has_exited() {
+            assert!(Instant::now() < deadline, "the guest's probe hangs");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = std::fs::read_to_string(&job.out).unwrap_or_default();
+        match out.trim().strip_prefix("error=") {
+            Some(message) => Err(message.to_owned()),
+            None => Ok(out.trim().to_owned()),
+        }
+    }
+
+    /// Two writers on the host's local view, two on the guest's network view, and a reader on
+    /// the guest's: everything acknowledged is in the file, nothing torn, no error but BUSY.
+    fn both_sides_write(&self, label: &str, db_name: &str) {
+        let mut plan = StressPlan::new(
+            label,
+            vec![self.host_dir.clone(), self.guest_dir.clone()],
+            self.host_dir.clone(),
+            "netfs",
+        );
+        plan.places = vec![Place::Here, self.guest.clone()];
+        plan.log_root = self.log_root.clone();
+        plan.journal_mode = "WAL".into();
+        plan.transactions = self.transactions;
+        let report = stress::run_on(&plan, db_name, &[]);
+        assert!(report.reader_checks > 0, "{}", report.summary());
+        assert!(report.correct(), "{}", report.summary());
+        assert_eq!(report.acknowledged, 4 * u64::from(self.transactions));
+    }
+}
+
+/// The guest opens first: its lock files make the host's shim choose network mode although
+/// the host sees its local disk; then both write.
+fn host_follows_the_guest_into_network_mode(views: &Views, label: &str) {
+    let db_name = format!("{label}.db");
+    let host_db = views.host_dir.join(&db_name);
+    worker::create_schema(&host_db);
+    let guest = views.guest_opens(&db_name);
+    assert!(
+        guest
+            .as_deref()
+            .is_ok_and(|o| o.starts_with("mode=network")),
+        "{guest:?}"
+    );
+    let host = open_auto(&host_db).unwrap();
+    let detection = sqlite_netfs::detect(&host_db).unwrap();
     assert_eq!(detection.class, FsClass::Local, "{detection:?}");
     assert_eq!(detection.source, DecisionSource::LockFiles, "{detection:?}");
     assert!(
         sqlite_netfs::network_mode_active(&host),
         "the host must follow the lock files, not its local disk: {detection:?}"
     );
-    drop((guest, host));
-    both_sides_write(&testbed, "guest-first", db_name);
+    drop(host);
+    views.both_sides_write(label, &db_name);
 }
 
-#[test]
-fn a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
-    let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
-        return;
-    };
-    let db_name = "host-first.db";
-    let host_db = testbed.server_dir().join(db_name);
+/// The host writes in native WAL mode first: the guest's open is refused with a message that
+/// names the problem and the fix, the host loses nothing, and once the host reopens (now in
+/// network mode, following the lock files the guest's attempt left) both write.
+fn guest_is_refused_by_name_until_the_host_reopens(views: &Views, label: &str) {
+    let db_name = format!("{label}.db");
+    let host_db = views.host_dir.join(&db_name);
     worker::create_schema(&host_db);
     let host = native_wal_writer(&host_db, 50);
 
-    let refused = open_auto(&testbed.mount_a().join(db_name))
-        .and_then(|c| c.query_row("SELECT count(*) FROM rows", [], |r| r.get::<_, i64>(0)));
-    let message = refused
-        .expect_err("the guest must not convert a WAL the host is writing")
-        .to_string();
+    let message = views
+        .guest_opens(&db_name)
+        .expect_err("the guest must not convert a WAL the host is writing");
     for words in ["WAL mode", "-shm", "netfs=on"] {
         assert!(message.contains(words), "{words:?} missing from: {message}");
     }
-    // The host goes on, and loses nothing.
     host.execute("UPDATE counter SET v = v + 1 WHERE id = 1", [])
         .unwrap();
     host.execute(
@@ -127,8 +194,6 @@ fn a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after(
     .unwrap();
     drop(host);
 
-    // The host's next open follows the lock files the guest's attempt left: network mode,
-    // converting the WAL with every row; then both sides write.
     let host = open_auto(&host_db).unwrap();
     assert!(sqlite_netfs::network_mode_active(&host));
     let (v, n): (i64, i64) = host
@@ -138,12 +203,106 @@ fn a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((v, n), (51, 51));
+    assert_eq!((v, n), (51, 51), "the host's WAL commits, converted");
     // The shared run counts from zero.
     host.execute_batch("DELETE FROM rows; UPDATE counter SET v = 0 WHERE id = 1")
         .unwrap();
     drop(host);
-    both_sides_write(&testbed, "host-first", db_name);
+    let guest = views.guest_opens(&db_name);
+    assert!(
+        guest
+            .as_deref()
+            .is_ok_and(|o| o.starts_with("mode=network")),
+        "{guest:?}"
+    );
+    views.both_sides_write(label, &db_name);
+}
+
+/// Both sides start workers in auto mode with nothing yet on disk to tell the host a guest
+/// shares the directory, the host's a moment first: the host runs native WAL, its reader
+/// keeping the WAL open all along. The guest's workers must be refused at open rather than
+/// write beside a WAL they cannot see (how commits were lost before), and every commit the
+/// host acknowledged must be in the file.
+fn host_first_together_the_guest_is_refused_and_nothing_is_lost(views: &Views, label: &str) {
+    let db_name = format!("{label}.db");
+    worker::create_schema(&views.host_dir.join(&db_name));
+    let mut plan = StressPlan::new(
+        label,
+        vec![views.host_dir.clone(), views.guest_dir.clone()],
+        views.host_dir.clone(),
+        "netfs",
+    );
+    plan.places = vec![Place::Here, views.guest.clone()];
+    plan.start_after = vec![Duration::ZERO, Duration::from_secs(2)];
+    // Reader 0 runs on the guest, reader 1 on the host.
+    plan.readers = 2;
+    plan.deadline = Duration::from_secs(300);
+    plan.log_root = views.log_root.clone();
+    plan.journal_mode = "WAL".into();
+    plan.transactions = views.transactions;
+    let report = stress::run_on(&plan, &db_name, &[]);
+    assert_eq!(report.integrity, "ok", "{}", report.summary());
+    assert_eq!(report.lost, 0, "{}", report.summary());
+    assert_eq!(report.killed_workers, 0, "{}", report.summary());
+    assert_eq!(report.rows, Some(report.acknowledged as i64));
+    assert_eq!(
+        report.acknowledged,
+        2 * u64::from(views.transactions),
+        "the host's two writers finish, the guest's write nothing: {}",
+        report.summary()
+    );
+    assert!(
+        !report.errors.is_empty()
+            && report
+                .errors
+                .keys()
+                .all(|k| k.starts_with("open:") || k.starts_with("reader-open:")),
+        "the guest's workers fail at open, and nothing else fails: {}",
+        report.summary()
+    );
+}
+
+#[test]
+fn sshfs_a_host_on_its_local_disk_joins_network_mode_when_a_guest_opened_the_database_first() {
+    let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
+        return;
+    };
+    host_follows_the_guest_into_network_mode(&Views::sshfs(&testbed), "guest-first");
+}
+
+#[test]
+fn sshfs_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
+    let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
+        return;
+    };
+    guest_is_refused_by_name_until_the_host_reopens(&Views::sshfs(&testbed), "host-first");
+}
+
+#[test]
+fn vm_9p_a_host_on_its_local_disk_joins_network_mode_when_its_guest_opened_the_database_first() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+        return;
+    };
+    host_follows_the_guest_into_network_mode(&Views::nine_p(&testbed), "guest-first");
+}
+
+#[test]
+fn vm_9p_started_together_host_first_the_guest_is_refused_at_open_and_nothing_is_lost() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+        return;
+    };
+    host_first_together_the_guest_is_refused_and_nothing_is_lost(
+        &Views::nine_p(&testbed),
+        "together-host-first",
+    );
+}
+
+#[test]
+fn vm_9p_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+        return;
+    };
+    guest_is_refused_by_name_until_the_host_reopens(&Views::nine_p(&testbed), "host-first");
 }
 
 #[test]

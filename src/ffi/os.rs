@@ -145,6 +145,27 @@ pub fn server_size(path: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.len())
 }
 
+/// Drops the clean pages the kernel caches for the file, whatever descriptor cached them:
+/// the next reads go to the server. Dirty pages stay (they are written back first).
+#[cfg(target_os = "linux")]
+pub fn drop_cached_pages(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `fd` is a live descriptor for the duration of the borrow; posix_fadvise only
+    // reads its arguments.
+    let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // posix_fadvise returns the error number instead of setting errno.
+    match rc {
+        0 => Ok(()),
+        // A filesystem without a page cache to advise (some FUSE mounts): nothing is cached.
+        libc::EINVAL | libc::ESPIPE => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn drop_cached_pages(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
+}
+
 /// A byte-range lock on an open file description (Linux `F_OFD_*` locks).
 ///
 /// Unlike classic POSIX locks these belong to the open file description, so closing another

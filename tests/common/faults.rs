@@ -37,12 +37,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlite_netfs::rusqlite::{self, Connection, ErrorCode, OpenFlags};
 
-use super::worker::{self, Job, Payload};
+use super::stress::{keep_evidence, log_dir};
+use super::worker::{self, Job, Payload, Place, Running};
 
 /// Lease in milliseconds that fault workers (and observers in the test process) register with.
 pub const LEASE_ENV: &str = "SQLITE_NETFS_TEST_LEASE_MS";
@@ -612,6 +612,10 @@ pub struct FaultPlan {
     pub other_host_id: Option<String>,
     /// Extra environment for single workers, by index (e.g. a skewed clock).
     pub worker_env: Vec<(usize, String, String)>,
+    /// Where each mount's workers run, parallel to `mounts` (empty: all on this machine).
+    pub places: Vec<Place>,
+    /// Where the workers' logs go (see `StressPlan::log_root`).
+    pub log_root: Option<PathBuf>,
 }
 
 impl FaultPlan {
@@ -629,6 +633,8 @@ impl FaultPlan {
             lease: None,
             other_host_id: Some("fault-other-host".into()),
             worker_env: Vec::new(),
+            places: Vec::new(),
+            log_root: None,
         }
     }
 
@@ -683,19 +689,27 @@ impl DbPlace {
     }
 }
 
-/// One worker slot: its job, its environment, and the running incarnation.
+/// One worker slot: its job, its environment, where it runs, and the running incarnation.
 pub struct Slot {
     pub job: Job,
     env: Vec<(String, String)>,
-    pub child: Option<Child>,
+    place: Place,
+    child: Option<Running>,
 }
 
 impl Slot {
-    /// A worker slot; `env` is added to the worker's environment (see the module doc).
+    /// A worker slot on this machine; `env` is added to the worker's environment (see the
+    /// module doc).
     pub fn new(job: Job, env: Vec<(String, String)>) -> Slot {
+        Slot::at(Place::Here, job, env)
+    }
+
+    /// A worker slot at `place`.
+    pub fn at(place: Place, job: Job, env: Vec<(String, String)>) -> Slot {
         Slot {
             job,
             env,
+            place,
             child: None,
         }
     }
@@ -707,7 +721,7 @@ impl Slot {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.child = Some(worker::spawn(&self.job, &env));
+        self.child = Some(self.place.spawn(&self.job, &env));
     }
 
     /// The phase the worker last reported.
@@ -726,7 +740,7 @@ impl Slot {
                 return true;
             }
             if let Some(child) = self.child.as_mut()
-                && child.try_wait().expect("wait").is_some()
+                && child.has_exited()
             {
                 return false;
             }
@@ -742,7 +756,7 @@ impl Slot {
             return true;
         };
         while Instant::now() < deadline {
-            if child.try_wait().expect("wait").is_some() {
+            if child.has_exited() {
                 self.child = None;
                 return true;
             }
@@ -760,28 +774,25 @@ impl Slot {
         self.job.role == "fault-writer"
     }
 
-    /// Sends `signal` ("STOP", "CONT") to the running incarnation with kill(1): a stopped
-    /// process stands in for one the scheduler, swap or a file-server outage has stalled.
-    pub fn signal(&self, signal: &str) {
-        let pid = self
-            .child
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the running incarnation: a stopped process stands
+    /// in for one the scheduler, swap or a file-server outage has stalled.
+    pub fn signal(&self, signal: i32) {
+        self.child
             .as_ref()
             .expect("a running worker")
-            .id()
-            .to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .expect("run kill(1)");
-        assert!(status.success(), "kill -{signal} {pid}");
+            .signal(signal);
+    }
+
+    /// Forgets the running incarnation without a signal: its host is gone (a killed guest).
+    pub fn abandon(&mut self) {
+        self.child = None;
     }
 
     /// SIGKILLs the running incarnation and reaps it at once: an unreaped (zombie) process still
     /// exists for the liveness check, as it would under a parent that never waits.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 }
@@ -828,7 +839,7 @@ impl FaultRun {
     /// Creates the schema and starts the plan's writers and readers.
     pub fn start(plan: &FaultPlan) -> FaultRun {
         create_schema(&plan.server_db());
-        let logs = tempfile::tempdir().expect("log dir");
+        let logs = log_dir(plan.log_root.as_deref());
         let mut slots = Vec::new();
         for i in 0..plan.writers + plan.readers {
             let role = if i < plan.writers {
@@ -863,7 +874,11 @@ impl FaultRun {
             for (_, k, v) in plan.worker_env.iter().filter(|(w, _, _)| *w == i) {
                 env.push((k.clone(), v.clone()));
             }
-            let mut slot = Slot::new(job, env);
+            let place = match plan.places.len() {
+                0 => Place::Here,
+                n => plan.places[i % n].clone(),
+            };
+            let mut slot = Slot::at(place, job, env);
             slot.spawn();
             slots.push(slot);
         }
@@ -909,17 +924,36 @@ impl FaultRun {
     /// Waits until every writer has acknowledged at least one more transaction than now: no
     /// lock was left stuck by the faults. Returns the writers that made no progress in time.
     pub fn wait_for_progress(&self, timeout: Duration) -> Vec<usize> {
-        let before: Vec<usize> = (0..self.plan.writers).map(|i| self.acked_by(i)).collect();
+        let writers: Vec<usize> = (0..self.plan.writers).collect();
+        self.wait_for_progress_of(&writers, timeout)
+    }
+
+    /// [`FaultRun::wait_for_progress`] for some of the writers.
+    pub fn wait_for_progress_of(&self, writers: &[usize], timeout: Duration) -> Vec<usize> {
+        let before: Vec<usize> = writers.iter().map(|&i| self.acked_by(i)).collect();
         let deadline = Instant::now() + timeout;
         loop {
-            let stalled: Vec<usize> = (0..self.plan.writers)
-                .filter(|&i| self.acked_by(i) <= before[i])
+            let stalled: Vec<usize> = writers
+                .iter()
+                .zip(&before)
+                .filter(|&(&i, &b)| self.acked_by(i) <= b)
+                .map(|(&i, _)| i)
                 .collect();
             if stalled.is_empty() || Instant::now() > deadline {
                 return stalled;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The host of workers `slots` died with them (a killed guest): each counts as a kill,
+    /// which may leave one committed but unacknowledged transaction.
+    pub fn lost_host(&mut self, slots: &[usize]) {
+        for &i in slots {
+            self.slots[i].abandon();
+            *self.kills_by_phase.entry("host-crash".into()).or_default() += 1;
+        }
+        self.event(&format!("host lost with workers {slots:?}"));
     }
 
     /// Asks every worker to stop and waits up to `timeout` for each; verifies the database.
@@ -932,7 +966,7 @@ impl FaultRun {
                 continue;
             };
             loop {
-                if child.try_wait().expect("wait").is_some() {
+                if child.has_exited() {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -984,7 +1018,7 @@ impl FaultRun {
                 &server_db,
                 self.logs.path().join("database-after-verification"),
             );
-            let kept = self.logs.keep();
+            let kept = keep_evidence(self.logs, self.plan.log_root.as_deref());
             eprintln!(
                 "{}: evidence kept in {} (worker logs with timestamped errors, SQLite's error log, traces with NETFS_TEST_TRACE; driver events; the journal as left; the database)",
                 report.label,

@@ -4,6 +4,7 @@ pub mod faults;
 pub mod scratch;
 pub mod stress;
 pub mod testbed;
+pub mod vm;
 pub mod worker;
 
 use std::path::Path;

@@ -8,13 +8,21 @@ use std::time::{Duration, Instant};
 
 use sqlite_netfs::rusqlite::{Connection, OpenFlags};
 
-use super::worker::{self, Job, Payload};
+use super::worker::{self, Job, Payload, Place, Running};
 
 #[derive(Debug, Clone)]
 pub struct StressPlan {
     pub label: String,
     /// The shared directory as each "host" sees it; writer `i` uses `mounts[i % len]`.
     pub mounts: Vec<PathBuf>,
+    /// Where each mount's workers run, parallel to `mounts` (empty: all on this machine).
+    pub places: Vec<Place>,
+    /// How long after the run's start each place's workers start, parallel to `places`
+    /// (empty: all at once).
+    pub start_after: Vec<Duration>,
+    /// Where the workers' logs go: a directory every place sees at the same path (the system
+    /// temp dir when `None`).
+    pub log_root: Option<PathBuf>,
     /// The same directory on the server, for the verification after the run.
     pub server_dir: PathBuf,
     pub vfs: String,
@@ -34,6 +42,9 @@ impl StressPlan {
         StressPlan {
             label: label.into(),
             mounts,
+            places: Vec::new(),
+            start_after: Vec::new(),
+            log_root: None,
             server_dir,
             vfs: vfs.into(),
             uri_params: String::new(),
@@ -100,14 +111,13 @@ impl StressReport {
     }
 }
 
-fn wait_or_kill(child: &mut std::process::Child, deadline: Instant) -> bool {
+fn wait_or_kill(child: &mut Running, deadline: Instant) -> bool {
     loop {
-        if child.try_wait().expect("wait").is_some() {
+        if child.has_exited() {
             return true;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -134,7 +144,7 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
 /// Runs the plan on the database `db_name` in the shared directory (created if missing; rows
 /// already in it must not come from the plan's writers) and verifies the result.
 pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> StressReport {
-    let logs = tempfile::tempdir().expect("log dir");
+    let logs = log_dir(plan.log_root.as_deref());
     let server_db = plan.server_dir.join(db_name);
     worker::create_schema(&server_db);
     let job_for = |role: &str, i: usize, out: PathBuf| Job {
@@ -150,22 +160,32 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         busy_timeout_ms: plan.busy_timeout_ms,
         payload: plan.payload,
     };
+    let place = |i: usize| match plan.places.len() {
+        0 => (Place::Here, Duration::ZERO),
+        n => (
+            plan.places[i % n].clone(),
+            plan.start_after.get(i % n).copied().unwrap_or_default(),
+        ),
+    };
+    // (start after, is a reader, index), started in that order.
+    let mut starts: Vec<(Duration, bool, usize)> = (0..plan.readers)
+        .map(|i| (place(i + 1).1, true, i))
+        .chain((0..plan.writers).map(|i| (place(i).1, false, i)))
+        .collect();
+    starts.sort();
     let started = Instant::now();
     let deadline = started + plan.deadline;
-    let mut readers: Vec<_> = (0..plan.readers)
-        .map(|i| {
+    let (mut readers, mut writers) = (Vec::new(), Vec::new());
+    for (after, is_reader, i) in starts {
+        std::thread::sleep((started + after).saturating_duration_since(Instant::now()));
+        if is_reader {
             let job = job_for("reader", i + 1, logs.path().join(format!("reader-{i}")));
-            worker::spawn(&job, extra_env)
-        })
-        .collect();
-    let mut writers: Vec<_> = (0..plan.writers)
-        .map(|i| {
-            worker::spawn(
-                &job_for("writer", i, logs.path().join(format!("ack-{i}"))),
-                extra_env,
-            )
-        })
-        .collect();
+            readers.push(place(i + 1).0.spawn(&job, extra_env));
+        } else {
+            let job = job_for("writer", i, logs.path().join(format!("ack-{i}")));
+            writers.push(place(i).0.spawn(&job, extra_env));
+        }
+    }
     let mut report = StressReport {
         label: plan.label.clone(),
         ..Default::default()
@@ -233,7 +253,7 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
     verify(&server_db, &acked, &mut report);
     eprintln!("FIGURES {}", report.summary());
     if !report.correct() {
-        let kept = logs.keep();
+        let kept = keep_evidence(logs, plan.log_root.as_deref());
         eprintln!(
             "{}: evidence kept in {} (acknowledgement and reader logs, SQLite's error log per worker, traces with NETFS_TEST_TRACE)",
             report.label,
@@ -241,6 +261,36 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         );
     }
     report
+}
+
+/// A directory for one run's worker logs, in `root` (a directory every place sees at one
+/// path) or the system temp dir.
+pub fn log_dir(root: Option<&Path>) -> tempfile::TempDir {
+    match root {
+        Some(root) => tempfile::tempdir_in(root),
+        None => tempfile::tempdir(),
+    }
+    .expect("log dir")
+}
+
+/// Keeps a failed run's logs and returns where: copied out of `root`, which (a VM testbed's
+/// control directory) goes with its testbed.
+pub fn keep_evidence(logs: tempfile::TempDir, root: Option<&Path>) -> PathBuf {
+    let kept = logs.keep();
+    if root.is_none() {
+        return kept;
+    }
+    let outside = std::env::temp_dir().join(kept.file_name().unwrap());
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&kept)
+        .arg(&outside)
+        .status();
+    if copied.is_ok_and(|s| s.success()) {
+        outside
+    } else {
+        kept
+    }
 }
 
 fn verify(server_db: &Path, acked: &HashSet<(i64, i64)>, report: &mut StressReport) {

@@ -651,7 +651,7 @@ impl Drop for TwoHostTestbed {
 
 /// In CI (env CI=true) a testbed that cannot be set up fails the test (panics with the reason).
 /// Elsewhere, prints a loud "SKIPPED" message to stderr and returns `None`.
-pub fn testbed_or_skip(result: Result<TwoHostTestbed, String>) -> Option<TwoHostTestbed> {
+pub fn testbed_or_skip<T>(result: Result<T, String>) -> Option<T> {
     match result {
         Ok(tb) => Some(tb),
         Err(reason) => {
@@ -682,6 +682,8 @@ fn guess_kind(reason: &str) -> &'static str {
         "smb"
     } else if reason.starts_with("sshfs testbed:") {
         "sshfs"
+    } else if reason.starts_with("vm testbed:") {
+        "vm"
     } else {
         "network-filesystem"
     }
@@ -706,7 +708,7 @@ fn trace(root: &Path, what: &str) {
     }
 }
 
-fn find_bin(name: &str) -> Result<PathBuf, String> {
+pub(super) fn find_bin(name: &str) -> Result<PathBuf, String> {
     let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()
         .map(PathBuf::from)
@@ -758,7 +760,7 @@ fn short(r: std::io::Result<Vec<u8>>) -> String {
 }
 
 /// Poll `f` every 50 ms until it returns true or `timeout` passes.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
+pub(super) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
     let start = Instant::now();
     loop {
         if f() {
@@ -818,7 +820,7 @@ fn wait_timeout(mut cmd: Command, timeout: Duration) -> Result<ExitStatus, Strin
 }
 
 /// Last `n` lines of a (log) file, for error messages.
-fn tail(p: &Path, n: usize) -> String {
+pub(super) fn tail(p: &Path, n: usize) -> String {
     let mut f = match File::open(p) {
         Ok(f) => f,
         Err(e) => return format!("  <{}: {e}>", p.display()),
@@ -837,7 +839,7 @@ fn tail(p: &Path, n: usize) -> String {
     lines[from..].iter().map(|l| format!("  | {l}\n")).collect()
 }
 
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
     l.local_addr()
         .map(|a| a.port())
@@ -1007,7 +1009,7 @@ fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
-fn send_signal(sig: &str, pids: &[u32]) {
+pub(super) fn send_signal(sig: &str, pids: &[u32]) {
     if pids.is_empty() {
         return;
     }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use sqlite_netfs::rusqlite::{self, Connection, ErrorCode, OpenFlags};
 
+use super::vm::{GuestAgent, GuestProcess};
+
 const JOB_ENV: &str = "SQLITE_NETFS_TEST_JOB";
 
 /// What a worker process does. Encoded as `key=value` lines.
@@ -135,6 +137,11 @@ impl Job {
         job
     }
 
+    /// The environment that hands this job to a worker process.
+    pub fn env(&self) -> (&'static str, String) {
+        (JOB_ENV, self.encode())
+    }
+
     pub fn uri(&self) -> String {
         format!(
             "file:{}?vfs={}{}",
@@ -182,6 +189,71 @@ pub fn spawn(job: &Job, extra_env: &[(&str, &str)]) -> Child {
     cmd.spawn().expect("spawn worker")
 }
 
+/// Where a worker process runs: on this machine, or in a QEMU guest (another kernel, with its
+/// own filesystem client).
+#[derive(Debug, Clone, Default)]
+pub enum Place {
+    #[default]
+    Here,
+    Guest(GuestAgent),
+}
+
+/// A running worker process, wherever it runs.
+pub enum Running {
+    Here(Child),
+    Guest(GuestProcess),
+}
+
+impl Place {
+    pub fn spawn(&self, job: &Job, extra_env: &[(&str, &str)]) -> Running {
+        match self {
+            Place::Here => Running::Here(spawn(job, extra_env)),
+            Place::Guest(agent) => Running::Guest(agent.spawn_worker(job, extra_env)),
+        }
+    }
+}
+
+impl Running {
+    pub fn has_exited(&mut self) -> bool {
+        match self {
+            Running::Here(child) => child.try_wait().expect("wait").is_some(),
+            Running::Guest(process) => process.try_wait().is_some(),
+        }
+    }
+
+    /// SIGKILLs the process and waits until it is gone (reaped here; in a guest, until its
+    /// agent saw it end): an unreaped process still exists for the liveness check.
+    pub fn kill(&mut self) {
+        match self {
+            Running::Here(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Guest(process) => {
+                process.signal(libc::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while process.try_wait().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        match self {
+            Running::Here(child) => {
+                // kill(1), not libc::kill: the tests have no unsafe code.
+                let status = Command::new("kill")
+                    .args([format!("-{signal}"), child.id().to_string()])
+                    .status()
+                    .expect("run kill(1)");
+                assert!(status.success(), "kill -{signal} {}", child.id());
+            }
+            Running::Guest(process) => process.signal(signal),
+        }
+    }
+}
+
 /// The body of each binary's ignored `worker_process` test.
 pub fn run_from_env() {
     let Ok(text) = std::env::var(JOB_ENV) else {
@@ -206,6 +278,7 @@ pub fn run_from_env() {
         "writer" => writer(&job),
         "reader" => reader(&job),
         "wal-writer" => wal_writer(&job),
+        "probe" => probe(&job),
         fault if fault.starts_with("fault-") => super::faults::run_role(&job),
         other => panic!("unknown worker role {other}"),
     }
@@ -238,6 +311,23 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
     )
+}
+
+/// Opens the database, reads it once, and writes what happened to `out`: `mode=network` or
+/// `mode=native` and the row count, or `error=` and the error's whole message. The probe of
+/// a process on another host (a guest), where the test cannot open a connection itself.
+fn probe(job: &Job) {
+    let outcome = connect(job).and_then(|conn| {
+        let rows: i64 = conn.query_row("SELECT count(*) FROM rows", [], |r| r.get(0))?;
+        let mode = if sqlite_netfs::network_mode_active(&conn) {
+            "network"
+        } else {
+            "native"
+        };
+        Ok(format!("mode={mode} rows={rows}\n"))
+    });
+    let text = outcome.unwrap_or_else(|e| format!("error={e}\n"));
+    std::fs::write(&job.out, text).expect("probe result");
 }
 
 /// Runs `transactions` write transactions on one long-lived connection. BUSY is retried;

@@ -1,0 +1,622 @@
+//! QEMU guests as hosts with real kernel filesystem clients (NFS, CIFS, 9p), for the tests that
+//! FUSE testbeds cannot stand in for.
+//!
+//! Each guest boots Debian's kernel (TCG: KVM hangs on these machines) with a busybox
+//! initramfs built at test time from the installed packages. The host's root is shared
+//! read-only over virtio-9p, so a guest runs this very test binary with `chroot`. A second,
+//! writable 9p share, the *control directory*, is mounted in every guest at the path it has
+//! on the host: job scripts, "go" files, logs and exit codes keep one path on both sides.
+//!
+//! Per guest, the control directory holds `<guest>/`:
+//! | file | written by | meaning |
+//! |---|---|---|
+//! | `setup.sh` | host, before boot | busybox script mounting the filesystem under test |
+//! | `ready` / `failed` | guest | setup done / setup's output on failure |
+//! | `job-N.sh` | host | a script to run in the chroot, started by the guest's agent |
+//! | `job-N.pid`, `job-N.rc`, `job-N.out` | guest | its pid, exit status, output |
+//! | `job-N.kill` | host | a signal number for job N |
+//!
+//! Every file is written under a temporary name and renamed, so a reader never sees half.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::faults::FaultPlan;
+use super::stress::StressPlan;
+use super::testbed::{find_bin, free_port, send_signal, tail, wait_until};
+use super::worker::{Job, Place};
+
+/// Where a guest mounts the filesystem under test (inside the guest's own `/tmp`).
+pub const GUEST_MOUNT: &str = "/tmp/netfs-guest-mount";
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const GUEST_MEMORY_MB: u32 = 1024;
+/// The address guests reach the host's file server at (QEMU user networking forwards it).
+const SERVER_ADDR: &str = "10.0.2.100";
+
+/// The guest's `/init`: mounts, loads what the setup needs, runs the setup, then the agent
+/// loop that starts and signals jobs.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /modules); do insmod $m; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host
+mount --bind /host/lib/modules /lib/modules
+for a in $(cat /proc/cmdline); do
+  case $a in netfs.guest=*) G=${a#*=};; netfs.ctl=*) CTL=${a#*=};; netfs.ip=*) IP=${a#*=};; esac
+done
+mount -t proc proc /host/proc; mount -t devtmpfs dev /host/dev; mount -t sysfs sys /host/sys
+mount -t tmpfs tmp /host/tmp
+mkdir -p /host$CTL
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 ctl /host$CTL
+D=/host$CTL/$G
+hostname $G
+modprobe virtio_net && ip link set lo up && ip link set eth0 up && ip addr add $IP/24 dev eth0
+if sh $D/setup.sh > $D/setup.out 2>&1; then echo ok > $D/ready.tmp; mv $D/ready.tmp $D/ready
+else mv $D/setup.out $D/failed; poweroff -f; fi
+while :; do
+  for f in $D/job-*.sh; do
+    [ -e "$f" ] || continue
+    n=${f%.sh}
+    [ -e $n.started ] && continue
+    : > $n.started
+    ( chroot /host /bin/sh ${f#/host} > $n.out 2>&1 & p=$!
+      echo $p > $n.pid.tmp; mv $n.pid.tmp $n.pid
+      wait $p; echo $? > $n.rc.tmp; mv $n.rc.tmp $n.rc ) &
+  done
+  for k in $D/job-*.kill; do
+    [ -e "$k" ] || continue
+    n=${k%.kill}
+    kill -$(cat $k) $(cat $n.pid) 2>/dev/null; rm -f $k
+  done
+  [ -e $D/poweroff ] && poweroff -f
+  sleep 0.1
+done
+"#;
+
+/// The filesystem a guest mounts at [`GUEST_MOUNT`].
+#[derive(Debug, Clone)]
+pub enum GuestFs {
+    /// The kernel NFS client, to nfs-ganesha on the host (`vers` such as `4.1`).
+    Nfs { port: u16, vers: &'static str },
+    /// The host directory, shared by QEMU's virtio-9p server (as WSL and VM-backed containers do).
+    NineP { dir: PathBuf },
+    /// The kernel CIFS client (SMB3), to the SMB testbed's Samba on the host.
+    Cifs,
+}
+
+/// One QEMU guest.
+pub struct Guest {
+    agent: GuestAgent,
+    qemu: Child,
+}
+
+/// The agent loop of one guest, which starts and signals jobs: cheap to clone, so a stress
+/// plan can say which of its workers run where.
+#[derive(Debug, Clone)]
+pub struct GuestAgent {
+    pub name: String,
+    /// The guest's files in the control directory (host path = guest path).
+    dir: PathBuf,
+    next_job: Arc<AtomicU32>,
+}
+
+/// A job started in a guest.
+pub struct GuestProcess {
+    base: PathBuf,
+}
+
+impl GuestProcess {
+    fn path(&self, ext: &str) -> PathBuf {
+        self.base.with_extension(ext)
+    }
+
+    /// The exit status once the job ended (a signal shows as 128 + its number).
+    pub fn try_wait(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.path("rc")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Sends `signal` (a number) to the job once the guest has started it.
+    pub fn signal(&self, signal: i32) {
+        let _ = wait_until(Duration::from_secs(30), || self.path("pid").exists());
+        write_atomic(&self.path("kill"), format!("{signal}\n").as_bytes());
+    }
+
+    pub fn output(&self) -> String {
+        fs::read_to_string(self.path("out")).unwrap_or_default()
+    }
+}
+
+impl GuestAgent {
+    /// Runs a `/bin/sh` script in the guest's chroot (the host's root, read-only).
+    pub fn start(&self, script: &str) -> GuestProcess {
+        let n = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let base = self.dir.join(format!("job-{n}"));
+        write_atomic(&base.with_extension("sh"), script.as_bytes());
+        GuestProcess { base }
+    }
+
+    /// Starts a worker process for `job` in this guest: this test binary, as `worker::spawn`
+    /// starts it on the host.
+    pub fn spawn_worker(&self, job: &Job, extra_env: &[(&str, &str)]) -> GuestProcess {
+        let exe = std::env::current_exe().expect("test binary path");
+        let (job_var, job_text) = job.env();
+        let mut script = format!("export {job_var}={}\n", quote(&job_text));
+        // The guest's environment is init's: pass on what asks workers for diagnostics.
+        let inherited: Vec<(String, String)> = ["NETFS_TEST_TRACE", "RUST_LOG"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+            .collect();
+        let inherited = inherited.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (k, v) in inherited.chain(extra_env.iter().copied()) {
+            script.push_str(&format!("export {k}={}\n", quote(v)));
+        }
+        script.push_str(&format!(
+            "exec {} --exact worker_process --ignored --nocapture --test-threads=1 -q\n",
+            quote(&exe.to_string_lossy())
+        ));
+        self.start(&script)
+    }
+
+    /// Runs a script to its end and returns its output, failing on a non-zero status.
+    pub fn run(&self, script: &str, timeout: Duration) -> Result<String, String> {
+        let job = self.start(script);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(rc) = job.try_wait() {
+                return if rc == 0 {
+                    Ok(job.output())
+                } else {
+                    Err(format!(
+                        "guest {}: `{script}` exited {rc}: {}",
+                        self.name,
+                        job.output()
+                    ))
+                };
+            }
+            if Instant::now() > deadline {
+                return Err(format!("guest {}: `{script}` timed out", self.name));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Guest {
+    pub fn agent(&self) -> &GuestAgent {
+        &self.agent
+    }
+
+    pub fn name(&self) -> &str {
+        &self.agent.name
+    }
+
+    /// A host crash: the guest's QEMU is killed, with every process and unwritten cache in it.
+    pub fn kill(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+
+    /// Whether the guest's QEMU has ended (killed, or powered off).
+    pub fn is_dead(&mut self) -> bool {
+        self.qemu.try_wait().ok().flatten().is_some()
+    }
+
+    /// Freezes the whole guest (SIGSTOP to QEMU): its processes, kernel and clock stop.
+    pub fn freeze(&self) {
+        send_signal("STOP", &[self.qemu.id()]);
+    }
+
+    pub fn thaw(&self) {
+        send_signal("CONT", &[self.qemu.id()]);
+    }
+
+    pub fn console(&self) -> String {
+        tail(&self.agent.dir.join("console.log"), 30)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill();
+    }
+}
+
+/// Guests sharing one filesystem, and the server side of it.
+pub struct VmTestbed {
+    kind: &'static str,
+    pub guests: Vec<Guest>,
+    /// The shared directory on the server (the host's local disk).
+    server_dir: PathBuf,
+    ganesha: Option<Child>,
+    /// The SMB testbed whose Samba the guests mount (its own FUSE mounts stay unused).
+    samba: Option<super::testbed::TwoHostTestbed>,
+    /// The control directory; dropped last.
+    root: tempfile::TempDir,
+}
+
+impl VmTestbed {
+    /// `guests` kernel NFS clients (`vers` 4.1 or 4.2) of nfs-ganesha on the host.
+    pub fn nfs(guests: usize, vers: &'static str) -> Result<VmTestbed, String> {
+        let root = control_dir()?;
+        let server_dir = root.path().join("export");
+        mkdir(&server_dir)?;
+        let port = free_port()?;
+        let ganesha = start_ganesha(root.path(), &server_dir, port)?;
+        let mut tb = VmTestbed {
+            kind: "vm-nfs",
+            guests: Vec::new(),
+            server_dir,
+            ganesha: Some(ganesha),
+            samba: None,
+            root,
+        };
+        tb.boot(guests, &GuestFs::Nfs { port, vers })?;
+        Ok(tb)
+    }
+
+    /// One guest that sees a host directory through virtio-9p, while the host sees it as its
+    /// local disk: the WSL `/mnt/c` and VM-backed container shape.
+    pub fn nine_p() -> Result<VmTestbed, String> {
+        let root = control_dir()?;
+        let server_dir = root.path().join("shared");
+        mkdir(&server_dir)?;
+        let mut tb = VmTestbed {
+            kind: "vm-9p",
+            guests: Vec::new(),
+            server_dir: server_dir.clone(),
+            ganesha: None,
+            samba: None,
+            root,
+        };
+        tb.boot(1, &GuestFs::NineP { dir: server_dir })?;
+        Ok(tb)
+    }
+
+    /// `guests` kernel CIFS (SMB3) clients of the SMB testbed's Samba on 127.0.0.1:445.
+    pub fn cifs(guests: usize) -> Result<VmTestbed, String> {
+        let samba = super::testbed::TwoHostTestbed::smb()?;
+        let mut tb = VmTestbed {
+            kind: "vm-cifs",
+            guests: Vec::new(),
+            server_dir: samba.server_dir().to_owned(),
+            ganesha: None,
+            samba: Some(samba),
+            root: control_dir()?,
+        };
+        tb.boot(guests, &GuestFs::Cifs)?;
+        Ok(tb)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn server_dir(&self) -> &Path {
+        &self.server_dir
+    }
+
+    /// A directory every guest and the host see at this same path.
+    pub fn control_dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Each guest as a place to run workers, in guest order.
+    pub fn places(&self) -> Vec<Place> {
+        self.guests
+            .iter()
+            .map(|g| Place::Guest(g.agent().clone()))
+            .collect()
+    }
+
+    /// The acceptance workload across the guests: two writers per guest (writer `i` on guest
+    /// `i % guests`) and a reader, `transactions` each, `PRAGMA journal_mode=WAL` asked first.
+    pub fn stress_plan(&self, label: &str, vfs: &str, transactions: u32) -> StressPlan {
+        let mut plan = StressPlan::new(
+            label,
+            vec![GUEST_MOUNT.into(); self.guests.len()],
+            self.server_dir.clone(),
+            vfs,
+        );
+        plan.places = self.places();
+        plan.writers = 2 * self.guests.len();
+        plan.log_root = Some(self.control_dir().to_owned());
+        plan.journal_mode = "WAL".into();
+        plan.transactions = transactions;
+        plan.deadline = Duration::from_secs(900);
+        plan
+    }
+
+    /// Fault workers across the guests, each guest a host of its own.
+    pub fn fault_plan(&self, label: &str) -> FaultPlan {
+        let mut plan = FaultPlan::new(
+            label,
+            self.kind,
+            vec![GUEST_MOUNT.into(); self.guests.len()],
+            self.server_dir.clone(),
+        );
+        plan.places = self.places();
+        plan.log_root = Some(self.control_dir().to_owned());
+        plan.other_host_id = None;
+        plan
+    }
+
+    fn boot(&mut self, count: usize, fs: &GuestFs) -> Result<(), String> {
+        let qemu = find_bin("qemu-system-x86_64")?;
+        let (kernel, modules) = guest_kernel()?;
+        let initrd = self.root.path().join("initrd");
+        build_initramfs(&modules, &initrd)?;
+        for i in 0..count {
+            let name = format!("g{}", i + 1);
+            let dir = self.root.path().join(&name);
+            mkdir(&dir)?;
+            write_atomic(&dir.join("setup.sh"), setup_script(fs).as_bytes());
+            let mut cmd = Command::new(&qemu);
+            cmd.args([
+                "-accel", "tcg", "-smp", "1", "-display", "none", "-monitor", "none",
+            ])
+            .args(["-m", &GUEST_MEMORY_MB.to_string(), "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("console.log").display()))
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet netfs.guest={name} netfs.ctl={} \
+                     netfs.ip=10.0.2.{} nfs.nfs4_unique_id=netfs-{name}",
+                self.root.path().display(),
+                11 + i
+            ))
+            .arg("-virtfs")
+            .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=ctl,security_model=none",
+                self.root.path().display()
+            ));
+            let mut net = "user,id=n0,restrict=on".to_owned();
+            match fs {
+                GuestFs::Nfs { port, .. } => net.push_str(&format!(
+                    ",guestfwd=tcp:{SERVER_ADDR}:{port}-tcp:127.0.0.1:{port}"
+                )),
+                GuestFs::Cifs => net.push_str(&format!(
+                    ",guestfwd=tcp:{SERVER_ADDR}:445-tcp:127.0.0.1:445"
+                )),
+                GuestFs::NineP { dir } => {
+                    cmd.arg("-virtfs").arg(format!(
+                        "local,path={},mount_tag=shared,security_model=none",
+                        dir.display()
+                    ));
+                }
+            }
+            cmd.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(dir.join("qemu.log")).map_err(|e| e.to_string())?);
+            let qemu = cmd.spawn().map_err(|e| format!("start qemu: {e}"))?;
+            self.guests.push(Guest {
+                agent: GuestAgent {
+                    name,
+                    dir,
+                    next_job: Arc::new(AtomicU32::new(1)),
+                },
+                qemu,
+            });
+        }
+        for g in &mut self.guests {
+            let dir = g.agent.dir.clone();
+            let ready = wait_until(BOOT_TIMEOUT, || {
+                dir.join("ready").exists()
+                    || dir.join("failed").exists()
+                    || g.qemu.try_wait().ok().flatten().is_some()
+            });
+            if !dir.join("ready").exists() {
+                return Err(format!(
+                    "vm testbed: guest {} did not come up ({}): setup output:\n{}\nconsole:\n{}\nqemu:\n{}",
+                    g.name(),
+                    if ready.is_err() {
+                        "timed out"
+                    } else {
+                        "it stopped"
+                    },
+                    fs::read_to_string(dir.join("failed")).unwrap_or_default(),
+                    g.console(),
+                    tail(&dir.join("qemu.log"), 10)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VmTestbed {
+    fn drop(&mut self) {
+        self.guests.clear();
+        self.samba.take();
+        if let Some(mut g) = self.ganesha.take() {
+            let _ = g.kill();
+            let _ = g.wait();
+        }
+    }
+}
+
+fn control_dir() -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("sqlite-netfs-vm-")
+        .tempdir()
+        .map_err(|e| format!("vm testbed: control dir: {e}"))
+}
+
+fn setup_script(fs: &GuestFs) -> String {
+    let m = format!("/host{GUEST_MOUNT}");
+    match fs {
+        GuestFs::Nfs { port, vers } => format!(
+            "set -e\nmodprobe nfsv4\nmkdir -p {m}\n\
+             mount -t nfs4 -o vers={vers},port={port},proto=tcp {SERVER_ADDR}:/export {m}\n"
+        ),
+        // The options mount.cifs would add: the server's address and the guest login Samba
+        // maps to its guest account.
+        GuestFs::Cifs => format!(
+            "set -e\nmodprobe cifs\nmkdir -p {m}\n\
+             mount -t cifs //{SERVER_ADDR}/share {m} -o ip={SERVER_ADDR},user=guest,pass=,vers=3.0\n"
+        ),
+        GuestFs::NineP { .. } => format!(
+            "set -e\nmkdir -p {m}\n\
+             mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,access=client shared {m}\n"
+        ),
+    }
+}
+
+/// Debian's installed kernel and its modules directory.
+fn guest_kernel() -> Result<(PathBuf, PathBuf), String> {
+    let release = fs::read_dir("/lib/modules")
+        .map_err(|e| format!("vm testbed: no /lib/modules ({e}): install linux-image-amd64"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+        .ok_or("vm testbed: /lib/modules is empty: install linux-image-amd64")?;
+    let kernel = PathBuf::from(format!("/boot/vmlinuz-{release}"));
+    if !kernel.exists() {
+        return Err(format!("vm testbed: {} is missing", kernel.display()));
+    }
+    Ok((kernel, PathBuf::from("/lib/modules").join(release)))
+}
+
+/// The initramfs: static busybox, `/init`, and the modules needed to mount the host's root
+/// over 9p (everything else is loaded from there with modprobe).
+fn build_initramfs(modules: &Path, out: &Path) -> Result<(), String> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        return Err("vm testbed: /bin/busybox is missing: install busybox-static".into());
+    }
+    let release = modules.file_name().unwrap().to_string_lossy().into_owned();
+    let tree = out.with_extension("tree");
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "host",
+        "tmp",
+        "lib/modules",
+    ] {
+        mkdir(&tree.join(d))?;
+    }
+    fs::copy(busybox, tree.join("bin/busybox")).map_err(|e| format!("copy busybox: {e}"))?;
+    let mut order = Vec::new();
+    for module in ["virtio_pci", "9pnet_virtio", "9p"] {
+        let out = Command::new("modprobe")
+            .args(["-S", &release, "--show-depends", module])
+            .output()
+            .map_err(|e| format!("vm testbed: modprobe: {e} (install kmod)"))?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(path) = line.strip_prefix("insmod ") {
+                let path = path.trim().to_owned();
+                if !order.contains(&path) {
+                    order.push(path);
+                }
+            }
+        }
+    }
+    if order.is_empty() {
+        return Err("vm testbed: modprobe found no virtio/9p modules".into());
+    }
+    for m in &order {
+        let dest = tree.join(m.trim_start_matches('/'));
+        mkdir(dest.parent().unwrap())?;
+        fs::copy(m, &dest).map_err(|e| format!("copy {m}: {e}"))?;
+    }
+    fs::write(tree.join("modules"), order.join("\n")).map_err(|e| e.to_string())?;
+    let init = tree.join("init");
+    fs::write(&init, INIT).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
+            tree.display(),
+            out.display()
+        ))
+        .status()
+        .map_err(|e| format!("cpio: {e}"))?;
+    if !status.success() {
+        return Err("vm testbed: building the initramfs failed (install cpio)".into());
+    }
+    Ok(())
+}
+
+/// nfs-ganesha on 127.0.0.1:`port`, NFSv4 only, exporting `dir` as `/export`.
+fn start_ganesha(root: &Path, dir: &Path, port: u16) -> Result<Child, String> {
+    let ganesha = find_bin("ganesha.nfsd")?;
+    let conf = root.join("ganesha.conf");
+    let log = root.join("ganesha.log");
+    fs::write(
+        &conf,
+        format!(
+            "NFS_CORE_PARAM {{ NFS_Port = {port}; Bind_Addr = 127.0.0.1; Protocols = 4; \
+             Enable_NLM = false; Enable_RQUOTA = false; }}\n\
+             NFSV4 {{ Graceless = true; Lease_Lifetime = {GANESHA_LEASE_SECS}; \
+             Allow_Numeric_Owners = true; Only_Numeric_Owners = true; }}\n\
+             EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; \
+             Squash = No_Root_Squash; Protocols = 4; Transports = TCP; SecType = sys; \
+             FSAL {{ Name = VFS; }} }}\n\
+             LOG {{ Default_Log_Level = EVENT; }}\n",
+            dir.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    // -F: stay in the foreground, so the child is the server and dies with it.
+    let child = Command::new(ganesha)
+        .arg("-F")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-L")
+        .arg(&log)
+        .arg("-p")
+        .arg(root.join("ganesha.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("vm testbed: start ganesha: {e}"))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(Duration::from_secs(30), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
+    .map_err(|()| {
+        format!(
+            "vm testbed: ganesha did not listen on {port}:\n{}",
+            tail(&log, 20)
+        )
+    })?;
+    Ok(child)
+}
+
+/// nfs-ganesha's NFSv4 lease: how long it keeps a dead client's state (kernel nfsd: 90 s).
+pub const GANESHA_LEASE_SECS: u32 = 20;
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn mkdir(p: &Path) -> Result<(), String> {
+    fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename {}: {e}", path.display()));
+}

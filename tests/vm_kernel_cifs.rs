@@ -1,0 +1,43 @@
+//! Two QEMU guests as two hosts with the Linux kernel CIFS client (SMB 3.0), mounting the
+//! SMB testbed's Samba share (`common::vm`): the acceptance workload through the shim, and
+//! native SQLite's negative control.
+
+mod common;
+
+use common::stress;
+use common::testbed::testbed_or_skip;
+use common::vm::VmTestbed;
+
+#[test]
+#[ignore = "worker process entry point, spawned by the tests in this file"]
+fn worker_process() {
+    common::worker::run_from_env()
+}
+
+#[test]
+fn shim_keeps_every_commit_of_two_kernel_cifs_clients() {
+    let Some(tb) = testbed_or_skip(VmTestbed::cifs(2)) else {
+        return;
+    };
+    let report = stress::run(&tb.stress_plan("vm-cifs-shim", "netfs", 40), &[]);
+    assert!(report.correct(), "{}", report.summary());
+    assert_eq!(report.acknowledged, 4 * 40);
+    assert!(report.reader_checks > 0, "{}", report.summary());
+    assert!(
+        tb.server_dir().join("vm-cifs-shim.db-netfs-table").exists(),
+        "auto mode in the guests must have chosen network mode (its lock table is missing)"
+    );
+}
+
+#[test]
+fn native_sqlite_in_wal_mode_fails_across_two_kernel_cifs_clients() {
+    let Some(tb) = testbed_or_skip(VmTestbed::cifs(2)) else {
+        return;
+    };
+    let report = stress::expect_broken(tb.stress_plan("vm-cifs-native-wal", "unix", 40), 2);
+    assert!(
+        !report.correct(),
+        "native SQLite came through intact: the negative control has lost its teeth: {}",
+        report.summary()
+    );
+}

@@ -804,9 +804,14 @@ fn mount_findings(report: &mut Report, entries: &[MountEntry]) {
     };
     let options: Vec<&str> = mount.options.split(',').collect();
     let native = report.detection.mode == Mode::Native;
-    if mount.fstype.starts_with("nfs") {
+    let kernel_nfs = mount.fstype.starts_with("nfs");
+    let kernel_smb = matches!(mount.fstype.as_str(), "cifs" | "smb3");
+    if kernel_nfs || kernel_smb {
+        // NFS's `nolock`/`local_lock=`, and CIFS's `nobrl` (no byte-range locks sent).
         let no_lock = options.iter().find(|o| {
-            **o == "nolock" || o.strip_prefix("local_lock=").is_some_and(|v| v != "none")
+            **o == "nolock"
+                || **o == "nobrl"
+                || o.strip_prefix("local_lock=").is_some_and(|v| v != "none")
         });
         if let Some(opt) = no_lock {
             report.add(
@@ -818,7 +823,9 @@ fn mount_findings(report: &mut Report, entries: &[MountEntry]) {
                 ),
             );
         }
-        if let Some(opt) = options.iter().find(|o| **o == "noac" || **o == "actimeo=0") {
+        if kernel_nfs
+            && let Some(opt) = options.iter().find(|o| **o == "noac" || **o == "actimeo=0")
+        {
             report.add(
                 "nfs-no-attribute-cache",
                 Severity::Info,
@@ -1267,6 +1274,13 @@ mod tests {
             &[mount(&dir, "nfs4", "rw,vers=4.2,actimeo=0,local_lock=none")],
         );
         assert_eq!(codes(&report), [("nfs-no-attribute-cache", Severity::Info)]);
+
+        let mut report = fresh();
+        mount_findings(
+            &mut report,
+            &[mount(&dir, "cifs", "rw,vers=3.1.1,nobrl,actimeo=0")],
+        );
+        assert_eq!(codes(&report), [("nfs-local-locks", Severity::Problem)]);
 
         let mut report = fresh();
         mount_findings(&mut report, &[mount(&dir, "fuse.sshfs", "rw,user_id=0")]);

@@ -6,7 +6,7 @@
 //!   liveness, the journal, `-wal`/`-shm` companions, the lock files' type, owner and mode, and
 //!   hazards in the mount table. It creates, writes and removes nothing.
 //! - [`unlock_stale`] (`sqlite-netfs unlock --stale`): removal of what dead holders left, by
-//!   the lock protocol's own edit ([`crate::lock::DbLock::sweep_stale`]) under its latch.
+//!   the lock protocol's own edit (`lock::DbLock::sweep_stale`) under its latch.
 //!
 //! # Liveness, as the protocol judges it (`lock`'s staleness table)
 //! | holder | verdict |
@@ -915,7 +915,7 @@ pub struct UnlockReport {
 }
 
 /// Removes what dead holders left, through the lock protocol's own edit
-/// ([`DbLock::sweep_stale`]): entries and tokens of this host's processes that are gone at
+/// (`lock::DbLock::sweep_stale`): entries and tokens of this host's processes that are gone at
 /// once, those of other hosts once unchanged for `lease` (watched meanwhile, so this takes
 /// about a lease when another host's holder is in the table). A live holder's entry is never
 /// removed: it renews every quarter lease, and each observation restarts at a change.

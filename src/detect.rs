@@ -34,6 +34,12 @@ pub struct MountEntry {
     pub dev: (u32, u32),
     pub fstype: String,
     pub source: String,
+    /// The path inside the source filesystem that is mounted here: for a bind mount of a
+    /// single file, that file.
+    pub root: PathBuf,
+    /// The mount's own options, then the filesystem's (`rw,relatime,vers=3,nolock,...`), as
+    /// one comma-separated list.
+    pub options: String,
 }
 
 /// Parse /proc/self/mountinfo (proc(5)):
@@ -52,13 +58,14 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     let _mount_id: u32 = fields.next()?.parse().ok()?;
     let _parent_id: u32 = fields.next()?.parse().ok()?;
     let dev = parse_dev(fields.next()?)?;
-    let _root = fields.next()?;
+    let root = fields.next()?;
     let mount_point = fields.next()?;
-    let _mount_options = fields.next()?;
+    let mount_options = fields.next()?;
     // Zero or more optional fields ("shared:1", "master:3", ...) end at a lone "-".
     fields.find(|field| *field == "-")?;
     let fstype = fields.next()?;
     let source = fields.next()?;
+    let super_options = fields.next().unwrap_or("");
     if !mount_point.starts_with('/') || fstype.is_empty() {
         return None;
     }
@@ -67,6 +74,8 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
         dev,
         fstype: fstype.to_owned(),
         source: String::from_utf8_lossy(&unescape_octal(source)).into_owned(),
+        root: PathBuf::from(OsString::from_vec(unescape_octal(root))),
+        options: format!("{mount_options},{super_options}"),
     })
 }
 
@@ -766,6 +775,8 @@ x 22 8:3 / /mnt/badid rw - ext4 /dev/sda3 rw
                 dev: (0, 48),
                 fstype: "fuse.sshfs".into(),
                 source: "root@127.0.0.1:/tmp/export".into(),
+                root: PathBuf::from("/"),
+                options: "rw,nosuid,nodev,relatime,rw,user_id=0,group_id=0".into(),
             }
         );
         // Two optional fields before the separator.
@@ -793,6 +804,8 @@ x 22 8:3 / /mnt/badid rw - ext4 /dev/sda3 rw
             dev,
             fstype: fstype.into(),
             source: "src".into(),
+            root: PathBuf::from("/"),
+            options: "rw".into(),
         }
     }
 

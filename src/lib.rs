@@ -31,12 +31,16 @@
 //! | `wal` | converting WAL databases for network mode |
 //! | `opening` | assembling all of the above when SQLite opens a database |
 //! | `owner` | host, process and connection identity; liveness |
+//! | [`integrity`] | integrity checks (`doctor --check`, `netfs_check=` at open) and salvage of damaged databases (`recover`) |
+//! | [`inspect`] | what the `sqlite-netfs` command sees: lock holders, lock files, journal, mount hazards; removing dead holders' leftovers |
 //! | `ffi` | the unsafe core: VFS callbacks and system calls |
 #![deny(unsafe_code)]
 
 mod detect;
 mod ffi;
 mod heartbeat;
+pub mod inspect;
+pub mod integrity;
 mod journal;
 mod lock;
 mod lockfile;

@@ -184,6 +184,35 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     lease_lost: bool,
     /// Since when the latch has been reported as a plain file, where a directory belongs.
     latch_plain_file_since: Option<Duration>,
+    /// What this lock removed as stale, kept only during [`Self::sweep_stale`] (`None` for a
+    /// connection's lock, whose removals are traced and forgotten).
+    sweep_log: Option<Vec<Removed>>,
+}
+
+/// Something a lock removed because its owner was judged dead, as [`DbLock::sweep_stale`]
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    /// A table entry, and why it was judged dead (`process is gone`, `lease expired`).
+    Holder {
+        holder: Holder,
+        reason: &'static str,
+    },
+    /// A latch or break token: what it held (owner id and acquisition number), and why.
+    Token {
+        name: LockFileName,
+        contents: String,
+        reason: &'static str,
+    },
+}
+
+impl Death {
+    fn reason(self) -> &'static str {
+        match self {
+            Death::OwnerGone => "process is gone",
+            Death::Silent => "unchanged for a lease",
+        }
+    }
 }
 
 /// A cheap, shareable view of a lock's lease.
@@ -234,6 +263,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             latch_broken_after_silence: false,
             lease_lost: false,
             latch_plain_file_since: None,
+            sweep_log: None,
         }
     }
 
@@ -678,8 +708,14 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             reasons.extend(reason);
             reason.is_some()
         });
-        for (h, why) in removed.iter().zip(reasons) {
+        for (h, why) in removed.into_iter().zip(reasons) {
             tracing::warn!(holder = %h.owner, level = %h.level, reason = why, table = %self.files.describe(LockFileName::Table), "stale lock broken");
+            if let Some(log) = &mut self.sweep_log {
+                log.push(Removed::Holder {
+                    holder: h,
+                    reason: why,
+                });
+            }
         }
     }
 
@@ -823,16 +859,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let mine = format!("{} {}\n", self.me, self.latch_count).into_bytes();
         if !self.files.create_exclusive(LockFileName::Break, &mine)? {
             // Someone else is breaking it, or died doing so.
-            if let Some(other) = self.files.read(LockFileName::Break)? {
-                let mut watch = self.break_watch.take();
-                if self.judged_dead(&other, &mut watch).is_some() {
-                    tracing::warn!(file = %self.files.describe(LockFileName::Break), "stale lock-break file removed");
-                    self.files.remove(LockFileName::Break)?;
-                    watch = None;
-                }
-                self.break_watch = watch;
-            }
-            return Ok(());
+            return self.remove_break_if_dead();
         }
         let result = match self.files.read(LockFileName::Latch)? {
             Some(now) if now == contents => {
@@ -845,7 +872,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 // A latch stuck for a lease kept every live holder from renewing: the next
                 // edit tells all observers to start timing silence afresh.
                 self.latch_broken_after_silence |= death == Death::Silent;
-                self.files.remove(LockFileName::Latch).map(|_| ())
+                let removed = self.files.remove(LockFileName::Latch).map(|_| ());
+                if removed.is_ok() {
+                    self.log_token(LockFileName::Latch, &contents, death.reason());
+                }
+                removed
             }
             _ => Ok(()),
         };
@@ -854,6 +885,51 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         result?;
         released?;
         Ok(())
+    }
+
+    /// Removes the break token if its owner is judged dead (see [`Self::judged_dead`]).
+    fn remove_break_if_dead(&mut self) -> Result<(), LockError> {
+        let Some(other) = self.files.read(LockFileName::Break)? else {
+            self.break_watch = None;
+            return Ok(());
+        };
+        let mut watch = self.break_watch.take();
+        if let Some(death) = self.judged_dead(&other, &mut watch) {
+            tracing::warn!(file = %self.files.describe(LockFileName::Break), "stale lock-break file removed");
+            self.files.remove(LockFileName::Break)?;
+            self.log_token(LockFileName::Break, &other, death.reason());
+            watch = None;
+        }
+        self.break_watch = watch;
+        Ok(())
+    }
+
+    fn log_token(&mut self, name: LockFileName, contents: &[u8], reason: &'static str) {
+        if let Some(log) = &mut self.sweep_log {
+            log.push(Removed::Token {
+                name,
+                contents: String::from_utf8_lossy(contents).trim().to_owned(),
+                reason,
+            });
+        }
+    }
+
+    /// One edit that changes nothing of our own: what every edit does first, removing the
+    /// holders judged dead (and, while waiting for the latch, a dead holder's latch), plus a
+    /// break token left by a dead breaker. For `sqlite-netfs unlock --stale`: it removes only
+    /// what any connection's next lock request would remove, under the same latch, so it
+    /// cannot take a lock away from a live holder that the protocol itself would leave alone.
+    /// Holders of other hosts are judged by silence, so call it again over at least a lease;
+    /// this lock remembers what it has seen.
+    ///
+    /// Returns what was removed, and whether the edit got the latch (`false`: busy; try again).
+    pub fn sweep_stale(&mut self) -> (Vec<Removed>, Result<bool, LockError>) {
+        self.sweep_log = Some(Vec::new());
+        let result = self
+            .remove_break_if_dead()
+            .and_then(|()| self.edit_table(LATCH_WAIT, |_| ()))
+            .map(|edited| edited.is_some());
+        (self.sweep_log.take().unwrap_or_default(), result)
     }
 }
 
@@ -1015,6 +1091,56 @@ pub(crate) mod tests {
 
     fn granted(a: Acquired) -> bool {
         matches!(a, Acquired::Granted { .. })
+    }
+
+    #[test]
+    fn a_sweep_removes_the_dead_and_keeps_the_live_and_the_renewing() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut dead_here = client(&files, &env, "h1", 1);
+        let mut live_here = client(&files, &env, "h1", 2);
+        let mut silent_there = client(&files, &env, "h2", 3);
+        let mut renewing_there = client(&files, &env, "h2", 4);
+        for c in [
+            &mut dead_here,
+            &mut live_here,
+            &mut silent_there,
+            &mut renewing_there,
+        ] {
+            assert!(granted(c.lock(Level::Shared).unwrap()));
+        }
+        // A dead breaker's token, on this host.
+        files.write(LockFileName::Break, b"h1 1 1 1 7\n");
+        env.kill(1);
+        let mut sweeper = client(&files, &env, "h1", 9);
+        let (removed, edited) = sweeper.sweep_stale();
+        assert!(edited.unwrap());
+        let names: Vec<String> = removed
+            .iter()
+            .map(|r| match r {
+                Removed::Holder { holder, reason } => format!("{} {reason}", holder.owner.pid),
+                Removed::Token { name, reason, .. } => format!("{} {reason}", name.suffix()),
+            })
+            .collect();
+        assert_eq!(names, ["-netfs-break process is gone", "1 process is gone"]);
+        // Another host's holders are judged by silence only: nothing more yet.
+        // The live ones renew, as their heartbeat does every quarter lease.
+        env.advance(LEASE / 2);
+        live_here.renew().unwrap();
+        renewing_there.renew().unwrap();
+        assert!(sweeper.sweep_stale().0.is_empty());
+        env.advance(LEASE / 2);
+        let (removed, _) = sweeper.sweep_stale();
+        assert!(
+            matches!(&removed[..], [Removed::Holder { holder, reason: "lease expired" }] if holder.owner.pid == 3),
+            "{removed:?}"
+        );
+        let table = LockTable::decode(&files.read(LockFileName::Table).unwrap().unwrap()).unwrap();
+        let left: Vec<u32> = table.holders.iter().map(|h| h.owner.pid).collect();
+        assert_eq!(
+            left,
+            [2, 4],
+            "the live holder here and the renewing one there stay"
+        );
     }
 
     #[test]

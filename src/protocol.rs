@@ -162,7 +162,8 @@ const MAGIC: &str = "sqlite-netfs lock table v1";
 /// attribute cache holds a stale size then still reads the whole table.
 pub const TABLE_BLOCK: usize = 4096;
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a, the table's checksum (also how `inspect` tells a token's contents changed).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= u64::from(b);

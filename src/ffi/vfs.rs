@@ -258,7 +258,8 @@ unsafe extern "C" fn report_refused_open(
             )
         };
         if rc != ffi::SQLITE_OK || report.code == ffi::SQLITE_OK {
-            return ffi::SQLITE_OK;
+            // SAFETY: `db` is the connection being opened; `err_msg` is SQLite's.
+            return unsafe { check_integrity_at_open(db, err_msg) };
         }
         if err_msg.is_null() {
             // SAFETY: the message came from sqlite3_malloc64.
@@ -269,6 +270,62 @@ unsafe extern "C" fn report_refused_open(
         }
         report.code
     })
+}
+
+/// The check `netfs_check=` asks for, on a connection opened through one of our VFSes (in
+/// either mode): a damaged database fails the open with a message naming the way out
+/// (`crate::integrity::check_at_open`).
+///
+/// # Safety
+/// `db` must be a connection being opened, valid for the call; `err_msg` null or SQLite's
+/// out-pointer for the open's error message.
+unsafe fn check_integrity_at_open(db: *mut ffi::sqlite3, err_msg: *mut *mut c_char) -> c_int {
+    let mut vfs: *mut ffi::sqlite3_vfs = ptr::null_mut();
+    // SAFETY: SQLITE_FCNTL_VFS_POINTER writes the main database's VFS pointer into `vfs`.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            db,
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_VFS_POINTER,
+            &mut vfs as *mut *mut ffi::sqlite3_vfs as *mut c_void,
+        )
+    };
+    let ours = REGISTERED
+        .lock()
+        .iter()
+        .any(|(address, _)| *address == vfs as usize);
+    if rc != ffi::SQLITE_OK || !ours {
+        return ffi::SQLITE_OK;
+    }
+    // SAFETY: `db` is open; the name lives as long as the connection.
+    let name = unsafe { ffi::sqlite3_db_filename(db, c"main".as_ptr()) };
+    if name.is_null() {
+        return ffi::SQLITE_OK;
+    }
+    // SAFETY: sqlite3_db_filename returns a database filename, which sqlite3_uri_parameter
+    // accepts as it does xOpen's.
+    let Some(value) = (unsafe { uri_parameter(name, c"netfs_check") }) else {
+        return ffi::SQLITE_OK;
+    };
+    // SAFETY: non-null and NUL-terminated, as above.
+    let path = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: `db` stays open for this whole call, and a Connection made by from_handle
+    // never closes the handle.
+    let Ok(conn) = (unsafe { rusqlite::Connection::from_handle(db) }) else {
+        return ffi::SQLITE_OK;
+    };
+    match crate::integrity::check_at_open(&conn, value, &path) {
+        Ok(()) => ffi::SQLITE_OK,
+        Err((code, message)) => {
+            if !err_msg.is_null() {
+                // SAFETY: SQLite passes a valid out-pointer and frees the message itself.
+                unsafe { *err_msg = sqlite_string(&message) };
+            }
+            code
+        }
+    }
 }
 
 /// Whether the main database of `conn` is open in network mode through this shim.
@@ -294,10 +351,11 @@ unsafe fn state<'a>(vfs: *mut ffi::sqlite3_vfs) -> &'a VfsState {
     unsafe { &*((*vfs).pAppData as *const VfsState) }
 }
 
-/// The `netfs=` URI parameter of a main-database name.
+/// A URI parameter (`netfs=`, `netfs_check=`) of a main-database name.
 ///
 /// # Safety
-/// `name` must be a filename SQLite passed to `xOpen` for a main database.
+/// `name` must be a filename SQLite passed to `xOpen` for a main database, or one
+/// `sqlite3_db_filename` returned.
 unsafe fn uri_parameter<'a>(name: *const c_char, key: &CStr) -> Option<&'a str> {
     // SAFETY: as required; sqlite3_uri_parameter returns null or a string inside `name`.
     let value = unsafe { ffi::sqlite3_uri_parameter(name, key.as_ptr()) };

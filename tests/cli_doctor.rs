@@ -1,0 +1,275 @@
+//! `sqlite-netfs doctor`: what it reports for healthy and broken databases, and its exit
+//! status (0 healthy, 1 warnings, 2 problems). Lock-table entries are made by real holder
+//! processes (`cli_support::Holder`), alive or SIGKILLed, on this host or posing as another.
+
+mod cli_support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, holder_json, run};
+
+#[test]
+#[ignore = "holder process entry point, spawned by the tests in this file"]
+fn holder_process() {
+    cli_support::holder_from_env()
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn a_healthy_network_mode_database_is_healthy_with_exit_0() {
+    let (_dir, db) = cli_support::network_database(10);
+    let out = run(&["doctor", path(&db), "--json", "--check"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let json = out.stdout.trim();
+    for expected in [
+        r#""mode":"network""#,
+        r#""source":"lock files beside the database""#,
+        r#""lock_table":{"state":"present""#,
+        r#""holders":[]"#,
+        r#""check":{"kind":"quick_check","ok":true,"messages":["ok"]}"#,
+        r#""findings":[]"#,
+        r#""status":"healthy""#,
+    ] {
+        assert!(json.contains(expected), "{expected} missing from {json}");
+    }
+    let text = run(&["doctor", path(&db)]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout.contains("mode        network"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn a_killed_writer_of_another_host_is_stale_after_a_lease_and_its_journal_hot() {
+    let (_dir, db) = cli_support::network_database(50);
+    let writer = Holder::start(&db, Hold::Write, Some("cli-doctor-other-host"));
+    let pid = writer.pid();
+    writer.kill();
+    let out = run(&["doctor", path(&db), "--json", "--lease", LEASE_ARG]);
+    assert_eq!(out.code, 1, "warnings only: {out:?}");
+    let json = out.stdout.trim();
+    let holder = holder_json(json, pid);
+    assert!(
+        holder.contains(r#""host":"cli-doctor-other-host""#),
+        "{holder}"
+    );
+    assert!(
+        holder.contains(r#""level":"EXCLUSIVE""#),
+        "spilling: {holder}"
+    );
+    assert!(holder.contains(r#""this_host":false"#), "{holder}");
+    assert!(holder.contains(r#""state":"stale""#), "{holder}");
+    assert!(json.contains(r#""journal":{"state":"hot""#), "{json}");
+    assert_eq!(
+        finding_codes(json),
+        ["holder-stale", "journal-hot"],
+        "{json}"
+    );
+    let watched = json.split(r#""watched_ms":"#).nth(1).unwrap();
+    let watched: u64 = watched[..watched.find(',').unwrap()].parse().unwrap();
+    assert!(
+        watched >= LEASE.as_millis() as u64,
+        "judged after {watched} ms, before a lease of watching"
+    );
+}
+
+#[test]
+fn live_holders_here_and_on_another_host_are_alive_and_healthy() {
+    let (_dir, db) = cli_support::network_database(50);
+    let reader_here = Holder::start(&db, Hold::Read, None);
+    let reader_there = Holder::start(&db, Hold::Read, Some("cli-doctor-live-host"));
+    let out = run(&["doctor", path(&db), "--json", "--lease", LEASE_ARG]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let json = out.stdout.trim();
+    let here = holder_json(json, reader_here.pid());
+    assert!(
+        here.contains(r#""state":"alive""#) || here.contains(r#""state":"renewing""#),
+        "{here}"
+    );
+    let there = holder_json(json, reader_there.pid());
+    assert!(there.contains(r#""state":"renewing""#), "{there}");
+    assert_eq!(finding_codes(json), Vec::<&str>::new(), "{json}");
+    assert!(reader_here.commit() && reader_there.commit());
+}
+
+#[test]
+fn a_killed_holder_of_this_host_is_dead_at_once() {
+    // Alone: any live holder's next edit (its heartbeat) would remove the entry itself.
+    let (_dir, db) = cli_support::network_database(50);
+    let reader = Holder::start(&db, Hold::Read, None);
+    let pid = reader.pid();
+    reader.kill();
+    let out = run(&["doctor", path(&db), "--json", "--lease", LEASE_ARG]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let json = out.stdout.trim();
+    let dead = holder_json(json, pid);
+    assert!(
+        dead.contains(r#""state":"dead""#) && dead.contains(r#""this_host":true"#),
+        "{dead}"
+    );
+    assert_eq!(finding_codes(json), ["holder-dead"], "{json}");
+    assert!(
+        json.contains(r#""watched_ms":0"#),
+        "nothing to watch: {json}"
+    );
+}
+
+#[test]
+fn symlinked_and_narrow_mode_lock_files_are_problems_and_the_link_target_untouched() {
+    let (dir, db) = cli_support::network_database(1);
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("app.db-netfs-latch")).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let table = dir.path().join("app.db-netfs-table");
+    std::fs::set_permissions(&table, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&["doctor", path(&db), "--json", "--no-wait"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let codes = finding_codes(out.stdout.trim());
+    assert!(codes.contains(&"lock-file-symlink"), "{out:?}");
+    assert!(codes.contains(&"lock-file-mode"), "{out:?}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}
+
+#[test]
+fn wal_files_beside_a_network_mode_database_are_a_warning_and_wal_mode_a_problem() {
+    let (dir, db) = cli_support::network_database(1);
+    std::fs::write(dir.path().join("app.db-shm"), b"").unwrap();
+    let out = run(&["doctor", path(&db), "--json", "--no-wait"]);
+    assert_eq!(out.code, 1, "a leftover: {out:?}");
+    assert_eq!(finding_codes(out.stdout.trim()), ["wal-files"], "{out:?}");
+    assert!(out.stdout.contains("app.db-shm"), "{out:?}");
+    std::fs::remove_file(dir.path().join("app.db-shm")).unwrap();
+    // A native process in WAL mode, still open.
+    let native = sqlite_netfs::rusqlite::Connection::open(&db).unwrap();
+    native
+        .execute_batch("PRAGMA journal_mode=WAL; INSERT INTO t(x) VALUES (1);")
+        .unwrap();
+    let out = run(&["doctor", path(&db), "--json", "--no-wait"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stdout.contains("in WAL mode"), "{out:?}");
+    // The shim refuses to open it while the native writer holds its WAL: the check cannot
+    // run, which is one more finding, not the end of the report.
+    let out = run(&["doctor", path(&db), "--json", "--no-wait", "--check"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        finding_codes(out.stdout.trim()),
+        ["wal-files", "check-failed"],
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains(r#""check":{"kind":"quick_check","ok":false"#),
+        "{out:?}"
+    );
+    drop(native);
+}
+
+#[test]
+fn a_host_that_would_open_natively_beside_the_lock_table_is_a_problem() {
+    let (_dir, db) = cli_support::network_database(1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite-netfs"))
+        .args(["doctor", path(&db), "--json", "--no-wait"])
+        .env("SQLITE_NETFS", "off")
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{json}");
+    assert!(json.contains(r#""mode":"native""#), "{json}");
+    assert_eq!(finding_codes(&json), ["mixed-modes"], "{json}");
+}
+
+#[test]
+fn a_missing_database_is_named_with_exit_2_and_nothing_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let out = run(&["doctor", path(&missing)]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("missing.db: no such file"), "{out:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let json = run(&["doctor", path(&missing), "--json"]);
+    assert_eq!(json.code, 2);
+    assert!(
+        json.stdout.starts_with(r#"{"version":1,"error":""#)
+            && json.stdout.contains("no such file"),
+        "{json:?}"
+    );
+    let bad = run(&["doctor", path(&missing), "--fast"]);
+    assert!(
+        bad.code == 2 && bad.stderr.contains("unknown option --fast"),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn check_finds_overwritten_pages_and_names_recover() {
+    let (_dir, db) = cli_support::network_database(2000);
+    overwrite_pages(&db, &[10, 11]);
+    let out = run(&["doctor", path(&db), "--check", "--no-wait"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stdout.contains("[integrity]"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("sqlite-netfs recover"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Fills whole pages of the file with a pattern no b-tree page can hold.
+pub fn overwrite_pages(db: &std::path::Path, pages: &[u64]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+    for p in pages {
+        f.write_all_at(&[0xA5; 4096], (p - 1) * 4096).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_database_file_that_is_itself_a_bind_mount_is_a_problem() {
+    let (_dir, db) = cli_support::network_database(1);
+    let other = tempfile::tempdir().unwrap();
+    let seen = other.path().join("app.db");
+    std::fs::write(&seen, b"").unwrap();
+    // A private mount namespace, so the bind mount exists only for this one command.
+    let script = format!(
+        "mount --bind '{}' '{}' && exec '{}' doctor '{}' --json --no-wait",
+        path(&db),
+        path(&seen),
+        env!("CARGO_BIN_EXE_sqlite-netfs"),
+        path(&seen)
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env_remove("SQLITE_NETFS")
+        .output();
+    let unavailable = match &out {
+        Err(e) => Some(e.to_string()),
+        Ok(o) if !String::from_utf8_lossy(&o.stdout).contains("\"findings\"") => {
+            Some(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+        Ok(_) => None,
+    };
+    if let Some(why) = unavailable {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "unshare -m and mount --bind are needed under CI: {why}"
+        );
+        println!("SKIPPED: no private mount namespace ({why})");
+        return;
+    }
+    let out = out.unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{json}");
+    assert!(
+        finding_codes(&json).contains(&"bind-mounted-file"),
+        "{json}"
+    );
+    // Outside the namespace the file was never mounted over.
+    assert_eq!(std::fs::metadata(&seen).unwrap().len(), 0);
+}

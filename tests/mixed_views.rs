@@ -297,6 +297,32 @@ fn vm_9p_started_together_host_first_the_guest_is_refused_at_open_and_nothing_is
     );
 }
 
+/// The negative control: native SQLite on both sides, in WAL mode, as applications open
+/// their databases, must break (lost commits, corruption, torn reads or errors).
+#[test]
+fn vm_9p_native_sqlite_on_a_host_and_its_guest_breaks() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+        return;
+    };
+    let views = Views::nine_p(&testbed);
+    let mut plan = StressPlan::new(
+        "vm-9p-native-wal",
+        vec![views.host_dir.clone(), views.guest_dir.clone()],
+        views.host_dir.clone(),
+        "unix",
+    );
+    plan.places = vec![Place::Here, views.guest.clone()];
+    plan.log_root = views.log_root.clone();
+    plan.journal_mode = "WAL".into();
+    plan.transactions = views.transactions;
+    let report = stress::expect_broken(plan, 3);
+    assert!(
+        !report.correct(),
+        "native SQLite came through intact three times: the test has lost its teeth: {}",
+        report.summary()
+    );
+}
+
 #[test]
 fn vm_9p_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
     let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {

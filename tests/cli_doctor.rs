@@ -6,16 +6,12 @@ mod cli_support;
 
 use std::os::unix::fs::PermissionsExt;
 
-use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, holder_json, run};
+use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, holder_json, path, run};
 
 #[test]
 #[ignore = "holder process entry point, spawned by the tests in this file"]
 fn holder_process() {
     cli_support::holder_from_env()
-}
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -203,6 +199,38 @@ fn a_missing_database_is_named_with_exit_2_and_nothing_created() {
     assert!(
         bad.code == 2 && bad.stderr.contains("unknown option --fast"),
         "{bad:?}"
+    );
+}
+
+#[test]
+fn a_path_that_is_not_utf8_is_named_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
+    let missing = missing.as_os_str();
+    for args in [
+        &["doctor".as_ref(), missing][..],
+        &["unlock".as_ref(), missing, "--stale".as_ref()],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.contains("caf\u{fffd}.db: no such file"),
+            "{out:?}"
+        );
+    }
+    let json = run(&["doctor".as_ref(), missing, "--json".as_ref()]);
+    assert_eq!(json.code, 2, "{json:?}");
+    assert!(
+        json.stdout.starts_with(r#"{"version":1,"error":""#),
+        "{json:?}"
+    );
+    // A bad option is answered in JSON too, without the usage text.
+    let bad = run(&["doctor", path(dir.path()), "--json", "--fast"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(
+        bad.stdout.trim(),
+        r#"{"version":1,"error":"unknown option --fast","status":"problems"}"#
     );
 }
 

@@ -6,16 +6,12 @@ mod cli_support;
 
 use std::time::Instant;
 
-use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, run};
+use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, path, run};
 
 #[test]
 #[ignore = "holder process entry point, spawned by the tests in this file"]
 fn holder_process() {
     cli_support::holder_from_env()
-}
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

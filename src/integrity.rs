@@ -188,15 +188,25 @@ fn extended_code(e: &rusqlite::Error) -> i32 {
     }
 }
 
-/// `path` as an SQLite `file:` URI: `%`, `?` and `#` are escaped, everything else is kept.
+/// `path` as an SQLite `file:` URI that names exactly its bytes: `%`, `?` and `#`, and bytes
+/// that are not UTF-8, are %-escaped (SQLite decodes `%HH` into the byte); everything else is
+/// kept. An absolute path gets an empty authority (`file:///...`), so one that starts with
+/// `//` is not read as `file://HOST/...`.
 pub fn file_uri(path: &Path) -> String {
-    let mut uri = String::from("file:");
-    for c in path.to_string_lossy().chars() {
-        match c {
-            '%' => uri.push_str("%25"),
-            '?' => uri.push_str("%3f"),
-            '#' => uri.push_str("%23"),
-            c => uri.push(c),
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let authority = if bytes.starts_with(b"/") { "//" } else { "" };
+    let mut uri = format!("file:{authority}");
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '%' => uri.push_str("%25"),
+                '?' => uri.push_str("%3f"),
+                '#' => uri.push_str("%23"),
+                c => uri.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            uri.push_str(&format!("%{b:02x}"));
         }
     }
     uri
@@ -1338,9 +1348,18 @@ mod tests {
 
     #[test]
     fn uris_escape_only_what_sqlite_would_misread() {
+        use std::os::unix::ffi::OsStrExt;
         assert_eq!(
             file_uri(Path::new("/a b/c%d?e#f.db")),
-            "file:/a b/c%25d%3fe%23f.db"
+            "file:///a b/c%25d%3fe%23f.db"
         );
+        assert_eq!(
+            file_uri(Path::new(std::ffi::OsStr::from_bytes(
+                b"//caf\xe9/\xc3\xa9.db"
+            ))),
+            "file:////caf%e9/\u{e9}.db",
+            "a leading // is a path, and a byte that is not UTF-8 is kept as that byte"
+        );
+        assert_eq!(file_uri(Path::new("rel.db")), "file:rel.db");
     }
 }

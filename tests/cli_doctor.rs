@@ -235,6 +235,33 @@ fn a_path_that_is_not_utf8_is_named_not_a_panic() {
 }
 
 #[test]
+fn the_check_opens_the_file_named_whatever_its_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
+    sqlite_netfs::rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    // Not UTF-8; and with the leading `//` that a URI would take for a host name.
+    let mut doubled = std::ffi::OsString::from("/");
+    doubled.push(&db);
+    for name in [db.as_os_str(), &doubled] {
+        let out = run(&[
+            "doctor".as_ref(),
+            name,
+            "--check".as_ref(),
+            "--no-wait".as_ref(),
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout.contains("check       quick_check: ok"),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
 fn check_finds_overwritten_pages_and_names_recover() {
     let (_dir, db) = cli_support::network_database(2000);
     overwrite_pages(&db, &[10, 11]);

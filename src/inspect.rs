@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::detect::{self, MountEntry};
-use crate::lock::{DbLock, Removed, SystemEnvironment};
+use crate::lock::{DbLock, LATCH_WAIT, Removed, SystemEnvironment};
 use crate::lockfile::{DirLockFiles, LockFileName, LockFiles, SizeRefresh, TokenStyle};
 use crate::mode::{self, Detection, Mode};
 use crate::protocol::{Level, LockTable, OwnerId, ParseError, fnv1a};
@@ -912,6 +912,10 @@ pub struct UnlockReport {
     /// The journal holds a transaction that a removed writer left: the next connection
     /// rolls it back.
     pub hot_journal: bool,
+    /// Why the last sweep did not get through (the latch stayed busy, or an error): what
+    /// is left in the table was then not judged, and `kept` is empty. `removed` still
+    /// lists what earlier sweeps removed.
+    pub unfinished: Option<String>,
 }
 
 /// Removes what dead holders left, through the lock protocol's own edit
@@ -954,7 +958,7 @@ pub fn unlock_stale(
     // than a lease lets the last sweep see the silence through.
     let deadline = lease + lease / 8 + WATCH_TICK;
     let mut told = false;
-    let mut last_error: Option<String>;
+    let mut unfinished: Option<String>;
     let unreadable_before = read_table(&files).err();
     let mut writer_removed = false;
     loop {
@@ -966,14 +970,21 @@ pub fn unlock_stale(
             .removed
             .extend(removed.iter().map(|r| describe_removal(r, me)));
         let edited = match outcome {
-            Ok(edited) => {
-                last_error = None;
-                edited
+            Ok(true) => {
+                unfinished = None;
+                true
+            }
+            Ok(false) => {
+                unfinished = Some(format!(
+                    "the latch stayed taken (another connection editing the table) for {} ms at each try; run unlock again",
+                    LATCH_WAIT.as_millis()
+                ));
+                false
             }
             // A table that cannot be read is replaced by the protocol once unchanged for a
             // lease; until then each edit says why.
             Err(e) => {
-                last_error = Some(e.to_string());
+                unfinished = Some(e.to_string());
                 false
             }
         };
@@ -991,9 +1002,11 @@ pub fn unlock_stale(
         }
         std::thread::sleep(WATCH_TICK.min(lease / 8));
     }
-    if let Some(e) = last_error {
-        return Err(format!("{}: {e}", db.display()));
-    }
+    report.hot_journal = writer_removed
+        && matches!(
+            journal_state(&db, false, &mut Vec::new()),
+            JournalState::Hot { .. }
+        );
     // Any connection replaces a table that stays unreadable for a lease (see `lock`); the
     // sweep's edit did so.
     if let Some(why) = unreadable_before
@@ -1002,6 +1015,11 @@ pub fn unlock_stale(
         report.removed.push(format!(
             "the unreadable lock table ({why}), replaced by an empty one after a lease unchanged"
         ));
+    }
+    if let Some(why) = unfinished {
+        // What earlier sweeps removed is reported all the same.
+        report.unfinished = Some(format!("{}: {why}", db.display()));
+        return Ok(report);
     }
     if let Ok(Some(table)) = read_table(&files) {
         report.kept = table
@@ -1022,11 +1040,6 @@ pub fn unlock_stale(
             })
             .collect();
     }
-    report.hot_journal = writer_removed
-        && matches!(
-            journal_state(&db, false, &mut Vec::new()),
-            JournalState::Hot { .. }
-        );
     Ok(report)
 }
 

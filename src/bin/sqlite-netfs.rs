@@ -27,7 +27,7 @@ doctor   shows the mode this host picks for the database and why, who holds its 
          2 problems (or the command could not run).
 unlock   --stale removes lock-table entries and tokens of dead holders: at once for this
          host's processes that are gone, after one lease of silence for other hosts'. Never a
-         live holder's.
+         live holder's. Exit status: 0 done, 2 could not finish (what it removed is listed).
 recover  copies every readable row of a damaged database into the new file NEW and reports
          rows recovered and lost per table. BROKEN is only read (under network mode's read
          lock when it has a lock table). --partial also keeps rows some of whose values
@@ -304,19 +304,23 @@ fn unlock(args: &[OsString]) -> Result<u8, String> {
         return Err("unlock removes only what dead holders left, and says so: add --stale".into());
     }
     let report = inspect::unlock_stale(path, a.lease, &mut |m| note(m))?;
-    if report.removed.is_empty() {
+    if report.removed.is_empty() && report.unfinished.is_none() {
         println!("nothing stale: no dead holder's entry or token");
     }
     for r in &report.removed {
         println!("removed {r}");
     }
-    for k in &report.kept {
-        println!("kept    {k} (alive)");
-    }
     if report.hot_journal {
         println!(
             "the journal holds a removed writer's unfinished transaction: the next connection rolls it back"
         );
+    }
+    // What is left was not judged: the command could not finish.
+    if let Some(why) = report.unfinished {
+        return Err(why);
+    }
+    for k in &report.kept {
+        println!("kept    {k} (alive)");
     }
     Ok(0)
 }

@@ -106,6 +106,17 @@ pub struct HolderReport {
     pub renewal_seen: bool,
 }
 
+impl HolderReport {
+    /// Its host as people read it: `this host`, or the other host's id.
+    pub fn host_label(&self) -> &str {
+        if self.this_host {
+            "this host"
+        } else {
+            &self.host
+        }
+    }
+}
+
 /// A latch or break token that exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenReport {
@@ -113,6 +124,27 @@ pub struct TokenReport {
     /// What it holds: `host pid start conn number`, or empty if its owner was not recorded.
     pub contents: String,
     pub liveness: Liveness,
+}
+
+impl TokenReport {
+    /// Its owner as people read it.
+    pub fn owner_label(&self) -> &str {
+        owner_label(&self.contents)
+    }
+}
+
+/// A token's contents as people read them: empty means its owner was not recorded.
+fn owner_label(contents: &str) -> &str {
+    if contents.is_empty() {
+        "owner not recorded"
+    } else {
+        contents
+    }
+}
+
+/// A holder's host as people read it, `this host` when it is `me`.
+fn host_label<'a>(host: &'a str, me: &str) -> &'a str {
+    if host == me { "this host" } else { host }
 }
 
 /// The lock table file as read.
@@ -175,6 +207,15 @@ impl Report {
         }
     }
 
+    /// The exit status in words, as the text and JSON reports show it.
+    pub fn status(&self) -> &'static str {
+        match self.exit_code() {
+            0 => "healthy",
+            1 => "warnings",
+            _ => "problems",
+        }
+    }
+
     /// Adds a finding (the `--check` result is added by the command, after examining).
     pub fn add(&mut self, code: &'static str, severity: Severity, message: String) {
         self.findings.push(Finding {
@@ -207,6 +248,10 @@ pub fn examine(
 ) -> Result<Report, String> {
     let db = existing_database(db)?;
     let detection = mode::decide(&db, None).map_err(|e| format!("{}: {e}", db.display()))?;
+    // ForcedStat even on sshfs, where connections use TouchFirst: touching sets the lock
+    // file's times, and doctor writes nothing. A size sshfs cached costs little here: the
+    // table is padded to whole blocks (`protocol::TABLE_BLOCK`), and a torn read fails its
+    // checksum and is read again.
     let files = DirLockFiles::new(
         &db,
         TokenStyle::for_fs_type(&detection.fs_type),
@@ -583,7 +628,7 @@ fn lock_findings(report: &mut Report, snapshot: &Snapshot, files: &DirLockFiles,
         let who = format!(
             "{} on {} (pid {}, connection {})",
             h.level,
-            if h.this_host { "this host" } else { &h.host },
+            h.host_label(),
             h.pid,
             h.connection
         );
@@ -618,14 +663,14 @@ fn lock_findings(report: &mut Report, snapshot: &Snapshot, files: &DirLockFiles,
                 format!(
                     "the {what} {} ({}) was left by a holder that is {}; lock requests break it, or run `sqlite-netfs unlock --stale`",
                     t.path.display(),
-                    if t.contents.is_empty() { "owner not recorded" } else { &t.contents },
+                    t.owner_label(),
                     t.liveness
                 ),
             )),
             _ => new.push((
                 "token-held",
                 Severity::Info,
-                format!("the {what} {} is held ({}): an edit in progress", t.path.display(), t.contents),
+                format!("the {what} {} is held ({}): an edit in progress", t.path.display(), t.owner_label()),
             )),
         }
     }
@@ -1029,11 +1074,7 @@ pub fn unlock_stale(
                 format!(
                     "{} {} pid {} connection {}",
                     h.level,
-                    if h.owner.host == me {
-                        "this host"
-                    } else {
-                        &h.owner.host
-                    },
+                    host_label(&h.owner.host, me),
                     h.owner.pid,
                     h.owner.conn
                 )
@@ -1064,11 +1105,7 @@ fn describe_removal(r: &Removed, me: &str) -> String {
         Removed::Holder { holder, reason } => format!(
             "lock table entry {} of {} pid {} connection {} ({reason})",
             holder.level,
-            if holder.owner.host == me {
-                "this host"
-            } else {
-                &holder.owner.host
-            },
+            host_label(&holder.owner.host, me),
             holder.owner.pid,
             holder.owner.conn
         ),
@@ -1079,11 +1116,7 @@ fn describe_removal(r: &Removed, me: &str) -> String {
         } => format!(
             "{} token [{}] ({reason})",
             name.suffix().trim_start_matches('-'),
-            if contents.is_empty() {
-                "owner not recorded"
-            } else {
-                contents
-            }
+            owner_label(contents)
         ),
     }
 }
@@ -1188,12 +1221,7 @@ pub fn to_json(report: &Report, check: Option<&CheckJson<'_>>) -> String {
         })
         .collect();
     field(&mut out, "findings", &format!("[{}]", findings.join(",")));
-    let status = match report.exit_code() {
-        0 => "healthy",
-        1 => "warnings",
-        _ => "problems",
-    };
-    field(&mut out, "status", &json_str(status));
+    field(&mut out, "status", &json_str(report.status()));
     out.pop(); // the last field's comma
     out.push('}');
     out

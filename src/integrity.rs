@@ -2,6 +2,12 @@
 //! `sqlite-netfs doctor --check` and the `netfs_check=` URI parameter at open) and salvaging
 //! what can still be read (`sqlite-netfs recover`).
 //!
+//! It owns the checks' verdicts and the salvage with its per-table report. It may use
+//! `lock` (a SHARED lock of the protocol, held without a heartbeat while the damaged file is
+//! copied), `lockfile` and `mode` to find that lock, the crate's `Builder` to open through
+//! the shim for `doctor --check`, and SQLite's own `unix` VFS for the work copies: `recover`
+//! opens only its copy of the damaged file with SQLite, never the file itself.
+//!
 //! # Salvage (`recover`)
 //! The bundled SQLite has no recovery extension (`sqlite3_recover_*` and the `sqlite_dbpage`
 //! table it needs are not compiled into libsqlite3-sys's amalgamation), so salvage goes table

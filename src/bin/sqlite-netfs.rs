@@ -241,29 +241,24 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
         TableState::Unreadable(why) => println!("lock table  unreadable: {why}"),
     }
     for h in &r.holders {
-        let host = if h.this_host { "this host" } else { &h.host };
         let silent = match (h.silent_for, h.renewal_seen) {
             (None, _) => String::new(),
             (Some(d), true) => format!(", renewed {:.1} s ago", d.as_secs_f64()),
             (Some(d), false) => format!(", unchanged for {:.1} s", d.as_secs_f64()),
         };
         println!(
-            "  {:<9} {host} pid {} connection {}: {}{silent}",
-            h.level, h.pid, h.connection, h.liveness
+            "  {:<9} {} pid {} connection {}: {}{silent}",
+            h.level,
+            h.host_label(),
+            h.pid,
+            h.connection,
+            h.liveness
         );
     }
     for (label, token) in [("latch", &r.latch), ("break", &r.break_token)] {
         match token {
             None => println!("{label:<11} none"),
-            Some(t) => println!(
-                "{label:<11} held by [{}]: {}",
-                if t.contents.is_empty() {
-                    "owner not recorded"
-                } else {
-                    &t.contents
-                },
-                t.liveness
-            ),
+            Some(t) => println!("{label:<11} held by [{}]: {}", t.owner_label(), t.liveness),
         }
     }
     let journal = match r.journal {
@@ -287,12 +282,7 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
             println!("  {} [{}] {}", f.severity, f.code, f.message);
         }
     }
-    let status = match r.exit_code() {
-        0 => "healthy",
-        1 => "warnings",
-        _ => "problems",
-    };
-    println!("status      {status} (exit {})", r.exit_code());
+    println!("status      {} (exit {})", r.status(), r.exit_code());
 }
 
 fn unlock(args: &[OsString]) -> Result<u8, String> {

@@ -346,6 +346,18 @@ pub fn examine(
                     Liveness::Alive | Liveness::Renewing | Liveness::Unknown
                 )
         });
+    // Nothing below reads the database's pages, so a file this user cannot open would
+    // otherwise pass for healthy.
+    if let Err(e) = std::fs::File::open(&db) {
+        findings.push(Finding {
+            code: "database-unreadable",
+            severity: Severity::Problem,
+            message: format!(
+                "this user cannot read {} ({e}): its connections fail to open it, and doctor cannot tell whether it is in WAL mode",
+                db.display()
+            ),
+        });
+    }
     let journal = journal_state(&db, writer_alive, &mut findings);
 
     let mut report = Report {

@@ -262,6 +262,31 @@ fn the_check_opens_the_file_named_whatever_its_bytes() {
 }
 
 #[test]
+fn a_database_this_user_cannot_read_is_a_problem_not_healthy() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("secret.db");
+    sqlite_netfs::rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut doctor = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite-netfs"));
+    doctor
+        .args(["doctor", path(&db), "--json", "--no-wait"])
+        .env_remove("SQLITE_NETFS");
+    if std::fs::File::open(&db).is_ok() {
+        // Privileged: a user the mode applies to.
+        doctor.uid(cli_support::NOBODY).gid(cli_support::NOBODY);
+    }
+    let out = doctor.output().unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{json} {out:?}");
+    assert_eq!(finding_codes(&json), ["database-unreadable"], "{json}");
+}
+
+#[test]
 fn check_finds_overwritten_pages_and_names_recover() {
     let (_dir, db) = cli_support::network_database(2000);
     overwrite_pages(&db, &[10, 11]);

@@ -43,6 +43,10 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
     }
 }
 
+/// An unprivileged user (`nobody`) to run the command as when the tests run as root, for
+/// whom file modes do not apply.
+pub const NOBODY: u32 = 65534;
+
 /// `p` as a command-line argument; the tests' temporary paths are UTF-8.
 pub fn path(p: &Path) -> &str {
     p.to_str().unwrap()

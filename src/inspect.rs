@@ -1377,6 +1377,217 @@ mod tests {
         assert_eq!(json_str("a\"b\\c\nd\u{1}é"), r#""a\"b\\c\nd\u0001é""#);
     }
 
+    /// A JSON value, as far as the test below needs one.
+    #[derive(Debug, PartialEq)]
+    enum Json {
+        Null,
+        Bool(bool),
+        Number(String),
+        Str(String),
+        Array(Vec<Json>),
+        Object(Vec<(String, Json)>),
+    }
+
+    impl Json {
+        fn get(&self, key: &str) -> &Json {
+            match self {
+                Json::Object(fields) => &fields.iter().find(|(k, _)| k == key).unwrap().1,
+                other => panic!("{other:?} has no field {key}"),
+            }
+        }
+    }
+
+    /// A strict RFC 8259 parser of one whole document: any error is a panic naming where.
+    fn parse_json(text: &str) -> Json {
+        fn ws(b: &[u8], i: &mut usize) {
+            while *i < b.len() && b" \t\n\r".contains(&b[*i]) {
+                *i += 1;
+            }
+        }
+        fn expect(b: &[u8], i: &mut usize, c: u8) {
+            assert_eq!(b.get(*i), Some(&c), "expected {:?} at {i}", c as char);
+            *i += 1;
+        }
+        fn string(b: &[u8], i: &mut usize) -> String {
+            expect(b, i, b'"');
+            let mut out = String::new();
+            loop {
+                let c = *b.get(*i).expect("unterminated string");
+                *i += 1;
+                match c {
+                    b'"' => return out,
+                    b'\\' => {
+                        let e = b[*i];
+                        *i += 1;
+                        out.push(match e {
+                            b'"' => '"',
+                            b'\\' => '\\',
+                            b'/' => '/',
+                            b'b' => '\u{8}',
+                            b'f' => '\u{c}',
+                            b'n' => '\n',
+                            b'r' => '\r',
+                            b't' => '\t',
+                            b'u' => {
+                                let hex = std::str::from_utf8(&b[*i..*i + 4]).unwrap();
+                                *i += 4;
+                                char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap()
+                            }
+                            other => panic!("bad escape \\{} at {i}", other as char),
+                        });
+                    }
+                    c if c < 0x20 => panic!("raw control character {c:#x} at {i}"),
+                    _ => {
+                        // One UTF-8 character, whole.
+                        let start = *i - 1;
+                        while *i < b.len() && b[*i] & 0xc0 == 0x80 {
+                            *i += 1;
+                        }
+                        out.push_str(std::str::from_utf8(&b[start..*i]).unwrap());
+                    }
+                }
+            }
+        }
+        fn value(b: &[u8], i: &mut usize) -> Json {
+            ws(b, i);
+            let v = match b.get(*i).expect("value expected") {
+                b'{' => {
+                    *i += 1;
+                    let mut fields = Vec::new();
+                    ws(b, i);
+                    if b[*i] == b'}' {
+                        *i += 1;
+                        return Json::Object(fields);
+                    }
+                    loop {
+                        ws(b, i);
+                        let k = string(b, i);
+                        ws(b, i);
+                        expect(b, i, b':');
+                        fields.push((k, value(b, i)));
+                        ws(b, i);
+                        if b[*i] == b',' {
+                            *i += 1;
+                        } else {
+                            expect(b, i, b'}');
+                            break Json::Object(fields);
+                        }
+                    }
+                }
+                b'[' => {
+                    *i += 1;
+                    let mut items = Vec::new();
+                    ws(b, i);
+                    if b[*i] == b']' {
+                        *i += 1;
+                        return Json::Array(items);
+                    }
+                    loop {
+                        items.push(value(b, i));
+                        ws(b, i);
+                        if b[*i] == b',' {
+                            *i += 1;
+                        } else {
+                            expect(b, i, b']');
+                            break Json::Array(items);
+                        }
+                    }
+                }
+                b'"' => Json::Str(string(b, i)),
+                b't' if b[*i..].starts_with(b"true") => {
+                    *i += 4;
+                    Json::Bool(true)
+                }
+                b'f' if b[*i..].starts_with(b"false") => {
+                    *i += 5;
+                    Json::Bool(false)
+                }
+                b'n' if b[*i..].starts_with(b"null") => {
+                    *i += 4;
+                    Json::Null
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = *i;
+                    *i += 1;
+                    while *i < b.len() && b[*i].is_ascii_digit() {
+                        *i += 1;
+                    }
+                    Json::Number(std::str::from_utf8(&b[start..*i]).unwrap().to_owned())
+                }
+                other => panic!("unexpected {:?} at {i}", *other as char),
+            };
+            ws(b, i);
+            v
+        }
+        let b = text.as_bytes();
+        let mut i = 0;
+        let v = value(b, &mut i);
+        assert_eq!(i, b.len(), "trailing text after the document");
+        v
+    }
+
+    #[test]
+    fn doctors_json_is_valid_and_gives_back_every_string_exactly() {
+        let nasty = "q\"uote b\\ack\nnew\u{1}ctl\ttab é \u{7f}";
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join(nasty.replace('/', "_"));
+        std::fs::create_dir(&sub).unwrap();
+        let db = sub.join("a.db");
+        std::fs::write(&db, b"").unwrap();
+        let options = ExamineOptions {
+            lease: Duration::from_secs(1),
+            watch: false,
+        };
+        let mut report = examine(&db, options, &mut |_| {}).unwrap();
+        report.holders.push(HolderReport {
+            host: nasty.into(),
+            pid: 7,
+            start: 8,
+            connection: 9,
+            level: "SHARED".into(),
+            this_host: false,
+            liveness: Liveness::Unknown,
+            silent_for: None,
+            renewal_seen: false,
+        });
+        report.latch = Some(TokenReport {
+            path: db.clone(),
+            contents: nasty.into(),
+            liveness: Liveness::Stale,
+        });
+        report.add("integrity", Severity::Problem, nasty.into());
+        let messages = [nasty.to_owned(), String::new()];
+        let check = CheckJson {
+            kind: "quick_check",
+            ok: false,
+            messages: &messages,
+        };
+
+        let json = parse_json(&to_json(&report, Some(&check)));
+        let text = |v: &Json| match v {
+            Json::Str(s) => s.clone(),
+            other => panic!("not a string: {other:?}"),
+        };
+        assert_eq!(json.get("version"), &Json::Number("1".into()));
+        assert_eq!(text(json.get("database")), db.display().to_string());
+        let Json::Array(holders) = json.get("holders") else {
+            panic!("holders")
+        };
+        assert_eq!(text(holders[0].get("host")), nasty);
+        assert_eq!(holders[0].get("silent_for_ms"), &Json::Null);
+        assert_eq!(text(json.get("latch").get("owner")), nasty);
+        assert_eq!(json.get("break"), &Json::Null);
+        let Json::Array(findings) = json.get("findings") else {
+            panic!("findings")
+        };
+        assert_eq!(text(findings.last().unwrap().get("message")), nasty);
+        assert_eq!(
+            json.get("check").get("messages"),
+            &Json::Array(vec![Json::Str(nasty.into()), Json::Str(String::new())])
+        );
+        assert_eq!(text(json.get("status")), "problems");
+    }
+
     #[test]
     fn silence_is_judged_only_after_a_lease_of_watching() {
         let lease = Duration::from_secs(10);

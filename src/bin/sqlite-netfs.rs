@@ -165,6 +165,7 @@ fn examine_and_check(a: &Args) -> Result<u8, String> {
         note(&format!("running {} through the shim", kind.pragma()));
         let verdict = integrity::check_through_shim(&report.database, kind, a.lease);
         inspect::recheck_journal(&mut report);
+        let ok = matches!(verdict, Ok(Verdict::Healthy));
         let messages = match verdict {
             // The examination stands; the check is one more finding.
             Err(why) => {
@@ -201,7 +202,6 @@ fn examine_and_check(a: &Args) -> Result<u8, String> {
                 vec![why]
             }
         };
-        let ok = messages.len() == 1 && messages[0] == "ok";
         Some((kind, messages, ok))
     } else {
         None

@@ -813,15 +813,16 @@ fn lock_file_findings(report: &mut Report, files: &DirLockFiles) {
                 continue;
             }
         }
-        // Users other than the owner who may write the database must be able to use the
-        // lock files too.
+        // Readers take locks too (a SHARED lock is an entry written into the table), so the
+        // group and other users need on the lock files at least the read and write access
+        // the database gives them.
         let missing = db_mode & 0o066 & !meta.mode();
         if !token_dir && missing != 0 {
             report.add(
                 "lock-file-mode",
                 Severity::Warning,
                 format!(
-                    "lock file {} ({owner}) gives other users less access than the database (mode {:o}): users who can write the database cannot use it",
+                    "lock file {} ({owner}) gives other users less access than the database (mode {:o}): some users who can open the database cannot take its locks",
                     path.display(),
                     db_mode & 0o7777
                 ),

@@ -33,8 +33,8 @@
 //!      copied is looked up on its own, which reaches rows behind a damaged interior page;
 //! 4. indexes, views and triggers are created last (triggers so they do not fire on the copy);
 //!    any that fail are reported;
-//! 5. the new file passes `integrity_check` before it is renamed into place, so a half-made
-//!    file never appears under the new name.
+//! 5. the new file passes `integrity_check` before it is moved into place, so a half-made
+//!    file never appears under the new name, and never over a file made there meanwhile.
 //!
 //! Rows lost are counted exactly where an index of the table is still readable (its entry
 //! count is the table's row count at the last commit); otherwise as the rows stepped over
@@ -545,9 +545,28 @@ pub fn recover(
     drop(old);
     std::fs::File::open(&made)
         .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&made, &new))
-        .map_err(|e| format!("cannot move the new database to {}: {e}", new.display()))?;
+        .and_then(|()| place_without_replacing(&made, &new))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} appeared while recover ran; recover never replaces a file, and made nothing",
+                new.display()
+            ),
+            _ => format!("cannot move the new database to {}: {e}", new.display()),
+        })?;
     Ok(recovery)
+}
+
+/// Gives `made` the name `new`, failing with `AlreadyExists` if `new` exists: `rename`
+/// alone would replace a file made there while recover ran. A hard link is the no-replace
+/// rename that needs no system call outside `ffi` (`made` goes with the work directory);
+/// where the filesystem has no hard links, a rename after one more look is the best left.
+fn place_without_replacing(made: &Path, new: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(made, new) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if std::fs::symlink_metadata(new).is_err() => std::fs::rename(made, new),
+        Err(e) => Err(e),
+    }
 }
 
 impl TableRecovery {
@@ -1350,6 +1369,20 @@ mod tests {
             e.contains("netfs_check") && e.contains("\"thorough\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_new_file_never_replaces_one_made_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (made, new) = (dir.path().join("made"), dir.path().join("new"));
+        std::fs::write(&made, b"salvage").unwrap();
+        std::fs::write(&new, b"theirs").unwrap();
+        let e = place_without_replacing(&made, &new).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&new).unwrap(), b"theirs");
+        std::fs::remove_file(&new).unwrap();
+        place_without_replacing(&made, &new).unwrap();
+        assert_eq!(std::fs::read(&new).unwrap(), b"salvage");
     }
 
     #[test]

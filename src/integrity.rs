@@ -402,6 +402,11 @@ pub fn recover(
     progress: ProgressFn<'_>,
 ) -> Result<Recovery, String> {
     let RecoverOptions { lease, partial } = options;
+    for (which, path) in [("BROKEN", broken), ("NEW", new)] {
+        if path.as_os_str().is_empty() {
+            return Err(format!("{which} is empty: an empty path names no file"));
+        }
+    }
     match std::fs::metadata(broken) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return Err(format!("{}: not a database file", broken.display())),

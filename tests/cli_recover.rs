@@ -178,6 +178,22 @@ fn bad_paths_are_refused_by_name_and_nothing_replaced() {
         out.code == 2 && out.stderr.contains("BROKEN NEW"),
         "{out:?}"
     );
+    for (args, named) in [
+        (["recover", path(&broken), ""], "NEW is empty"),
+        (["recover", "", path(&new)], "BROKEN is empty"),
+    ] {
+        let out = run(&args);
+        assert!(out.code == 2 && out.stderr.contains(named), "{out:?}");
+    }
+    let out = run(&[
+        "recover",
+        path(dir.path()),
+        path(&dir.path().join("other.db")),
+    ]);
+    assert!(
+        out.code == 2 && out.stderr.contains("not a database file"),
+        "a directory: {out:?}"
+    );
 }
 
 #[test]

@@ -169,7 +169,9 @@ pub enum JournalState {
     InUse {
         bytes: u64,
     },
-    /// Holds a transaction nobody alive owns: the next connection rolls it back.
+    /// Holds a transaction that no live holder in the lock table owns: the next connection
+    /// rolls it back. With no lock table (native mode) a live native writer is not seen,
+    /// and its transaction is reported so too.
     Hot {
         bytes: u64,
     },
@@ -687,6 +689,15 @@ fn lock_findings(report: &mut Report, snapshot: &Snapshot, files: &DirLockFiles,
         }
     }
     match report.journal {
+        // Without a lock table the writers are native SQLite's, whose locks (fcntl) the
+        // examination does not read: a live one's transaction looks the same.
+        JournalState::Hot { bytes } if report.table == TableState::Missing => new.push((
+            "journal-hot",
+            Severity::Warning,
+            format!(
+                "the journal holds an unfinished transaction ({bytes} bytes), and with no lock table doctor cannot see native writers: a process using the database may be in the middle of it; if none is, the next connection rolls it back; keep the journal, it is what makes the rollback possible"
+            ),
+        )),
         JournalState::Hot { bytes } => new.push((
             "journal-hot",
             Severity::Warning,

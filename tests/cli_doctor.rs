@@ -287,6 +287,29 @@ fn a_database_this_user_cannot_read_is_a_problem_not_healthy() {
 }
 
 #[test]
+fn a_native_writers_open_transaction_is_not_called_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("native.db");
+    let writer = sqlite_netfs::rusqlite::Connection::open(&db).unwrap();
+    writer
+        .execute_batch(
+            "CREATE TABLE t(x); BEGIN;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+             INSERT INTO t SELECT randomblob(3000) FROM n;
+             COMMIT;
+             PRAGMA cache_size = 5; BEGIN IMMEDIATE; UPDATE t SET x = randomblob(3000);",
+        )
+        .unwrap();
+    // The update spilled: the journal's header is synced, as a dead writer's would be.
+    let out = run(&["doctor", path(&db), "--no-wait"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("[journal-hot]"), "{out:?}");
+    assert!(!out.stdout.contains("no live writer owns"), "{out:?}");
+    assert!(out.stdout.contains("cannot see native writers"), "{out:?}");
+    writer.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
 fn check_finds_overwritten_pages_and_names_recover() {
     let (_dir, db) = cli_support::network_database(2000);
     overwrite_pages(&db, &[10, 11]);

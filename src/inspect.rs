@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::detect::{self, MountEntry};
-use crate::lock::{DbLock, Removed, SystemEnvironment};
+use crate::lock::{DbLock, LATCH_WAIT, Removed, SystemEnvironment};
 use crate::lockfile::{DirLockFiles, LockFileName, LockFiles, SizeRefresh, TokenStyle};
 use crate::mode::{self, Detection, Mode};
 use crate::protocol::{Level, LockTable, OwnerId, ParseError, fnv1a};
@@ -106,6 +106,17 @@ pub struct HolderReport {
     pub renewal_seen: bool,
 }
 
+impl HolderReport {
+    /// Its host as people read it: `this host`, or the other host's id.
+    pub fn host_label(&self) -> &str {
+        if self.this_host {
+            "this host"
+        } else {
+            &self.host
+        }
+    }
+}
+
 /// A latch or break token that exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenReport {
@@ -113,6 +124,27 @@ pub struct TokenReport {
     /// What it holds: `host pid start conn number`, or empty if its owner was not recorded.
     pub contents: String,
     pub liveness: Liveness,
+}
+
+impl TokenReport {
+    /// Its owner as people read it.
+    pub fn owner_label(&self) -> &str {
+        owner_label(&self.contents)
+    }
+}
+
+/// A token's contents as people read them: empty means its owner was not recorded.
+fn owner_label(contents: &str) -> &str {
+    if contents.is_empty() {
+        "owner not recorded"
+    } else {
+        contents
+    }
+}
+
+/// A holder's host as people read it, `this host` when it is `me`.
+fn host_label<'a>(host: &'a str, me: &str) -> &'a str {
+    if host == me { "this host" } else { host }
 }
 
 /// The lock table file as read.
@@ -137,7 +169,9 @@ pub enum JournalState {
     InUse {
         bytes: u64,
     },
-    /// Holds a transaction nobody alive owns: the next connection rolls it back.
+    /// Holds a transaction that no live holder in the lock table owns: the next connection
+    /// rolls it back. With no lock table (native mode) a live native writer is not seen,
+    /// and its transaction is reported so too.
     Hot {
         bytes: u64,
     },
@@ -175,6 +209,15 @@ impl Report {
         }
     }
 
+    /// The exit status in words, as the text and JSON reports show it.
+    pub fn status(&self) -> &'static str {
+        match self.exit_code() {
+            0 => "healthy",
+            1 => "warnings",
+            _ => "problems",
+        }
+    }
+
     /// Adds a finding (the `--check` result is added by the command, after examining).
     pub fn add(&mut self, code: &'static str, severity: Severity, message: String) {
         self.findings.push(Finding {
@@ -207,6 +250,10 @@ pub fn examine(
 ) -> Result<Report, String> {
     let db = existing_database(db)?;
     let detection = mode::decide(&db, None).map_err(|e| format!("{}: {e}", db.display()))?;
+    // ForcedStat even on sshfs, where connections use TouchFirst: touching sets the lock
+    // file's times, and doctor writes nothing. A size sshfs cached costs little here: the
+    // table is padded to whole blocks (`protocol::TABLE_BLOCK`), and a torn read fails its
+    // checksum and is read again.
     let files = DirLockFiles::new(
         &db,
         TokenStyle::for_fs_type(&detection.fs_type),
@@ -301,6 +348,18 @@ pub fn examine(
                     Liveness::Alive | Liveness::Renewing | Liveness::Unknown
                 )
         });
+    // Nothing below reads the database's pages, so a file this user cannot open would
+    // otherwise pass for healthy.
+    if let Err(e) = std::fs::File::open(&db) {
+        findings.push(Finding {
+            code: "database-unreadable",
+            severity: Severity::Problem,
+            message: format!(
+                "this user cannot read {} ({e}): its connections fail to open it, and doctor cannot tell whether it is in WAL mode",
+                db.display()
+            ),
+        });
+    }
     let journal = journal_state(&db, writer_alive, &mut findings);
 
     let mut report = Report {
@@ -583,7 +642,7 @@ fn lock_findings(report: &mut Report, snapshot: &Snapshot, files: &DirLockFiles,
         let who = format!(
             "{} on {} (pid {}, connection {})",
             h.level,
-            if h.this_host { "this host" } else { &h.host },
+            h.host_label(),
             h.pid,
             h.connection
         );
@@ -618,18 +677,27 @@ fn lock_findings(report: &mut Report, snapshot: &Snapshot, files: &DirLockFiles,
                 format!(
                     "the {what} {} ({}) was left by a holder that is {}; lock requests break it, or run `sqlite-netfs unlock --stale`",
                     t.path.display(),
-                    if t.contents.is_empty() { "owner not recorded" } else { &t.contents },
+                    t.owner_label(),
                     t.liveness
                 ),
             )),
             _ => new.push((
                 "token-held",
                 Severity::Info,
-                format!("the {what} {} is held ({}): an edit in progress", t.path.display(), t.contents),
+                format!("the {what} {} is held ({}): an edit in progress", t.path.display(), t.owner_label()),
             )),
         }
     }
     match report.journal {
+        // Without a lock table the writers are native SQLite's, whose locks (fcntl) the
+        // examination does not read: a live one's transaction looks the same.
+        JournalState::Hot { bytes } if report.table == TableState::Missing => new.push((
+            "journal-hot",
+            Severity::Warning,
+            format!(
+                "the journal holds an unfinished transaction ({bytes} bytes), and with no lock table doctor cannot see native writers: a process using the database may be in the middle of it; if none is, the next connection rolls it back; keep the journal, it is what makes the rollback possible"
+            ),
+        )),
         JournalState::Hot { bytes } => new.push((
             "journal-hot",
             Severity::Warning,
@@ -756,15 +824,16 @@ fn lock_file_findings(report: &mut Report, files: &DirLockFiles) {
                 continue;
             }
         }
-        // Users other than the owner who may write the database must be able to use the
-        // lock files too.
+        // Readers take locks too (a SHARED lock is an entry written into the table), so the
+        // group and other users need on the lock files at least the read and write access
+        // the database gives them.
         let missing = db_mode & 0o066 & !meta.mode();
         if !token_dir && missing != 0 {
             report.add(
                 "lock-file-mode",
                 Severity::Warning,
                 format!(
-                    "lock file {} ({owner}) gives other users less access than the database (mode {:o}): users who can write the database cannot use it",
+                    "lock file {} ({owner}) gives other users less access than the database (mode {:o}): some users who can open the database cannot take its locks",
                     path.display(),
                     db_mode & 0o7777
                 ),
@@ -912,6 +981,10 @@ pub struct UnlockReport {
     /// The journal holds a transaction that a removed writer left: the next connection
     /// rolls it back.
     pub hot_journal: bool,
+    /// Why the last sweep did not get through (the latch stayed busy, or an error): what
+    /// is left in the table was then not judged, and `kept` is empty. `removed` still
+    /// lists what earlier sweeps removed.
+    pub unfinished: Option<String>,
 }
 
 /// Removes what dead holders left, through the lock protocol's own edit
@@ -954,7 +1027,7 @@ pub fn unlock_stale(
     // than a lease lets the last sweep see the silence through.
     let deadline = lease + lease / 8 + WATCH_TICK;
     let mut told = false;
-    let mut last_error: Option<String>;
+    let mut unfinished: Option<String>;
     let unreadable_before = read_table(&files).err();
     let mut writer_removed = false;
     loop {
@@ -966,14 +1039,21 @@ pub fn unlock_stale(
             .removed
             .extend(removed.iter().map(|r| describe_removal(r, me)));
         let edited = match outcome {
-            Ok(edited) => {
-                last_error = None;
-                edited
+            Ok(true) => {
+                unfinished = None;
+                true
+            }
+            Ok(false) => {
+                unfinished = Some(format!(
+                    "the latch stayed taken (another connection editing the table) for {} ms at each try; run unlock again",
+                    LATCH_WAIT.as_millis()
+                ));
+                false
             }
             // A table that cannot be read is replaced by the protocol once unchanged for a
             // lease; until then each edit says why.
             Err(e) => {
-                last_error = Some(e.to_string());
+                unfinished = Some(e.to_string());
                 false
             }
         };
@@ -991,9 +1071,11 @@ pub fn unlock_stale(
         }
         std::thread::sleep(WATCH_TICK.min(lease / 8));
     }
-    if let Some(e) = last_error {
-        return Err(format!("{}: {e}", db.display()));
-    }
+    report.hot_journal = writer_removed
+        && matches!(
+            journal_state(&db, false, &mut Vec::new()),
+            JournalState::Hot { .. }
+        );
     // Any connection replaces a table that stays unreadable for a lease (see `lock`); the
     // sweep's edit did so.
     if let Some(why) = unreadable_before
@@ -1003,6 +1085,11 @@ pub fn unlock_stale(
             "the unreadable lock table ({why}), replaced by an empty one after a lease unchanged"
         ));
     }
+    if let Some(why) = unfinished {
+        // What earlier sweeps removed is reported all the same.
+        report.unfinished = Some(format!("{}: {why}", db.display()));
+        return Ok(report);
+    }
     if let Ok(Some(table)) = read_table(&files) {
         report.kept = table
             .holders
@@ -1011,22 +1098,13 @@ pub fn unlock_stale(
                 format!(
                     "{} {} pid {} connection {}",
                     h.level,
-                    if h.owner.host == me {
-                        "this host"
-                    } else {
-                        &h.owner.host
-                    },
+                    host_label(&h.owner.host, me),
                     h.owner.pid,
                     h.owner.conn
                 )
             })
             .collect();
     }
-    report.hot_journal = writer_removed
-        && matches!(
-            journal_state(&db, false, &mut Vec::new()),
-            JournalState::Hot { .. }
-        );
     Ok(report)
 }
 
@@ -1051,11 +1129,7 @@ fn describe_removal(r: &Removed, me: &str) -> String {
         Removed::Holder { holder, reason } => format!(
             "lock table entry {} of {} pid {} connection {} ({reason})",
             holder.level,
-            if holder.owner.host == me {
-                "this host"
-            } else {
-                &holder.owner.host
-            },
+            host_label(&holder.owner.host, me),
             holder.owner.pid,
             holder.owner.conn
         ),
@@ -1066,11 +1140,7 @@ fn describe_removal(r: &Removed, me: &str) -> String {
         } => format!(
             "{} token [{}] ({reason})",
             name.suffix().trim_start_matches('-'),
-            if contents.is_empty() {
-                "owner not recorded"
-            } else {
-                contents
-            }
+            owner_label(contents)
         ),
     }
 }
@@ -1175,12 +1245,7 @@ pub fn to_json(report: &Report, check: Option<&CheckJson<'_>>) -> String {
         })
         .collect();
     field(&mut out, "findings", &format!("[{}]", findings.join(",")));
-    let status = match report.exit_code() {
-        0 => "healthy",
-        1 => "warnings",
-        _ => "problems",
-    };
-    field(&mut out, "status", &json_str(status));
+    field(&mut out, "status", &json_str(report.status()));
     out.pop(); // the last field's comma
     out.push('}');
     out
@@ -1322,6 +1387,217 @@ mod tests {
     #[test]
     fn json_strings_escape_what_rfc_8259_requires() {
         assert_eq!(json_str("a\"b\\c\nd\u{1}é"), r#""a\"b\\c\nd\u0001é""#);
+    }
+
+    /// A JSON value, as far as the test below needs one.
+    #[derive(Debug, PartialEq)]
+    enum Json {
+        Null,
+        Bool(bool),
+        Number(String),
+        Str(String),
+        Array(Vec<Json>),
+        Object(Vec<(String, Json)>),
+    }
+
+    impl Json {
+        fn get(&self, key: &str) -> &Json {
+            match self {
+                Json::Object(fields) => &fields.iter().find(|(k, _)| k == key).unwrap().1,
+                other => panic!("{other:?} has no field {key}"),
+            }
+        }
+    }
+
+    /// A strict RFC 8259 parser of one whole document: any error is a panic naming where.
+    fn parse_json(text: &str) -> Json {
+        fn ws(b: &[u8], i: &mut usize) {
+            while *i < b.len() && b" \t\n\r".contains(&b[*i]) {
+                *i += 1;
+            }
+        }
+        fn expect(b: &[u8], i: &mut usize, c: u8) {
+            assert_eq!(b.get(*i), Some(&c), "expected {:?} at {i}", c as char);
+            *i += 1;
+        }
+        fn string(b: &[u8], i: &mut usize) -> String {
+            expect(b, i, b'"');
+            let mut out = String::new();
+            loop {
+                let c = *b.get(*i).expect("unterminated string");
+                *i += 1;
+                match c {
+                    b'"' => return out,
+                    b'\\' => {
+                        let e = b[*i];
+                        *i += 1;
+                        out.push(match e {
+                            b'"' => '"',
+                            b'\\' => '\\',
+                            b'/' => '/',
+                            b'b' => '\u{8}',
+                            b'f' => '\u{c}',
+                            b'n' => '\n',
+                            b'r' => '\r',
+                            b't' => '\t',
+                            b'u' => {
+                                let hex = std::str::from_utf8(&b[*i..*i + 4]).unwrap();
+                                *i += 4;
+                                char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap()
+                            }
+                            other => panic!("bad escape \\{} at {i}", other as char),
+                        });
+                    }
+                    c if c < 0x20 => panic!("raw control character {c:#x} at {i}"),
+                    _ => {
+                        // One UTF-8 character, whole.
+                        let start = *i - 1;
+                        while *i < b.len() && b[*i] & 0xc0 == 0x80 {
+                            *i += 1;
+                        }
+                        out.push_str(std::str::from_utf8(&b[start..*i]).unwrap());
+                    }
+                }
+            }
+        }
+        fn value(b: &[u8], i: &mut usize) -> Json {
+            ws(b, i);
+            let v = match b.get(*i).expect("value expected") {
+                b'{' => {
+                    *i += 1;
+                    let mut fields = Vec::new();
+                    ws(b, i);
+                    if b[*i] == b'}' {
+                        *i += 1;
+                        return Json::Object(fields);
+                    }
+                    loop {
+                        ws(b, i);
+                        let k = string(b, i);
+                        ws(b, i);
+                        expect(b, i, b':');
+                        fields.push((k, value(b, i)));
+                        ws(b, i);
+                        if b[*i] == b',' {
+                            *i += 1;
+                        } else {
+                            expect(b, i, b'}');
+                            break Json::Object(fields);
+                        }
+                    }
+                }
+                b'[' => {
+                    *i += 1;
+                    let mut items = Vec::new();
+                    ws(b, i);
+                    if b[*i] == b']' {
+                        *i += 1;
+                        return Json::Array(items);
+                    }
+                    loop {
+                        items.push(value(b, i));
+                        ws(b, i);
+                        if b[*i] == b',' {
+                            *i += 1;
+                        } else {
+                            expect(b, i, b']');
+                            break Json::Array(items);
+                        }
+                    }
+                }
+                b'"' => Json::Str(string(b, i)),
+                b't' if b[*i..].starts_with(b"true") => {
+                    *i += 4;
+                    Json::Bool(true)
+                }
+                b'f' if b[*i..].starts_with(b"false") => {
+                    *i += 5;
+                    Json::Bool(false)
+                }
+                b'n' if b[*i..].starts_with(b"null") => {
+                    *i += 4;
+                    Json::Null
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = *i;
+                    *i += 1;
+                    while *i < b.len() && b[*i].is_ascii_digit() {
+                        *i += 1;
+                    }
+                    Json::Number(std::str::from_utf8(&b[start..*i]).unwrap().to_owned())
+                }
+                other => panic!("unexpected {:?} at {i}", *other as char),
+            };
+            ws(b, i);
+            v
+        }
+        let b = text.as_bytes();
+        let mut i = 0;
+        let v = value(b, &mut i);
+        assert_eq!(i, b.len(), "trailing text after the document");
+        v
+    }
+
+    #[test]
+    fn doctors_json_is_valid_and_gives_back_every_string_exactly() {
+        let nasty = "q\"uote b\\ack\nnew\u{1}ctl\ttab é \u{7f}";
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join(nasty.replace('/', "_"));
+        std::fs::create_dir(&sub).unwrap();
+        let db = sub.join("a.db");
+        std::fs::write(&db, b"").unwrap();
+        let options = ExamineOptions {
+            lease: Duration::from_secs(1),
+            watch: false,
+        };
+        let mut report = examine(&db, options, &mut |_| {}).unwrap();
+        report.holders.push(HolderReport {
+            host: nasty.into(),
+            pid: 7,
+            start: 8,
+            connection: 9,
+            level: "SHARED".into(),
+            this_host: false,
+            liveness: Liveness::Unknown,
+            silent_for: None,
+            renewal_seen: false,
+        });
+        report.latch = Some(TokenReport {
+            path: db.clone(),
+            contents: nasty.into(),
+            liveness: Liveness::Stale,
+        });
+        report.add("integrity", Severity::Problem, nasty.into());
+        let messages = [nasty.to_owned(), String::new()];
+        let check = CheckJson {
+            kind: "quick_check",
+            ok: false,
+            messages: &messages,
+        };
+
+        let json = parse_json(&to_json(&report, Some(&check)));
+        let text = |v: &Json| match v {
+            Json::Str(s) => s.clone(),
+            other => panic!("not a string: {other:?}"),
+        };
+        assert_eq!(json.get("version"), &Json::Number("1".into()));
+        assert_eq!(text(json.get("database")), db.display().to_string());
+        let Json::Array(holders) = json.get("holders") else {
+            panic!("holders")
+        };
+        assert_eq!(text(holders[0].get("host")), nasty);
+        assert_eq!(holders[0].get("silent_for_ms"), &Json::Null);
+        assert_eq!(text(json.get("latch").get("owner")), nasty);
+        assert_eq!(json.get("break"), &Json::Null);
+        let Json::Array(findings) = json.get("findings") else {
+            panic!("findings")
+        };
+        assert_eq!(text(findings.last().unwrap().get("message")), nasty);
+        assert_eq!(
+            json.get("check").get("messages"),
+            &Json::Array(vec![Json::Str(nasty.into()), Json::Str(String::new())])
+        );
+        assert_eq!(text(json.get("status")), "problems");
     }
 
     #[test]

@@ -2,6 +2,12 @@
 //! `sqlite-netfs doctor --check` and the `netfs_check=` URI parameter at open) and salvaging
 //! what can still be read (`sqlite-netfs recover`).
 //!
+//! It owns the checks' verdicts and the salvage with its per-table report. It may use
+//! `lock` (a SHARED lock of the protocol, held without a heartbeat while the damaged file is
+//! copied), `lockfile` and `mode` to find that lock, the crate's `Builder` to open through
+//! the shim for `doctor --check`, and SQLite's own `unix` VFS for the work copies: `recover`
+//! opens only its copy of the damaged file with SQLite, never the file itself.
+//!
 //! # Salvage (`recover`)
 //! The bundled SQLite has no recovery extension (`sqlite3_recover_*` and the `sqlite_dbpage`
 //! table it needs are not compiled into libsqlite3-sys's amalgamation), so salvage goes table
@@ -27,8 +33,8 @@
 //!      copied is looked up on its own, which reaches rows behind a damaged interior page;
 //! 4. indexes, views and triggers are created last (triggers so they do not fire on the copy);
 //!    any that fail are reported;
-//! 5. the new file passes `integrity_check` before it is renamed into place, so a half-made
-//!    file never appears under the new name.
+//! 5. the new file passes `integrity_check` before it is moved into place, so a half-made
+//!    file never appears under the new name, and never over a file made there meanwhile.
 //!
 //! Rows lost are counted exactly where an index of the table is still readable (its entry
 //! count is the table's row count at the last commit); otherwise as the rows stepped over
@@ -188,15 +194,25 @@ fn extended_code(e: &rusqlite::Error) -> i32 {
     }
 }
 
-/// `path` as an SQLite `file:` URI: `%`, `?` and `#` are escaped, everything else is kept.
+/// `path` as an SQLite `file:` URI that names exactly its bytes: `%`, `?` and `#`, and bytes
+/// that are not UTF-8, are %-escaped (SQLite decodes `%HH` into the byte); everything else is
+/// kept. An absolute path gets an empty authority (`file:///...`), so one that starts with
+/// `//` is not read as `file://HOST/...`.
 pub fn file_uri(path: &Path) -> String {
-    let mut uri = String::from("file:");
-    for c in path.to_string_lossy().chars() {
-        match c {
-            '%' => uri.push_str("%25"),
-            '?' => uri.push_str("%3f"),
-            '#' => uri.push_str("%23"),
-            c => uri.push(c),
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let authority = if bytes.starts_with(b"/") { "//" } else { "" };
+    let mut uri = format!("file:{authority}");
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '%' => uri.push_str("%25"),
+                '?' => uri.push_str("%3f"),
+                '#' => uri.push_str("%23"),
+                c => uri.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            uri.push_str(&format!("%{b:02x}"));
         }
     }
     uri
@@ -386,6 +402,11 @@ pub fn recover(
     progress: ProgressFn<'_>,
 ) -> Result<Recovery, String> {
     let RecoverOptions { lease, partial } = options;
+    for (which, path) in [("BROKEN", broken), ("NEW", new)] {
+        if path.as_os_str().is_empty() {
+            return Err(format!("{which} is empty: an empty path names no file"));
+        }
+    }
     match std::fs::metadata(broken) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return Err(format!("{}: not a database file", broken.display())),
@@ -529,9 +550,28 @@ pub fn recover(
     drop(old);
     std::fs::File::open(&made)
         .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&made, &new))
-        .map_err(|e| format!("cannot move the new database to {}: {e}", new.display()))?;
+        .and_then(|()| place_without_replacing(&made, &new))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} appeared while recover ran; recover never replaces a file, and made nothing",
+                new.display()
+            ),
+            _ => format!("cannot move the new database to {}: {e}", new.display()),
+        })?;
     Ok(recovery)
+}
+
+/// Gives `made` the name `new`, failing with `AlreadyExists` if `new` exists: `rename`
+/// alone would replace a file made there while recover ran. A hard link is the no-replace
+/// rename that needs no system call outside `ffi` (`made` goes with the work directory);
+/// where the filesystem has no hard links, a rename after one more look is the best left.
+fn place_without_replacing(made: &Path, new: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(made, new) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if std::fs::symlink_metadata(new).is_err() => std::fs::rename(made, new),
+        Err(e) => Err(e),
+    }
 }
 
 impl TableRecovery {
@@ -1337,10 +1377,33 @@ mod tests {
     }
 
     #[test]
+    fn the_new_file_never_replaces_one_made_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (made, new) = (dir.path().join("made"), dir.path().join("new"));
+        std::fs::write(&made, b"salvage").unwrap();
+        std::fs::write(&new, b"theirs").unwrap();
+        let e = place_without_replacing(&made, &new).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&new).unwrap(), b"theirs");
+        std::fs::remove_file(&new).unwrap();
+        place_without_replacing(&made, &new).unwrap();
+        assert_eq!(std::fs::read(&new).unwrap(), b"salvage");
+    }
+
+    #[test]
     fn uris_escape_only_what_sqlite_would_misread() {
+        use std::os::unix::ffi::OsStrExt;
         assert_eq!(
             file_uri(Path::new("/a b/c%d?e#f.db")),
-            "file:/a b/c%25d%3fe%23f.db"
+            "file:///a b/c%25d%3fe%23f.db"
         );
+        assert_eq!(
+            file_uri(Path::new(std::ffi::OsStr::from_bytes(
+                b"//caf\xe9/\xc3\xa9.db"
+            ))),
+            "file:////caf%e9/\u{e9}.db",
+            "a leading // is a path, and a byte that is not UTF-8 is kept as that byte"
+        );
+        assert_eq!(file_uri(Path::new("rel.db")), "file:rel.db");
     }
 }

@@ -6,16 +6,12 @@ mod cli_support;
 
 use std::os::unix::fs::PermissionsExt;
 
-use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, holder_json, run};
+use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, holder_json, path, run};
 
 #[test]
 #[ignore = "holder process entry point, spawned by the tests in this file"]
 fn holder_process() {
     cli_support::holder_from_env()
-}
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -204,6 +200,113 @@ fn a_missing_database_is_named_with_exit_2_and_nothing_created() {
         bad.code == 2 && bad.stderr.contains("unknown option --fast"),
         "{bad:?}"
     );
+}
+
+#[test]
+fn a_path_that_is_not_utf8_is_named_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
+    let missing = missing.as_os_str();
+    for args in [
+        &["doctor".as_ref(), missing][..],
+        &["unlock".as_ref(), missing, "--stale".as_ref()],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.contains("caf\u{fffd}.db: no such file"),
+            "{out:?}"
+        );
+    }
+    let json = run(&["doctor".as_ref(), missing, "--json".as_ref()]);
+    assert_eq!(json.code, 2, "{json:?}");
+    assert!(
+        json.stdout.starts_with(r#"{"version":1,"error":""#),
+        "{json:?}"
+    );
+    // A bad option is answered in JSON too, without the usage text.
+    let bad = run(&["doctor", path(dir.path()), "--json", "--fast"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(
+        bad.stdout.trim(),
+        r#"{"version":1,"error":"unknown option --fast","status":"problems"}"#
+    );
+}
+
+#[test]
+fn the_check_opens_the_file_named_whatever_its_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
+    sqlite_netfs::rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    // Not UTF-8; and with the leading `//` that a URI would take for a host name.
+    let mut doubled = std::ffi::OsString::from("/");
+    doubled.push(&db);
+    for name in [db.as_os_str(), &doubled] {
+        let out = run(&[
+            "doctor".as_ref(),
+            name,
+            "--check".as_ref(),
+            "--no-wait".as_ref(),
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout.contains("check       quick_check: ok"),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_database_this_user_cannot_read_is_a_problem_not_healthy() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("secret.db");
+    sqlite_netfs::rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut doctor = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite-netfs"));
+    doctor
+        .args(["doctor", path(&db), "--json", "--no-wait"])
+        .env_remove("SQLITE_NETFS");
+    if std::fs::File::open(&db).is_ok() {
+        // Privileged: a user the mode applies to.
+        doctor.uid(cli_support::NOBODY).gid(cli_support::NOBODY);
+    }
+    let out = doctor.output().unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{json} {out:?}");
+    assert_eq!(finding_codes(&json), ["database-unreadable"], "{json}");
+}
+
+#[test]
+fn a_native_writers_open_transaction_is_not_called_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("native.db");
+    let writer = sqlite_netfs::rusqlite::Connection::open(&db).unwrap();
+    writer
+        .execute_batch(
+            "CREATE TABLE t(x); BEGIN;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+             INSERT INTO t SELECT randomblob(3000) FROM n;
+             COMMIT;
+             PRAGMA cache_size = 5; BEGIN IMMEDIATE; UPDATE t SET x = randomblob(3000);",
+        )
+        .unwrap();
+    // The update spilled: the journal's header is synced, as a dead writer's would be.
+    let out = run(&["doctor", path(&db), "--no-wait"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("[journal-hot]"), "{out:?}");
+    assert!(!out.stdout.contains("no live writer owns"), "{out:?}");
+    assert!(out.stdout.contains("cannot see native writers"), "{out:?}");
+    writer.execute_batch("COMMIT").unwrap();
 }
 
 #[test]

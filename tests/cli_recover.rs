@@ -7,7 +7,7 @@ mod cli_support;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use cli_support::{Hold, Holder, run};
+use cli_support::{Hold, Holder, path, run};
 use sqlite_netfs::rusqlite::Connection;
 
 #[test]
@@ -20,10 +20,6 @@ fn holder_process() {
 #[ignore = "writer process entry point, spawned by the tests in this file"]
 fn unlocked_writer_process() {
     cli_support::unlocked_writer_from_env()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn payload(id: i64) -> String {
@@ -181,6 +177,22 @@ fn bad_paths_are_refused_by_name_and_nothing_replaced() {
     assert!(
         out.code == 2 && out.stderr.contains("BROKEN NEW"),
         "{out:?}"
+    );
+    for (args, named) in [
+        (["recover", path(&broken), ""], "NEW is empty"),
+        (["recover", "", path(&new)], "BROKEN is empty"),
+    ] {
+        let out = run(&args);
+        assert!(out.code == 2 && out.stderr.contains(named), "{out:?}");
+    }
+    let out = run(&[
+        "recover",
+        path(dir.path()),
+        path(&dir.path().join("other.db")),
+    ]);
+    assert!(
+        out.code == 2 && out.stderr.contains("not a database file"),
+        "a directory: {out:?}"
     );
 }
 

@@ -6,16 +6,12 @@ mod cli_support;
 
 use std::time::Instant;
 
-use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, run};
+use cli_support::{Hold, Holder, LEASE, LEASE_ARG, finding_codes, path, run};
 
 #[test]
 #[ignore = "holder process entry point, spawned by the tests in this file"]
 fn holder_process() {
     cli_support::holder_from_env()
-}
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -128,6 +124,33 @@ fn a_latch_left_by_a_vanished_host_is_stale_and_unlock_breaks_it() {
         "{out:?}"
     );
     assert!(!latch.exists());
+}
+
+#[test]
+fn unlock_that_never_gets_the_latch_fails_and_does_not_claim_nothing_was_stale() {
+    let (dir, db) = cli_support::network_database(5);
+    let latch = dir.path().join("app.db-netfs-latch");
+    // Another host's connections editing the table back to back: the latch is always
+    // taken, and its contents keep changing, so it is never judged stale.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let editor = {
+        let (latch, stop) = (latch.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for n in 1.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(&latch, format!("cli-unlock-busy-host 4242 77 1 {n}\n")).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let out = run(&["unlock", path(&db), "--stale", "--lease", LEASE_ARG]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    editor.join().unwrap();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("latch stayed taken"), "{out:?}");
+    assert!(!out.stdout.contains("nothing stale"), "{out:?}");
 }
 
 #[test]

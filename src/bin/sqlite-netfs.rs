@@ -2,7 +2,9 @@
 //! locks, and what is wrong), `unlock --stale` (remove what dead holders left) and `recover`
 //! (salvage the readable rows of a damaged database). The work is done by the library's
 //! `inspect` and `integrity` modules; this file parses arguments and prints.
+#![forbid(unsafe_code)]
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +27,7 @@ doctor   shows the mode this host picks for the database and why, who holds its 
          2 problems (or the command could not run).
 unlock   --stale removes lock-table entries and tokens of dead holders: at once for this
          host's processes that are gone, after one lease of silence for other hosts'. Never a
-         live holder's.
+         live holder's. Exit status: 0 done, 2 could not finish (what it removed is listed).
 recover  copies every readable row of a damaged database into the new file NEW and reports
          rows recovered and lost per table. BROKEN is only read (under network mode's read
          lock when it has a lock table). --partial also keeps rows some of whose values
@@ -35,7 +37,8 @@ recover  copies every readable row of a damaged database into the new file NEW a
 --lease SECS   the lease the applications use (default 10, as sqlite_netfs::DEFAULT_LEASE)";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `args_os`: a path need not be UTF-8, and `std::env::args` panics on one that is not.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     match run(&args) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
@@ -52,7 +55,7 @@ struct Args {
     lease: Duration,
 }
 
-fn parse(args: &[String], allowed: &[&str]) -> Result<Args, String> {
+fn parse(args: &[OsString], allowed: &[&str]) -> Result<Args, String> {
     let mut parsed = Args {
         paths: Vec::new(),
         flags: Vec::new(),
@@ -62,7 +65,10 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Args, String> {
     while i < args.len() {
         let a = &args[i];
         if a == "--lease" && allowed.contains(&"--lease") {
-            let value = args.get(i + 1).ok_or("--lease needs a number of seconds")?;
+            let value = args
+                .get(i + 1)
+                .ok_or("--lease needs a number of seconds")?
+                .to_string_lossy();
             let secs: f64 = value
                 .parse()
                 .ok()
@@ -72,11 +78,13 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Args, String> {
             i += 2;
             continue;
         }
-        if a.starts_with("--") {
-            if !allowed.contains(&a.as_str()) {
-                return Err(format!("unknown option {a}\n\n{USAGE}"));
+        // Options are ASCII; a path is any bytes.
+        let text = a.to_string_lossy();
+        if text.starts_with("--") {
+            if !allowed.contains(&&*text) {
+                return Err(format!("unknown option {text}\n\n{USAGE}"));
             }
-            parsed.flags.push(a.clone());
+            parsed.flags.push(text.into_owned());
         } else {
             parsed.paths.push(PathBuf::from(a));
         }
@@ -85,11 +93,11 @@ fn parse(args: &[String], allowed: &[&str]) -> Result<Args, String> {
     Ok(parsed)
 }
 
-fn run(args: &[String]) -> Result<u8, String> {
+fn run(args: &[OsString]) -> Result<u8, String> {
     let Some((command, rest)) = args.split_first() else {
         return Err(format!("no command given\n\n{USAGE}"));
     };
-    match command.as_str() {
+    match &*command.to_string_lossy() {
         "doctor" => doctor(rest),
         "unlock" => unlock(rest),
         "recover" => recover(rest),
@@ -112,18 +120,22 @@ fn note(message: &str) {
     }
 }
 
-fn doctor(args: &[String]) -> Result<u8, String> {
-    let a = parse(
+fn doctor(args: &[OsString]) -> Result<u8, String> {
+    // Asked before parsing, so that a bad option is answered in JSON too.
+    let json = args.iter().any(|a| a == "--json");
+    let examined = parse(
         args,
         &["--json", "--check", "--full", "--lease", "--no-wait"],
-    )?;
-    let json = a.flags.iter().any(|f| f == "--json");
-    match examine_and_check(&a) {
-        // A program reading the JSON gets an object in every case.
+    )
+    .and_then(|a| examine_and_check(&a));
+    match examined {
+        // A program reading the JSON gets an object in every case; the usage text that
+        // follows a bad option's message is for people, on stderr.
         Err(e) if json => {
+            let reason = e.split("\n\n").next().unwrap_or(&e);
             println!(
                 r#"{{"version":1,"error":{},"status":"problems"}}"#,
-                inspect::json_str(&e)
+                inspect::json_str(reason)
             );
             Err(e)
         }
@@ -153,6 +165,7 @@ fn examine_and_check(a: &Args) -> Result<u8, String> {
         note(&format!("running {} through the shim", kind.pragma()));
         let verdict = integrity::check_through_shim(&report.database, kind, a.lease);
         inspect::recheck_journal(&mut report);
+        let ok = matches!(verdict, Ok(Verdict::Healthy));
         let messages = match verdict {
             // The examination stands; the check is one more finding.
             Err(why) => {
@@ -189,7 +202,6 @@ fn examine_and_check(a: &Args) -> Result<u8, String> {
                 vec![why]
             }
         };
-        let ok = messages.len() == 1 && messages[0] == "ok";
         Some((kind, messages, ok))
     } else {
         None
@@ -229,29 +241,24 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
         TableState::Unreadable(why) => println!("lock table  unreadable: {why}"),
     }
     for h in &r.holders {
-        let host = if h.this_host { "this host" } else { &h.host };
         let silent = match (h.silent_for, h.renewal_seen) {
             (None, _) => String::new(),
             (Some(d), true) => format!(", renewed {:.1} s ago", d.as_secs_f64()),
             (Some(d), false) => format!(", unchanged for {:.1} s", d.as_secs_f64()),
         };
         println!(
-            "  {:<9} {host} pid {} connection {}: {}{silent}",
-            h.level, h.pid, h.connection, h.liveness
+            "  {:<9} {} pid {} connection {}: {}{silent}",
+            h.level,
+            h.host_label(),
+            h.pid,
+            h.connection,
+            h.liveness
         );
     }
     for (label, token) in [("latch", &r.latch), ("break", &r.break_token)] {
         match token {
             None => println!("{label:<11} none"),
-            Some(t) => println!(
-                "{label:<11} held by [{}]: {}",
-                if t.contents.is_empty() {
-                    "owner not recorded"
-                } else {
-                    &t.contents
-                },
-                t.liveness
-            ),
+            Some(t) => println!("{label:<11} held by [{}]: {}", t.owner_label(), t.liveness),
         }
     }
     let journal = match r.journal {
@@ -275,15 +282,10 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
             println!("  {} [{}] {}", f.severity, f.code, f.message);
         }
     }
-    let status = match r.exit_code() {
-        0 => "healthy",
-        1 => "warnings",
-        _ => "problems",
-    };
-    println!("status      {status} (exit {})", r.exit_code());
+    println!("status      {} (exit {})", r.status(), r.exit_code());
 }
 
-fn unlock(args: &[String]) -> Result<u8, String> {
+fn unlock(args: &[OsString]) -> Result<u8, String> {
     let a = parse(args, &["--stale", "--lease"])?;
     let [path] = &a.paths[..] else {
         return Err(format!("unlock takes one database path\n\n{USAGE}"));
@@ -292,24 +294,28 @@ fn unlock(args: &[String]) -> Result<u8, String> {
         return Err("unlock removes only what dead holders left, and says so: add --stale".into());
     }
     let report = inspect::unlock_stale(path, a.lease, &mut |m| note(m))?;
-    if report.removed.is_empty() {
+    if report.removed.is_empty() && report.unfinished.is_none() {
         println!("nothing stale: no dead holder's entry or token");
     }
     for r in &report.removed {
         println!("removed {r}");
-    }
-    for k in &report.kept {
-        println!("kept    {k} (alive)");
     }
     if report.hot_journal {
         println!(
             "the journal holds a removed writer's unfinished transaction: the next connection rolls it back"
         );
     }
+    // What is left was not judged: the command could not finish.
+    if let Some(why) = report.unfinished {
+        return Err(why);
+    }
+    for k in &report.kept {
+        println!("kept    {k} (alive)");
+    }
     Ok(0)
 }
 
-fn recover(args: &[String]) -> Result<u8, String> {
+fn recover(args: &[OsString]) -> Result<u8, String> {
     let a = parse(args, &["--lease", "--partial"])?;
     let [broken, new] = &a.paths[..] else {
         return Err(format!("recover takes two paths: BROKEN NEW\n\n{USAGE}"));

@@ -30,7 +30,7 @@ pub struct Run {
 }
 
 /// Runs `sqlite-netfs ARGS` with no mode setting in its environment.
-pub fn run(args: &[&str]) -> Run {
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_sqlite-netfs"))
         .args(args)
         .env_remove("SQLITE_NETFS")
@@ -41,6 +41,15 @@ pub fn run(args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// An unprivileged user (`nobody`) to run the command as when the tests run as root, for
+/// whom file modes do not apply.
+pub const NOBODY: u32 = 65534;
+
+/// `p` as a command-line argument; the tests' temporary paths are UTF-8.
+pub fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
 }
 
 fn register() {

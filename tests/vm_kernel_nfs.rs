@@ -1,7 +1,8 @@
 //! Two QEMU guests as two hosts with the Linux kernel NFSv4.1 client, mounting one export of
 //! nfs-ganesha on this machine (`common::vm`): the acceptance workload through the shim,
 //! native SQLite's negative control, workers SIGKILLed in the guests, a guest killed whole (a
-//! host crash) and a guest frozen past its lease.
+//! host crash) and a guest frozen past its lease. Also the acceptance workload on NFSv3
+//! mounted `nolock`, where `fcntl` locks never leave the client (common on HPC homes).
 //!
 //! Guests run under TCG, 10 to 30 times slower than this machine: the workloads are sized
 //! for CI; `SQLITE_NETFS_SOAK_SECS` lengthens the kill run.
@@ -46,6 +47,24 @@ fn shim_keeps_every_commit_of_two_kernel_nfs_clients() {
     assert!(
         tb.server_dir()
             .join("vm-nfs41-shim.db-netfs-table")
+            .exists(),
+        "auto mode in the guests must have chosen network mode (its lock table is missing)"
+    );
+}
+
+#[test]
+fn shim_keeps_every_commit_of_two_kernel_nfsv3_clients_mounted_nolock() {
+    let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "3")) else {
+        return;
+    };
+    let plan = tb.stress_plan("vm-nfs3-nolock-shim", "netfs", 40);
+    let report = stress::run(&plan, &[]);
+    assert!(report.correct(), "{}", report.summary());
+    assert_eq!(report.acknowledged, 4 * 40);
+    assert!(report.reader_checks > 0, "{}", report.summary());
+    assert!(
+        tb.server_dir()
+            .join("vm-nfs3-nolock-shim.db-netfs-table")
             .exists(),
         "auto mode in the guests must have chosen network mode (its lock table is missing)"
     );

@@ -81,8 +81,14 @@ done
 /// The filesystem a guest mounts at [`GUEST_MOUNT`].
 #[derive(Debug, Clone)]
 pub enum GuestFs {
-    /// The kernel NFS client, to nfs-ganesha on the host (`vers` such as `4.1`).
-    Nfs { port: u16, vers: &'static str },
+    /// The kernel NFS client, to nfs-ganesha on the host (`vers` such as `4.1`, or `3`,
+    /// mounted `nolock`: ganesha has no lock manager here, and `nolock` homes are common).
+    Nfs {
+        port: u16,
+        mount_port: u16,
+        export: PathBuf,
+        vers: &'static str,
+    },
     /// The host directory, shared by QEMU's virtio-9p server (as WSL and VM-backed containers do).
     NineP { dir: PathBuf },
     /// The kernel CIFS client (SMB3), to the SMB testbed's Samba on the host.
@@ -247,8 +253,8 @@ impl VmTestbed {
         let root = control_dir()?;
         let server_dir = root.path().join("export");
         mkdir(&server_dir)?;
-        let port = free_port()?;
-        let ganesha = start_ganesha(root.path(), &server_dir, port)?;
+        let (port, mount_port) = (free_port()?, free_port()?);
+        let ganesha = start_ganesha(root.path(), &server_dir, port, mount_port, vers == "3")?;
         let mut tb = VmTestbed {
             kind: "vm-nfs",
             guests: Vec::new(),
@@ -257,7 +263,16 @@ impl VmTestbed {
             samba: None,
             root,
         };
-        tb.boot(guests, &GuestFs::Nfs { port, vers })?;
+        let export = tb.server_dir.clone();
+        tb.boot(
+            guests,
+            &GuestFs::Nfs {
+                port,
+                mount_port,
+                export,
+                vers,
+            },
+        )?;
         Ok(tb)
     }
 
@@ -384,9 +399,22 @@ impl VmTestbed {
             ));
             let mut net = "user,id=n0,restrict=on".to_owned();
             match fs {
-                GuestFs::Nfs { port, .. } => net.push_str(&format!(
-                    ",guestfwd=tcp:{SERVER_ADDR}:{port}-tcp:127.0.0.1:{port}"
-                )),
+                GuestFs::Nfs {
+                    port,
+                    mount_port,
+                    vers,
+                    ..
+                } => {
+                    // QEMU connects each forward when it starts: only to what listens.
+                    net.push_str(&format!(
+                        ",guestfwd=tcp:{SERVER_ADDR}:{port}-tcp:127.0.0.1:{port}"
+                    ));
+                    if *vers == "3" {
+                        net.push_str(&format!(
+                            ",guestfwd=tcp:{SERVER_ADDR}:{mount_port}-tcp:127.0.0.1:{mount_port}"
+                        ));
+                    }
+                }
                 GuestFs::Cifs => net.push_str(&format!(
                     ",guestfwd=tcp:{SERVER_ADDR}:445-tcp:127.0.0.1:445"
                 )),
@@ -458,7 +486,18 @@ fn control_dir() -> Result<tempfile::TempDir, String> {
 fn setup_script(fs: &GuestFs) -> String {
     let m = format!("/host{GUEST_MOUNT}");
     match fs {
-        GuestFs::Nfs { port, vers } => format!(
+        GuestFs::Nfs {
+            port,
+            mount_port,
+            export,
+            vers: "3",
+        } => format!(
+            "set -e\nmodprobe nfsv3\nmkdir -p {m}\n\
+             mount -t nfs -o vers=3,nolock,proto=tcp,port={port},mountport={mount_port},mountproto=tcp \
+             {SERVER_ADDR}:{} {m}\n",
+            export.display()
+        ),
+        GuestFs::Nfs { port, vers, .. } => format!(
             "set -e\nmodprobe nfsv4\nmkdir -p {m}\n\
              mount -t nfs4 -o vers={vers},port={port},proto=tcp {SERVER_ADDR}:/export {m}\n"
         ),
@@ -558,19 +597,33 @@ fn build_initramfs(modules: &Path, out: &Path) -> Result<(), String> {
 }
 
 /// nfs-ganesha on 127.0.0.1:`port`, NFSv4 only, exporting `dir` as `/export`.
-fn start_ganesha(root: &Path, dir: &Path, port: u16) -> Result<Child, String> {
+fn start_ganesha(
+    root: &Path,
+    dir: &Path,
+    port: u16,
+    mount_port: u16,
+    v3: bool,
+) -> Result<Child, String> {
     let ganesha = find_bin("ganesha.nfsd")?;
+    // NFSv3 is served only once registered with rpcbind (ganesha waits for it).
+    let protocols = if v3 {
+        ensure_rpcbind()?;
+        "3, 4"
+    } else {
+        "4"
+    };
     let conf = root.join("ganesha.conf");
     let log = root.join("ganesha.log");
     fs::write(
         &conf,
         format!(
-            "NFS_CORE_PARAM {{ NFS_Port = {port}; Bind_Addr = 127.0.0.1; Protocols = 4; \
+            "NFS_CORE_PARAM {{ NFS_Port = {port}; MNT_Port = {mount_port}; \
+             Bind_Addr = 127.0.0.1; Protocols = {protocols}; \
              Enable_NLM = false; Enable_RQUOTA = false; }}\n\
              NFSV4 {{ Graceless = true; Lease_Lifetime = {GANESHA_LEASE_SECS}; \
              Allow_Numeric_Owners = true; Only_Numeric_Owners = true; }}\n\
              EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; \
-             Squash = No_Root_Squash; Protocols = 4; Transports = TCP; SecType = sys; \
+             Squash = No_Root_Squash; Protocols = {protocols}; Transports = TCP; SecType = sys; \
              FSAL {{ Name = VFS; }} }}\n\
              LOG {{ Default_Log_Level = EVENT; }}\n",
             dir.display()
@@ -602,6 +655,25 @@ fn start_ganesha(root: &Path, dir: &Path, port: u16) -> Result<Child, String> {
         )
     })?;
     Ok(child)
+}
+
+/// Starts the system's rpcbind unless one answers (it stays: other tests may use it).
+fn ensure_rpcbind() -> Result<(), String> {
+    let answers = || {
+        Command::new("rpcinfo")
+            .arg("-p")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if answers() {
+        return Ok(());
+    }
+    let rpcbind = find_bin("rpcbind")?;
+    let _ = Command::new(rpcbind).arg("-w").status();
+    wait_until(Duration::from_secs(10), answers)
+        .map_err(|()| "vm testbed: rpcbind did not start (NFSv3 needs it)".to_owned())
 }
 
 /// nfs-ganesha's NFSv4 lease: how long it keeps a dead client's state (kernel nfsd: 90 s).

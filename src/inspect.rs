@@ -2,7 +2,7 @@
 //!
 //! This module owns two operations:
 //! - [`examine`] (`sqlite-netfs doctor`): a read-only look at the mode decision, the lock table
-//!   and tokens (parsed by `protocol`, read through `lockfile` with `O_NOFOLLOW`), the holders'
+//!   and tokens (parsed by `protocol`, read through `lock::files` with `O_NOFOLLOW`), the holders'
 //!   liveness, the journal, `-wal`/`-shm` companions, the lock files' type, owner and mode, and
 //!   hazards in the mount table. It creates, writes and removes nothing.
 //! - [`unlock_stale`] (`sqlite-netfs unlock --stale`): removal of what dead holders left, by
@@ -29,11 +29,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::client_cache::SizeRefresh;
+use crate::detect::mode::{self, Detection, Mode};
 use crate::detect::{self, MountEntry};
+use crate::lock::files::{DirLockFiles, LockFileName, LockFiles, TokenStyle};
+use crate::lock::protocol::{Level, LockTable, OwnerId, ParseError, fnv1a};
 use crate::lock::{DbLock, LATCH_WAIT, Removed, SystemEnvironment};
-use crate::lockfile::{DirLockFiles, LockFileName, LockFiles, SizeRefresh, TokenStyle};
-use crate::mode::{self, Detection, Mode};
-use crate::protocol::{Level, LockTable, OwnerId, ParseError, fnv1a};
 
 /// How bad a finding is. The command's exit status is the worst one's: 0, 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -260,13 +261,13 @@ pub fn examine(
         SizeRefresh::ForcedStat,
     );
     let mut findings = Vec::new();
-    let me = crate::owner::host_id();
+    let me = crate::lock::owner::host_id();
     let mut watch = Watcher::default();
-    let started = crate::ffi::os::boot_time();
+    let started = crate::sys::boot_time();
     let mut told = false;
     let snapshot = loop {
         let snapshot = Snapshot::read(&files);
-        let watched = crate::ffi::os::boot_time().saturating_sub(started);
+        let watched = crate::sys::boot_time().saturating_sub(started);
         watch.observe(&snapshot, watched);
         let undecided = snapshot.undecided(me, &watch, options.lease);
         if !options.watch || undecided == 0 || watched >= options.lease {
@@ -281,7 +282,7 @@ pub fn examine(
         }
         std::thread::sleep(WATCH_TICK);
     };
-    let watched = crate::ffi::os::boot_time().saturating_sub(started);
+    let watched = crate::sys::boot_time().saturating_sub(started);
 
     let table = match &snapshot.table {
         Ok(None) => TableState::Missing,
@@ -549,7 +550,7 @@ fn verdict(
     watched: Duration,
     lease: Duration,
 ) -> Liveness {
-    if owner.host == me && !crate::owner::same_host_process_alive(owner) {
+    if owner.host == me && !crate::lock::owner::same_host_process_alive(owner) {
         return Liveness::Dead;
     }
     match verdict_by_silence(silent, watched, lease) {
@@ -1014,15 +1015,15 @@ pub fn unlock_stale(
             table_path.display()
         ));
     }
-    let me = crate::owner::host_id();
+    let me = crate::lock::owner::host_id();
     let mut lock = DbLock::new(
         files.clone(),
         SystemEnvironment,
-        crate::owner::new_owner(),
+        crate::lock::owner::new_owner(),
         lease,
     );
     let mut report = UnlockReport::default();
-    let started = crate::ffi::os::boot_time();
+    let started = crate::sys::boot_time();
     // Two observations a lease apart are needed for another host's holder; a little more
     // than a lease lets the last sweep see the silence through.
     let deadline = lease + lease / 8 + WATCH_TICK;
@@ -1057,7 +1058,7 @@ pub fn unlock_stale(
                 false
             }
         };
-        let elapsed = crate::ffi::os::boot_time().saturating_sub(started);
+        let elapsed = crate::sys::boot_time().saturating_sub(started);
         let waiting_for = undecided_by_time(&files, me);
         if (edited && waiting_for == 0) || elapsed >= deadline {
             break;

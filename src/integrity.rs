@@ -4,7 +4,7 @@
 //!
 //! It owns the checks' verdicts and the salvage with its per-table report. It may use
 //! `lock` (a SHARED lock of the protocol, held without a heartbeat while the damaged file is
-//! copied), `lockfile` and `mode` to find that lock, the crate's `Builder` to open through
+//! copied), `lock::files` and `detect::mode` to find that lock, the crate's `Builder` to open through
 //! the shim for `doctor --check`, and SQLite's own `unix` VFS for the work copies: `recover`
 //! opens only its copy of the damaged file with SQLite, never the file itself.
 //!
@@ -50,9 +50,10 @@ use std::time::Duration;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::client_cache::SizeRefresh;
+use crate::lock::files::{DirLockFiles, LockFileName, TokenStyle};
+use crate::lock::protocol::Level;
 use crate::lock::{Acquired, DbLock, SystemEnvironment};
-use crate::lockfile::{DirLockFiles, LockFileName, SizeRefresh, TokenStyle};
-use crate::protocol::Level;
 
 /// Which check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,7 +308,7 @@ impl ReadLock {
         if std::fs::symlink_metadata(&table).is_err() {
             return Ok(ReadLock(None));
         }
-        let fs_type = crate::mode::decide(db, None)
+        let fs_type = crate::detect::mode::decide(db, None)
             .map(|d| d.fs_type)
             .unwrap_or_default();
         let files = DirLockFiles::new(
@@ -315,13 +316,18 @@ impl ReadLock {
             TokenStyle::for_fs_type(&fs_type),
             SizeRefresh::for_fs_type(&fs_type),
         );
-        let mut lock = DbLock::new(files, SystemEnvironment, crate::owner::new_owner(), lease);
-        let started = crate::ffi::os::boot_time();
+        let mut lock = DbLock::new(
+            files,
+            SystemEnvironment,
+            crate::lock::owner::new_owner(),
+            lease,
+        );
+        let started = crate::sys::boot_time();
         loop {
             match lock.lock(Level::Shared) {
                 Ok(Acquired::Granted { .. }) => return Ok(ReadLock(Some(lock))),
                 Ok(Acquired::Busy)
-                    if crate::ffi::os::boot_time().saturating_sub(started) < lease * 2 =>
+                    if crate::sys::boot_time().saturating_sub(started) < lease * 2 =>
                 {
                     std::thread::sleep(Duration::from_millis(50));
                 }

@@ -18,45 +18,36 @@
 //! On a network filesystem it switches to *network mode*: lockfile-based locking with leases,
 //! a rollback journal, and cache revalidation at every lock. `DESIGN.md` states the protocol.
 //!
+//! The tree follows DESIGN.md's parts, bottom to top; each layer uses only those below it
+//! (the files of network mode also implement the VFS boundary's file contract):
+//!
 //! | module | owns |
 //! |---|---|
-//! | `detect` | classifying a path's filesystem as local or network |
-//! | `mode` | the per-database decision (URI `netfs=`, `SQLITE_NETFS`, detection) |
-//! | `protocol` | the lock table and its transitions (pure) |
-//! | `lockfile` | the lock files and the filesystem operations trusted across hosts |
-//! | `lock` | one connection's lock: latch, stale recovery, lease |
-//! | `heartbeat` | renewing leases of long-held locks |
-//! | `network_file` | a database file in network mode: I/O, locking, coherency |
-//! | `journal` | the never-deleted rollback journal of network mode |
-//! | `wal` | converting WAL databases for network mode |
-//! | `opening` | assembling all of the above when SQLite opens a database |
-//! | `owner` | host, process and connection identity; liveness |
+//! | `sys` | the system calls std does not wrap, one module per platform (`unsafe`) |
+//! | `client_cache` | the workarounds for what network clients' caches answer wrongly |
+//! | `detect` | classifying a path's filesystem; `detect::mode`: the per-database decision (URI `netfs=`, `SQLITE_NETFS`, lock files, detection) |
+//! | `lock` | one connection's lock (latch, stale recovery, lease); `lock::protocol`: the lock table and its transitions (pure); `lock::files`: the lock files and the operations trusted across hosts; `lock::owner`: identity and liveness; `lock::heartbeat`: lease renewal |
+//! | `network` | network mode: the database file, the journal, WAL conversion, the decision at open |
+//! | `vfs` | the VFS boundary SQLite calls (`unsafe`): registration, the generic file shim, the safe file contract |
 //! | [`integrity`] | integrity checks (`doctor --check`, `netfs_check=` at open) and salvage of damaged databases (`recover`) |
 //! | [`inspect`] | what the `sqlite-netfs` command sees: lock holders, lock files, journal, mount hazards; removing dead holders' leftovers |
-//! | `ffi` | the unsafe core: VFS callbacks and system calls |
 #![deny(unsafe_code)]
 
+mod client_cache;
 mod detect;
-mod ffi;
-mod heartbeat;
 pub mod inspect;
 pub mod integrity;
-mod journal;
 mod lock;
-mod lockfile;
-mod mode;
-mod network_file;
-mod opening;
-mod owner;
-mod protocol;
-mod wal;
+mod network;
+mod sys;
+mod vfs;
 
 use std::path::Path;
 use std::time::Duration;
 
 pub use detect::FsClass;
-pub use mode::{DecisionSource, Detection, Mode};
-pub use owner::HOST_ID_ENV;
+pub use detect::mode::{DecisionSource, Detection, Mode};
+pub use lock::owner::HOST_ID_ENV;
 pub use rusqlite;
 
 /// The VFS name [`register`] uses.
@@ -159,12 +150,12 @@ impl Builder {
 
     /// Registers the VFS (not as the default). Registering the same options twice is fine.
     pub fn register(self) -> Result<(), Error> {
-        ffi::vfs::register(self.validated()?, false)
+        vfs::register(self.validated()?, false)
     }
 
     /// Registers the VFS and makes it SQLite's default, so plain paths use it too.
     pub fn register_as_default(self) -> Result<(), Error> {
-        ffi::vfs::register(self.validated()?, true)
+        vfs::register(self.validated()?, true)
     }
 }
 
@@ -181,10 +172,10 @@ pub fn register_as_default() -> Result<(), Error> {
 /// What the shim decides for a database at `path` (with no `netfs=` URI parameter): the mode,
 /// the filesystem type, and why. The path need not exist yet.
 pub fn detect(path: &Path) -> Result<Detection, String> {
-    mode::decide(path, None)
+    detect::mode::decide(path, None)
 }
 
 /// Whether `conn`'s main database is open through this shim in network mode.
 pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
-    ffi::vfs::network_mode_active(conn)
+    vfs::network_mode_active(conn)
 }

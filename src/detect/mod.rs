@@ -15,6 +15,8 @@ use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
+pub mod mode;
+
 /// Where a filesystem keeps its data, as far as locking and caching are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FsClass {
@@ -451,7 +453,7 @@ fn nearest_existing(path: &Path) -> io::Result<PathBuf> {
 fn identify(probed_path: PathBuf) -> io::Result<FsInfo> {
     use std::os::unix::fs::MetadataExt;
 
-    let stat = crate::ffi::os::statfs(&probed_path)?;
+    let stat = crate::sys::statfs(&probed_path)?;
     let raw_dev = fs::metadata(&probed_path)?.dev();
     let dev = (libc::major(raw_dev), libc::minor(raw_dev));
     // Without mountinfo (no /proc in a sandbox) the magic alone still decides.
@@ -478,7 +480,7 @@ fn identify(probed_path: PathBuf) -> io::Result<FsInfo> {
 
 #[cfg(target_os = "macos")]
 fn identify(probed_path: PathBuf) -> io::Result<FsInfo> {
-    let stat = crate::ffi::os::statfs(&probed_path)?;
+    let stat = crate::sys::statfs(&probed_path)?;
     // macOS statfs always reports the flag; if it did not, "not local" is the safe guess.
     let (class, reason) = classify_macos(&stat.type_name, stat.local_flag.unwrap_or(false));
     Ok(FsInfo {

@@ -20,18 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
-use crate::ffi::os::{self, RangeLock};
-use crate::journal::JournalPermit;
-use crate::lock::{Acquired, DbLock, LeaseView, LockError, SystemEnvironment};
-use crate::lockfile::{DirLockFiles, SizeRefresh};
-use crate::protocol::Level;
-
-/// The lock of one connection in network mode.
-pub type ConnectionLock = Mutex<DbLock<DirLockFiles, SystemEnvironment>>;
-/// That lock, shared with the lease heartbeat.
-pub type SharedLock = Arc<ConnectionLock>;
+use crate::client_cache::SizeRefresh;
+use crate::lock::protocol::Level;
+use crate::lock::{Acquired, LeaseView, LockError, LockHandle};
+use crate::network::journal::JournalPermit;
+use crate::sys::{self, RangeLock};
 
 /// The operation that failed, for SQLite's extended error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +93,7 @@ impl NativeRangeLocks {
         if !self.enabled {
             return Ok(true);
         }
-        match os::set_range_lock(file.as_fd(), kind, start, len) {
+        match sys::set_range_lock(file.as_fd(), kind, start, len) {
             Ok(got) => Ok(got),
             Err(e)
                 if matches!(
@@ -181,11 +174,11 @@ impl NativeRangeLocks {
         if !self.enabled {
             return Ok(false);
         }
-        os::range_is_locked(file.as_fd(), RESERVED_BYTE, 1)
+        sys::range_is_locked(file.as_fd(), RESERVED_BYTE, 1)
     }
 }
 
-/// Runs `op` again while it fails with EIO (as `lockfile::retry_eio`), but not once the
+/// Runs `op` again while it fails with EIO (as `client_cache::retry_eio`), but not once the
 /// lease of a held lock may have run out: a write retried past it could land after another
 /// host has taken the lock over (smbnetfs answers EIO for seconds under load). `Err(None)`:
 /// given up because of the lease.
@@ -195,8 +188,8 @@ fn retry_eio_within_lease<T>(
     mut op: impl FnMut() -> io::Result<T>,
 ) -> Result<T, Option<io::Error>> {
     let mut fenced = false;
-    let result = crate::lockfile::retry_eio(|| {
-        if held && lease.expired(os::boot_time()) {
+    let result = crate::client_cache::retry_eio(|| {
+        if held && lease.expired(sys::boot_time()) {
             fenced = true;
             return Err(io::Error::other("the lock's lease may have run out"));
         }
@@ -213,7 +206,7 @@ pub struct NetworkFile {
     path: PathBuf,
     file: File,
     writable: bool,
-    lock: SharedLock,
+    lock: LockHandle,
     lease: LeaseView,
     native: NativeRangeLocks,
     /// The level SQLite believes it holds (change it with `set_level`).
@@ -279,7 +272,7 @@ impl NetworkFile {
         path: &Path,
         writable: bool,
         create: bool,
-        lock: SharedLock,
+        lock: LockHandle,
         size_refresh: SizeRefresh,
         powersafe_overwrite: bool,
         mirror_native_locks: bool,
@@ -343,7 +336,7 @@ impl NetworkFile {
     }
 
     fn check_lease(&self) -> Result<(), FileError> {
-        if self.level > Level::None && self.lease.expired(os::boot_time()) {
+        if self.level > Level::None && self.lease.expired(sys::boot_time()) {
             tracing::error!(path = %self.path.display(), "lock lease expired (file server unreachable or process stalled); refusing I/O");
             return Err(FileError::LeaseExpired);
         }
@@ -374,7 +367,7 @@ impl NetworkFile {
                 return Ok(());
             }
             let end = offset + done as u64;
-            let server_size = crate::lockfile::retry_eio(|| {
+            let server_size = crate::client_cache::retry_eio(|| {
                 self.size_refresh.server_size(&self.file, &self.path)
             })
             .map_err(|e| self.descriptor_error(IoOp::Read, e))?;
@@ -404,7 +397,8 @@ impl NetworkFile {
         while done < buf.len() {
             // Reads are idempotent: a passing EIO from smbnetfs is asked again.
             let chunk = &mut buf[done..];
-            match crate::lockfile::retry_eio(|| self.file.read_at(chunk, offset + done as u64)) {
+            match crate::client_cache::retry_eio(|| self.file.read_at(chunk, offset + done as u64))
+            {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -436,7 +430,7 @@ impl NetworkFile {
             Ok(()) => Ok(()),
             // smbnetfs fails ftruncate(2) with EIO but honours truncate(2) on the path.
             Err(e) => {
-                os::truncate_path(&self.path, size).map_err(|_| FileError::io(IoOp::Truncate, e))
+                sys::truncate_path(&self.path, size).map_err(|_| FileError::io(IoOp::Truncate, e))
             }
         }
     }
@@ -454,7 +448,7 @@ impl NetworkFile {
     }
 
     pub fn size(&mut self) -> Result<u64, FileError> {
-        let e = match crate::lockfile::retry_eio(|| self.file.metadata()) {
+        let e = match crate::client_cache::retry_eio(|| self.file.metadata()) {
             Ok(m) => {
                 tracing::trace!(path = %self.path.display(), size = m.len(), "size");
                 return Ok(m.len());
@@ -463,7 +457,7 @@ impl NetworkFile {
         };
         self.descriptor_failed = true;
         // smbnetfs can keep failing a descriptor while the path still answers.
-        match crate::lockfile::open_revalidated(&self.path, self.size_refresh) {
+        match crate::client_cache::open_revalidated(&self.path, self.size_refresh) {
             Ok(Some((_, size))) => Ok(size),
             _ => Err(FileError::io(IoOp::Fstat, e)),
         }
@@ -496,7 +490,7 @@ impl NetworkFile {
     fn passing_eio_as_busy<T>(&mut self, result: Result<T, FileError>) -> Result<T, FileError> {
         let eio = match &result {
             Err(FileError::Io { error, .. }) | Err(FileError::Lock(LockError::Io(error))) => {
-                crate::lockfile::os_error_code(error) == Some(libc::EIO)
+                crate::lock::files::os_error_code(error) == Some(libc::EIO)
             }
             _ => false,
         };
@@ -509,7 +503,7 @@ impl NetworkFile {
         }
         if !self
             .eio_patience
-            .answer_busy(os::boot_time(), result.is_ok(), eio)
+            .answer_busy(sys::boot_time(), result.is_ok(), eio)
         {
             return result;
         }
@@ -522,7 +516,7 @@ impl NetworkFile {
     /// Reports lock waits that took long, counted from the first refusal of a level to its
     /// grant (SQLite retries through its busy handler in between).
     fn note_wait(&mut self, want: Level, result: &Result<(), FileError>) {
-        let now = os::boot_time();
+        let now = sys::boot_time();
         match (result, self.waiting_since) {
             (Err(FileError::Busy), Some((level, _))) if level == want => {}
             (Err(FileError::Busy), _) => self.waiting_since = Some((want, now)),
@@ -630,10 +624,10 @@ impl NetworkFile {
         // No byte-range lock is held at this point, so closing the old one loses nothing.
         debug_assert_eq!(self.native.level, Level::None);
         let reopen = || Self::open_file(&self.path, self.writable, false);
-        let reopened = crate::lockfile::retry_eio(reopen).and_then(|f| {
+        let reopened = crate::client_cache::retry_eio(reopen).and_then(|f| {
             // The size from the server refreshes the kernel's: SQLite is about to ask it.
             let size =
-                crate::lockfile::retry_eio(|| self.size_refresh.server_size(&f, &self.path))?;
+                crate::client_cache::retry_eio(|| self.size_refresh.server_size(&f, &self.path))?;
             Ok((f, size))
         });
         let fresh = match reopened {
@@ -752,6 +746,8 @@ impl Drop for NetworkFile {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use crate::lock::{DbLock, SystemEnvironment};
+    use parking_lot::Mutex;
 
     fn two_handles() -> (tempfile::TempDir, File, File) {
         let dir = tempfile::tempdir().unwrap();
@@ -771,7 +767,7 @@ mod tests {
     fn a_write_is_not_retried_once_the_lease_may_have_run_out() {
         let eio = || Err::<(), _>(io::Error::from_raw_os_error(libc::EIO));
         let started = std::time::Instant::now();
-        let soon = LeaseView::ending_at(os::boot_time() + Duration::from_millis(30));
+        let soon = LeaseView::ending_at(sys::boot_time() + Duration::from_millis(30));
         assert!(matches!(
             retry_eio_within_lease(&soon, true, eio),
             Err(None)
@@ -782,7 +778,7 @@ mod tests {
             started.elapsed()
         );
 
-        let long = LeaseView::ending_at(os::boot_time() + Duration::from_secs(60));
+        let long = LeaseView::ending_at(sys::boot_time() + Duration::from_secs(60));
         let mut attempts = 0;
         let flaky = || {
             attempts += 1;
@@ -802,15 +798,15 @@ mod tests {
     }
 
     fn network_file(path: &Path) -> NetworkFile {
-        let files = crate::lockfile::DirLockFiles::new(
+        let files = crate::lock::files::DirLockFiles::new(
             path,
-            crate::lockfile::TokenStyle::File,
+            crate::lock::files::TokenStyle::File,
             SizeRefresh::ForcedStat,
         );
         let lock = DbLock::new(
             files,
             SystemEnvironment,
-            crate::owner::new_owner(),
+            crate::lock::owner::new_owner(),
             Duration::from_secs(10),
         );
         let lock = Arc::new(Mutex::new(lock));

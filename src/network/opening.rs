@@ -11,10 +11,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::Options;
+use crate::client_cache::SizeRefresh;
+use crate::detect::mode::{self, Detection, Mode};
+use crate::lock::files::{DirLockFiles, LockFileName, TokenStyle};
 use crate::lock::{DbLock, SystemEnvironment};
-use crate::lockfile::{DirLockFiles, LockFileName, SizeRefresh, TokenStyle};
-use crate::mode::{self, Detection, Mode};
-use crate::network_file::NetworkFile;
+use crate::network::file::NetworkFile;
 
 /// A main database open in network mode, known to the journal registry while it lives.
 pub struct OpenDatabase {
@@ -24,7 +25,10 @@ pub struct OpenDatabase {
 
 impl Drop for OpenDatabase {
     fn drop(&mut self) {
-        crate::journal::unregister_database(&self.registry_name, self.file.journal_permit());
+        crate::network::journal::unregister_database(
+            &self.registry_name,
+            self.file.journal_permit(),
+        );
     }
 }
 
@@ -141,7 +145,7 @@ fn open_network(
         )));
     }
     // Lock files live beside the database: network mode needs the directory writable.
-    if let Err(e) = crate::ffi::os::check_writable_dir(dir) {
+    if let Err(e) = crate::sys::check_writable_dir(dir) {
         let why = if detection.read_only || e.raw_os_error() == Some(libc::EROFS) {
             "the filesystem is mounted read-only".to_owned()
         } else {
@@ -165,11 +169,11 @@ fn open_network(
     let lock = Arc::new(Mutex::new(DbLock::new(
         files,
         SystemEnvironment,
-        crate::owner::new_owner(),
+        crate::lock::owner::new_owner(),
         options.lease,
     )));
-    crate::heartbeat::watch(&lock);
-    match crate::wal::needs_conversion(path, refresh) {
+    crate::lock::heartbeat::watch(&lock);
+    match crate::network::wal::needs_conversion(path, refresh) {
         Ok(false) => {}
         Ok(true) if !req.read_write => {
             return Err(cant(format!(
@@ -178,12 +182,13 @@ fn open_network(
             )));
         }
         Ok(true) => {
-            if let Some(why) = crate::wal::in_use_by_a_native_process(path, detection.class)
-                .map_err(|e| cant(format!("netfs: cannot read {}: {e}", path.display())))?
+            if let Some(why) =
+                crate::network::wal::in_use_by_a_native_process(path, detection.class)
+                    .map_err(|e| cant(format!("netfs: cannot read {}: {e}", path.display())))?
             {
                 return Err(cant(format!("netfs: {why}")));
             }
-            crate::wal::convert_under_lock(path, &lock, options.lease, refresh)
+            crate::network::wal::convert_under_lock(path, &lock, options.lease, refresh)
                 .map_err(|m| cant(format!("netfs: {m}")))?;
         }
         Err(e) => return Err(cant(format!("netfs: cannot read {}: {e}", path.display()))),
@@ -194,7 +199,11 @@ fn open_network(
     let file = open_file_with_fallback(path, req, lock, refresh, mirror_native_locks)
         .map_err(|e| cant(format!("netfs: cannot open {}: {e}", path.display())))?;
     let registry_name = String::from_utf8_lossy(req.name).into_owned();
-    crate::journal::register_database(&registry_name, refresh, file.journal_permit().clone());
+    crate::network::journal::register_database(
+        &registry_name,
+        refresh,
+        file.journal_permit().clone(),
+    );
     Ok(OpenDatabase {
         file,
         registry_name,
@@ -259,7 +268,7 @@ fn check_lock_files(files: &DirLockFiles) -> Result<(), String> {
 fn open_file_with_fallback(
     path: &Path,
     req: &OpenRequest<'_>,
-    lock: crate::network_file::SharedLock,
+    lock: crate::lock::LockHandle,
     refresh: SizeRefresh,
     mirror_native_locks: bool,
 ) -> io::Result<NetworkFile> {

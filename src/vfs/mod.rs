@@ -15,7 +15,9 @@
 //! - The journal of a network-mode database: a [`JournalShimFile`], our header, a
 //!   `Box<OpenJournal>`, then the base VFS's own file object, which does the I/O. Writes and
 //!   truncations pass the journal fence first; after a failed change, reads and syncs fail
-//!   (`crate::journal`).
+//!   (`crate::network::journal`).
+
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -26,11 +28,11 @@ use std::sync::Once;
 use parking_lot::Mutex;
 use rusqlite::ffi;
 
-use crate::journal::OpenJournal;
-use crate::lockfile::SizeRefresh;
-use crate::network_file::{FileError, IoOp};
-use crate::opening::{OpenDatabase, OpenPlan, OpenRequest, Refusal, Refused};
-use crate::protocol::Level;
+use crate::client_cache::SizeRefresh;
+use crate::lock::protocol::Level;
+use crate::network::file::{FileError, IoOp};
+use crate::network::journal::OpenJournal;
+use crate::network::opening::{OpenDatabase, OpenPlan, OpenRequest, Refusal, Refused};
 use crate::{Error, Options};
 
 /// Private file-control opcodes (SQLite's own are small numbers).
@@ -62,7 +64,7 @@ struct RefusedShimFile {
 #[repr(C)]
 struct JournalShimFile {
     header: ffi::sqlite3_file,
-    journal: *mut crate::journal::OpenJournal,
+    journal: *mut crate::network::journal::OpenJournal,
     /// The base VFS's file object: from here on, the base VFS's `szOsFile` bytes are its own.
     native: ffi::sqlite3_file,
 }
@@ -387,12 +389,12 @@ unsafe extern "C" fn x_open(
     if name.is_null() || flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
         // SAFETY: SQLite passes a NUL-terminated name (or null, which `companion` accepts).
         return match unsafe { companion(name) } {
-            Some((crate::journal::Companion::Journal, refresh, path)) => {
+            Some((crate::network::journal::Companion::Journal, refresh, path)) => {
                 // SAFETY: `file` has szOsFile bytes, enough for a JournalShimFile whose
                 // `native` part has the base VFS's szOsFile bytes.
                 unsafe { open_journal(base, name, path, refresh, file, flags, out_flags) }
             }
-            Some((crate::journal::Companion::Wal, _, _)) => retry_cantopen(pass_through),
+            Some((crate::network::journal::Companion::Wal, _, _)) => retry_cantopen(pass_through),
             None => pass_through(),
         };
     }
@@ -413,7 +415,7 @@ unsafe extern "C" fn x_open(
             // SAFETY: as above.
             immutable: unsafe { ffi::sqlite3_uri_boolean(name, c"immutable".as_ptr(), 0) } != 0,
         };
-        crate::opening::plan(&st.options, &request)
+        crate::network::opening::plan(&st.options, &request)
     }));
     match plan {
         Ok(OpenPlan::Native) => pass_through(),
@@ -469,19 +471,14 @@ unsafe extern "C" fn x_open(
     }
 }
 
-/// Runs a base-VFS open again while it fails with SQLITE_CANTOPEN, for about two seconds:
-/// smbnetfs fails opens with a passing EIO under load, which the base VFS reports as
-/// SQLITE_CANTOPEN. A failed base open leaves the file untouched, so it can be tried again.
+/// `open` (of the base VFS) under the client-cache workaround for passing open failures
+/// (`crate::client_cache::retry_cantopen`).
 fn retry_cantopen(mut open: impl FnMut() -> c_int) -> c_int {
-    let mut pause = std::time::Duration::from_millis(2);
-    loop {
-        let rc = open();
-        if rc != ffi::SQLITE_CANTOPEN || pause > std::time::Duration::from_millis(1024) {
-            return rc;
-        }
-        std::thread::sleep(pause);
-        pause *= 2;
-    }
+    let outcome = crate::client_cache::retry_cantopen(ffi::SQLITE_CANTOPEN, || match open() {
+        ffi::SQLITE_OK => Ok(()),
+        rc => Err(rc),
+    });
+    outcome.err().unwrap_or(ffi::SQLITE_OK)
 }
 
 /// Opens the journal of a network-mode database through the base VFS, inside a
@@ -513,8 +510,10 @@ unsafe fn open_journal(
             (*shim).header.pMethods = ptr::null();
             return rc;
         }
-        let state =
-            crate::journal::OpenJournal::new(journal.to_string_lossy().into_owned(), refresh);
+        let state = crate::network::journal::OpenJournal::new(
+            journal.to_string_lossy().into_owned(),
+            refresh,
+        );
         ptr::write(&raw mut (*shim).journal, Box::into_raw(Box::new(state)));
         (*shim).header.pMethods = &JOURNAL_METHODS;
     }
@@ -527,14 +526,18 @@ unsafe fn open_journal(
 /// `name` must be null or a NUL-terminated string.
 unsafe fn companion(
     name: *const c_char,
-) -> Option<(crate::journal::Companion, SizeRefresh, &'static Path)> {
+) -> Option<(
+    crate::network::journal::Companion,
+    SizeRefresh,
+    &'static Path,
+)> {
     if name.is_null() {
         return None;
     }
     // SAFETY: as required; the string outlives the callback in which we use it.
     let text: &'static CStr = unsafe { CStr::from_ptr(name) };
     let text = text.to_str().ok()?;
-    crate::journal::companion_of_network_database(text)
+    crate::network::journal::companion_of_network_database(text)
         .map(|(kind, refresh)| (kind, refresh, Path::new(text)))
 }
 
@@ -546,12 +549,13 @@ unsafe extern "C" fn x_delete(
     // SAFETY: our registered VFS.
     let base = unsafe { state(vfs) }.base;
     // SAFETY: SQLite passes a NUL-terminated name.
-    if let Some((crate::journal::Companion::Journal, _, path)) = unsafe { companion(name) } {
+    if let Some((crate::network::journal::Companion::Journal, _, path)) = unsafe { companion(name) }
+    {
         return guarded(ffi::SQLITE_IOERR_DELETE, || {
             if let Some(refused) = journal_fence(path, "empty") {
                 return refused;
             }
-            match crate::journal::discard(path, sync_dir != 0) {
+            match crate::network::journal::discard(path, sync_dir != 0) {
                 Ok(()) => ffi::SQLITE_OK,
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "cannot empty the journal");
@@ -578,7 +582,7 @@ unsafe extern "C" fn x_access(
     {
         return guarded(
             ffi::SQLITE_IOERR_ACCESS,
-            || match crate::journal::has_content(path, refresh) {
+            || match crate::network::journal::has_content(path, refresh) {
                 Ok(exists) => {
                     // SAFETY: SQLite passes a valid out-pointer.
                     unsafe { *res_out = c_int::from(exists) };
@@ -586,7 +590,7 @@ unsafe extern "C" fn x_access(
                 }
                 // Network mode never has a WAL (it was converted at open): an unanswerable
                 // question about one is answered "none". A journal must be answered truly.
-                Err(e) if kind == crate::journal::Companion::Wal => {
+                Err(e) if kind == crate::network::journal::Companion::Wal => {
                     tracing::debug!(path = %path.display(), error = %e, "cannot check for a WAL; assuming none");
                     // SAFETY: as above.
                     unsafe { *res_out = 0 };
@@ -1052,7 +1056,7 @@ static JOURNAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 /// process may change the journal at `path` now; `what` names the refused change.
 fn journal_fence(path: &Path, what: &str) -> Option<c_int> {
     let name = path.to_string_lossy();
-    if crate::journal::may_write(&name, super::os::boot_time()) {
+    if crate::network::journal::may_write(&name, crate::sys::boot_time()) {
         return None;
     }
     tracing::error!(journal = %name, refused = what, "journal change refused: no connection here holds the write lock under a live lease (taken over after a stall or an outage?)");

@@ -161,7 +161,7 @@ pub fn decide(path: &Path, uri_value: Option<&str>) -> Result<Detection, String>
 /// counts: network mode will refuse it by name).
 fn has_network_lock_table(path: &Path) -> bool {
     let mut table = path.as_os_str().to_owned();
-    table.push(crate::lockfile::LockFileName::Table.suffix());
+    table.push(crate::lock::files::LockFileName::Table.suffix());
     std::fs::symlink_metadata(table).is_ok()
 }
 

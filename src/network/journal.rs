@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::client_cache::SizeRefresh;
 use crate::lock::LeaseView;
-use crate::lockfile::SizeRefresh;
-use crate::protocol::Level;
+use crate::lock::protocol::Level;
 
 /// Main databases open in network mode in this process, by full path.
 static NETWORK_DATABASES: Mutex<Option<HashMap<String, NetworkDatabase>>> = Mutex::new(None);
@@ -187,13 +187,13 @@ impl OpenJournal {
 
     fn read_through_fresh_descriptor(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         let Some((file, size)) =
-            crate::lockfile::open_revalidated(Path::new(&self.name), self.refresh)?
+            crate::client_cache::open_revalidated(Path::new(&self.name), self.refresh)?
         else {
             buf.fill(0);
             return Ok(true);
         };
         let present = size.saturating_sub(offset).min(buf.len() as u64) as usize;
-        crate::lockfile::retry_eio(|| file.read_exact_at(&mut buf[..present], offset))?;
+        crate::client_cache::retry_eio(|| file.read_exact_at(&mut buf[..present], offset))?;
         buf[present..].fill(0);
         Ok(present < buf.len())
     }
@@ -225,7 +225,7 @@ const ACCESS_EIO_PATIENCE: Duration = Duration::from_secs(8);
 /// "Exists" for SQLite: has bytes at the server (a missed hot journal would let a reader see
 /// a half-written database, so no cached size is trusted).
 pub fn has_content(path: &Path, refresh: SizeRefresh) -> io::Result<bool> {
-    let opened = with_access_patience(|| crate::lockfile::open_revalidated(path, refresh))?;
+    let opened = with_access_patience(|| crate::client_cache::open_revalidated(path, refresh))?;
     Ok(opened.is_some_and(|(_, size)| size > 0))
 }
 

@@ -1,5 +1,5 @@
 //! The lock protocol: SQLite's five lock levels kept in a lock table that every process reads
-//! and rewrites while it holds a short-lived latch (see `lockfile`).
+//! and rewrites while it holds a short-lived latch (see `files`).
 //!
 //! This module is pure: it parses and prints the table and decides each transition. It does no
 //! I/O and reads no clock, so every rule below is unit-tested without a filesystem.

@@ -14,12 +14,12 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::client_cache::SizeRefresh;
 use crate::detect::FsClass;
-use crate::ffi::os;
+use crate::lock::LockHandle;
+use crate::lock::protocol::Level;
 use crate::lock::{Acquired, LockError};
-use crate::lockfile::SizeRefresh;
-use crate::network_file::SharedLock;
-use crate::protocol::Level;
+use crate::sys;
 
 fn sibling(db: &Path, suffix: &str) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
@@ -30,10 +30,10 @@ fn sibling(db: &Path, suffix: &str) -> PathBuf {
 /// The header says WAL (bytes 18 and 19 are the read and write format versions: 2 = WAL), or
 /// a WAL file with content lies beside the database.
 pub fn needs_conversion(db: &Path, refresh: SizeRefresh) -> io::Result<bool> {
-    if crate::journal::has_content(&sibling(db, "-wal"), refresh)? {
+    if crate::network::journal::has_content(&sibling(db, "-wal"), refresh)? {
         return Ok(true);
     }
-    let Some((file, size)) = crate::lockfile::open_revalidated(db, refresh)? else {
+    let Some((file, size)) = crate::client_cache::open_revalidated(db, refresh)? else {
         return Ok(false);
     };
     if size < 20 {
@@ -69,7 +69,7 @@ pub fn in_use_by_a_native_process(db: &Path, class: FsClass) -> io::Result<Optio
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let locked = match os::range_is_locked(file.as_fd(), SHM_DEADMAN_BYTE, 1) {
+    let locked = match sys::range_is_locked(file.as_fd(), SHM_DEADMAN_BYTE, 1) {
         Ok(locked) => locked,
         Err(e) => {
             tracing::debug!(shm = %shm.display(), error = %e, "cannot ask for the WAL index's locks");
@@ -98,15 +98,15 @@ pub fn in_use_by_a_native_process(db: &Path, class: FsClass) -> io::Result<Optio
 /// Returns whether a conversion was done.
 pub fn convert_under_lock(
     db: &Path,
-    lock: &SharedLock,
+    lock: &LockHandle,
     wait: Duration,
     refresh: SizeRefresh,
 ) -> Result<bool, String> {
-    let started = os::boot_time();
+    let started = sys::boot_time();
     loop {
         match take_exclusive(lock) {
             Ok(true) => break,
-            Ok(false) if os::boot_time() - started < wait => {
+            Ok(false) if sys::boot_time() - started < wait => {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Ok(false) => {
@@ -138,7 +138,7 @@ pub fn convert_under_lock(
 /// Climbs to EXCLUSIVE, or drops back to no lock at the first BUSY. Holding SHARED while
 /// waiting would keep out another converter that holds SHARED too and waits for EXCLUSIVE:
 /// several processes opening one WAL database at once would each wait out `wait` and fail.
-fn take_exclusive(lock: &SharedLock) -> Result<bool, LockError> {
+fn take_exclusive(lock: &LockHandle) -> Result<bool, LockError> {
     let mut held = lock.lock();
     for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
         let outcome = held.lock(level);
@@ -161,8 +161,9 @@ fn convert(db: &Path, refresh: SizeRefresh) -> Result<(), String> {
     };
     // Let SQLite see the sizes the server has, not a stale cached size that hides frames.
     let wal = sibling(db, "-wal");
-    crate::lockfile::open_revalidated(&wal, refresh).map_err(|e| fail("stat of the WAL", &e))?;
-    crate::lockfile::open_revalidated(db, refresh).map_err(|e| fail("stat", &e))?;
+    crate::client_cache::open_revalidated(&wal, refresh)
+        .map_err(|e| fail("stat of the WAL", &e))?;
+    crate::client_cache::open_revalidated(db, refresh).map_err(|e| fail("stat", &e))?;
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags_and_vfs(db, flags, c"unix")
@@ -195,16 +196,16 @@ fn convert(db: &Path, refresh: SizeRefresh) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::files::{DirLockFiles, TokenStyle};
     use crate::lock::{DbLock, SystemEnvironment};
-    use crate::lockfile::{DirLockFiles, TokenStyle};
     use std::sync::Arc;
 
-    fn connection_lock(db: &Path) -> SharedLock {
+    fn connection_lock(db: &Path) -> LockHandle {
         let files = DirLockFiles::new(db, TokenStyle::File, SizeRefresh::ForcedStat);
         let lock = DbLock::new(
             files,
             SystemEnvironment,
-            crate::owner::new_owner(),
+            crate::lock::owner::new_owner(),
             Duration::from_secs(10),
         );
         Arc::new(parking_lot::Mutex::new(lock))
@@ -220,7 +221,7 @@ mod tests {
     }
 
     /// Runs the conversion on a thread, so a deadlock fails the test instead of hanging it.
-    fn convert_within(db: &Path, lock: &SharedLock, wait: Duration) -> Result<bool, String> {
+    fn convert_within(db: &Path, lock: &LockHandle, wait: Duration) -> Result<bool, String> {
         let (db, lock) = (db.to_owned(), lock.clone());
         let (done, result) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

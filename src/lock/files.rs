@@ -30,10 +30,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::client_cache::{SizeRefresh, retry_eio};
 
 /// The names of the lock files, as suffixes of the database path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,45 +82,6 @@ pub trait TableFile {
     fn write_all(&mut self, contents: &[u8]) -> io::Result<()>;
 }
 
-/// Opens `path` for reading and makes the client refetch its size from the server; `None`
-/// if it does not exist.
-pub fn open_revalidated(path: &Path, refresh: SizeRefresh) -> io::Result<Option<(File, u64)>> {
-    retry_eio(|| {
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        match refresh.server_size(&file, path) {
-            Ok(size) => Ok(Some((file, size))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    })
-}
-
-/// Runs `op` again while it fails with EIO, with doubling pauses for about two seconds in
-/// all: smbnetfs answers requests with EIO for a while at a time under load (seen on the SMB
-/// testbed for tens to hundreds of milliseconds), then recovers.
-pub fn retry_eio<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match op() {
-            Err(e)
-                if e.raw_os_error() == Some(libc::EIO) && pause <= Duration::from_millis(1024) =>
-            {
-                std::thread::sleep(pause);
-                pause *= 2;
-            }
-            result => return result,
-        }
-    }
-}
-
 /// How the exclusive tokens (latch, break) are made on a filesystem. Each primitive is broken
 /// on one of the measured clients, so the choice follows the filesystem type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,76 +101,6 @@ impl TokenStyle {
             "fuse.smbnetfs" => TokenStyle::Directory,
             _ => TokenStyle::File,
         }
-    }
-}
-
-/// How a client is made to tell a file's size as the server has it now. A size from a cache
-/// hides a hot journal (a reader then reads a dead writer's half-written database) or makes a
-/// grown database look short ("database disk image is malformed").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SizeRefresh {
-    /// A fresh open, then `statx(AT_STATX_FORCE_SYNC)`, which the NFS and SMB clients (and
-    /// smbnetfs) answer from the server.
-    #[default]
-    ForcedStat,
-    /// A fresh open and an attribute change (both times set to now), whose reply carries
-    /// the size. sshfs answers even a forced `statx` from its own 20-second attribute cache. An open
-    /// refreshes that cache, except when another write on the same mount completes while the
-    /// open is in flight: sshfs then throws the fresh answer away and keeps the old one (the
-    /// soak's "malformed"; at nearly every open while another file on the mount is written
-    /// without pause). An attribute change always drops the entry, and the kernel takes the
-    /// size from its reply.
-    TouchFirst,
-}
-
-impl SizeRefresh {
-    pub fn for_fs_type(fs_type: &str) -> SizeRefresh {
-        match fs_type {
-            "fuse.sshfs" => SizeRefresh::TouchFirst,
-            _ => SizeRefresh::ForcedStat,
-        }
-    }
-
-    /// The size of `file` (open at `path`) at the server, with the client's cached pages of
-    /// the file dropped, so that reads that follow fetch what the server has now.
-    ///
-    /// Why the pages too: a kernel NFS client keeps them while the file's change attribute
-    /// looks unchanged to it, or while it holds a delegation. With SQLite's lock bytes
-    /// no longer mirrored there (every lock request made the client drop them), two kernel
-    /// NFSv4.1 guests lost each other's commits: one wrote pages over a stale copy.
-    pub fn server_size(self, file: &File, path: &Path) -> io::Result<u64> {
-        let size = self.size_at_server(file, path)?;
-        crate::ffi::os::drop_cached_pages(file.as_fd())?;
-        Ok(size)
-    }
-
-    fn size_at_server(self, file: &File, path: &Path) -> io::Result<u64> {
-        if self == SizeRefresh::TouchFirst {
-            match crate::ffi::os::touch(file) {
-                // The kernel took the attributes sshfs fetched from the server for its reply,
-                // so the descriptor's own size is current: no second request.
-                Ok(()) => return Ok(file.metadata()?.len()),
-                // Not allowed to change the times: the open's refresh is all there is.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EPERM | libc::EACCES | libc::EROFS)
-                    ) =>
-                {
-                    warn_once_untouchable(path, &e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        crate::ffi::os::server_size(path)
-    }
-}
-
-/// Says once per process that sizes on this client may be stale for lack of permission.
-fn warn_once_untouchable(path: &Path, e: &io::Error) {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot set this file's times, so sshfs may report its size from a cache up to 20 s old; give this user write permission on the database and its journal");
     }
 }
 
@@ -291,7 +183,7 @@ impl DirLockFiles {
                     && self
                         .db_path
                         .parent()
-                        .is_some_and(|dir| crate::ffi::os::check_writable_dir(dir).is_ok()) =>
+                        .is_some_and(|dir| crate::sys::check_writable_dir(dir).is_ok()) =>
             {
                 return Ok(false);
             }
@@ -362,7 +254,7 @@ impl DirLockFiles {
     }
 
     fn remove_path(&self, name: LockFileName, path: &Path, is_dir: bool) -> io::Result<bool> {
-        let started = crate::ffi::os::boot_time();
+        let started = crate::sys::boot_time();
         let mut pause = Duration::from_micros(200);
         loop {
             let removed = if is_dir {
@@ -382,7 +274,7 @@ impl DirLockFiles {
                 Err(e)
                     if (e.raw_os_error() == Some(libc::EBUSY)
                         || (is_dir && e.raw_os_error() == Some(libc::ENOTEMPTY)))
-                        && crate::ffi::os::boot_time() - started < REMOVE_BUSY_RETRY =>
+                        && crate::sys::boot_time() - started < REMOVE_BUSY_RETRY =>
                 {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
@@ -548,7 +440,7 @@ impl LockFiles for DirLockFiles {
 /// request to the server, no size query or seek first (lock files are read on every lock
 /// change and every latch-free look).
 fn read_whole(file: &File) -> io::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; 2 * crate::protocol::TABLE_BLOCK];
+    let mut bytes = vec![0u8; 2 * crate::lock::protocol::TABLE_BLOCK];
     let mut len = 0;
     loop {
         let n = retry_eio(|| file.read_at(&mut bytes[len..], len as u64))?;

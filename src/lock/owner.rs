@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::protocol::OwnerId;
+use crate::lock::protocol::OwnerId;
 
 /// Environment variable that replaces the computed host identity.
 pub const HOST_ID_ENV: &str = "SQLITE_NETFS_HOST_ID";
@@ -85,7 +85,7 @@ pub fn new_owner() -> OwnerId {
 /// Whether a holder recorded on *this* host is still running. Holders of other hosts cannot be
 /// asked; their liveness is judged by lease (see `lock`).
 pub fn same_host_process_alive(owner: &OwnerId) -> bool {
-    if !crate::ffi::os::process_exists(owner.pid) {
+    if !crate::sys::process_exists(owner.pid) {
         return false;
     }
     match (owner.start, process_start_time(owner.pid)) {

@@ -1,5 +1,5 @@
-//! One connection's lock on one database in network mode: the protocol of `protocol` carried
-//! out over the files of `lockfile`, with stale-holder recovery and a lease.
+//! One connection's lock on one database in network mode: the protocol of [`protocol`] carried
+//! out over the lock files of [`files`], with stale-holder recovery and a lease.
 //!
 //! # Editing the table
 //! Every change follows the same four steps:
@@ -43,8 +43,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::lockfile::{LockFileName, LockFiles, TableFile};
-use crate::protocol::{Holder, Level, LockTable, OwnerId, ParseError, StaleTracker};
+use parking_lot::Mutex;
+
+use files::{DirLockFiles, LockFileName, LockFiles, TableFile};
+use protocol::{Holder, Level, LockTable, OwnerId, ParseError, StaleTracker};
+
+pub mod files;
+pub mod heartbeat;
+pub mod owner;
+pub mod protocol;
+
+/// The lock of one connection in network mode.
+pub type ConnectionLock = Mutex<DbLock<DirLockFiles, SystemEnvironment>>;
+/// A connection's lock as the network file and the lease heartbeat both hold it (an `Arc`;
+/// the name says nothing about lock levels).
+pub type LockHandle = Arc<ConnectionLock>;
 
 /// How long one lock request may wait for the latch before reporting BUSY.
 pub const LATCH_WAIT: Duration = Duration::from_millis(500);
@@ -74,13 +87,13 @@ pub struct SystemEnvironment;
 
 impl Environment for SystemEnvironment {
     fn now(&self) -> Duration {
-        crate::ffi::os::boot_time()
+        crate::sys::boot_time()
     }
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d)
     }
     fn process_alive(&self, owner: &OwnerId) -> bool {
-        crate::owner::same_host_process_alive(owner)
+        crate::lock::owner::same_host_process_alive(owner)
     }
 }
 
@@ -810,7 +823,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let read = self.files.read(LockFileName::Latch);
         if !read
             .as_ref()
-            .is_err_and(|e| crate::lockfile::os_error_code(e) == Some(libc::ENOTDIR))
+            .is_err_and(|e| crate::lock::files::os_error_code(e) == Some(libc::ENOTDIR))
         {
             self.latch_plain_file_since = None;
         }
@@ -824,7 +837,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             // smbnetfs reports a token directory that other clients keep creating and removing
             // as a plain file, at times for longer than a second (seen on the SMB testbed under
             // contention). Only one that stays is foreign.
-            Err(e) if crate::lockfile::os_error_code(&e) == Some(libc::ENOTDIR) => {
+            Err(e) if crate::lock::files::os_error_code(&e) == Some(libc::ENOTDIR) => {
                 let now = self.env.now();
                 let since = *self.latch_plain_file_since.get_or_insert(now);
                 if now.saturating_sub(since) >= PLAIN_FILE_LATCH_PATIENCE {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::network_file::{ConnectionLock, SharedLock};
+use crate::lock::{ConnectionLock, LockHandle};
 
 /// How often the thread looks; renewal itself happens only when a lock is due.
 const TICK: Duration = Duration::from_millis(100);
@@ -19,7 +19,7 @@ const SETTLE_TICK: Duration = Duration::from_millis(5);
 static WATCHED: Mutex<Vec<Weak<ConnectionLock>>> = Mutex::new(Vec::new());
 
 /// Keeps `lock` renewed while it is held, for as long as it exists.
-pub fn watch(lock: &SharedLock) {
+pub fn watch(lock: &LockHandle) {
     static THREAD: OnceLock<()> = OnceLock::new();
     WATCHED.lock().push(Arc::downgrade(lock));
     THREAD.get_or_init(|| {
@@ -36,7 +36,7 @@ fn beat_forever() {
     let mut tick = TICK;
     loop {
         std::thread::sleep(tick);
-        let live: Vec<SharedLock> = {
+        let live: Vec<LockHandle> = {
             let mut watched = WATCHED.lock();
             watched.retain(|w| w.strong_count() > 0);
             watched.iter().filter_map(Weak::upgrade).collect()
@@ -57,7 +57,7 @@ fn beat_forever() {
 }
 
 /// Renews and settles one lock as due; true if a release is still owed afterwards.
-fn beat(lock: &SharedLock) -> bool {
+fn beat(lock: &LockHandle) -> bool {
     let mut lock = lock.lock();
     if lock.renewal_due()
         && let Err(e) = lock.renew()

@@ -1,8 +1,0 @@
-//! The unsafe core. All `unsafe` in the crate lives here, each block with a `// SAFETY:`
-//! reason:
-//! - [`vfs`]: the C-facing VFS and I/O-method tables and their callbacks;
-//! - [`os`]: the few system calls std does not wrap (statfs, statx, OFD locks, clocks).
-#![allow(unsafe_code)]
-
-pub mod os;
-pub mod vfs;

@@ -1,0 +1,32 @@
+//! What stands in, off Linux, for the calls only Linux offers: a plain `stat` for the
+//! server's size, no page dropping, no OFD locks (same-host interop is then off). May use only
+//! std.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use super::RangeLock;
+
+pub fn server_size(path: &Path) -> io::Result<u64> {
+    // No forced revalidation is available; a fresh stat is the best the platform offers.
+    Ok(std::fs::metadata(path)?.len())
+}
+
+pub fn drop_cached_pages(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
+}
+
+pub fn set_range_lock(_fd: BorrowedFd<'_>, _kind: RangeLock, _s: u64, _l: u64) -> io::Result<bool> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "open-file-description locks are Linux-only",
+    ))
+}
+
+pub fn range_is_locked(_fd: BorrowedFd<'_>, _start: u64, _len: u64) -> io::Result<bool> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "open-file-description locks are Linux-only",
+    ))
+}

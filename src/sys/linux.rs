@@ -1,0 +1,127 @@
+//! Linux: `statfs`/`statvfs`, `statx(AT_STATX_FORCE_SYNC)`, `posix_fadvise`, OFD byte-range
+//! locks and `CLOCK_BOOTTIME`. May use only `libc` and std.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use super::{FsStat, RangeLock, c_path};
+
+/// Counts through suspend, so a lease held across a laptop's sleep is seen as expired when it
+/// wakes (Rust's `Instant` stops during suspend on Linux).
+pub const BOOT_CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+
+pub fn statfs(path: &Path) -> io::Result<FsStat> {
+    let c = c_path(path)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `buf` points to writable memory of the
+    // size statfs(2) fills; the buffer is read only after the call reported success.
+    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it initialised the whole struct.
+    let st = unsafe { buf.assume_init() };
+    // glibc's statfs hides f_flags; statvfs exposes the same mount flags as f_flag.
+    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: as above, a NUL-terminated path and a buffer of the size statvfs(3) fills.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), vfs.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised the whole struct.
+    let vfs = unsafe { vfs.assume_init() };
+    Ok(FsStat {
+        // f_type is signed on some targets; the magic numbers are defined as unsigned 32-bit.
+        magic: (st.f_type as u64) & 0xffff_ffff,
+        type_name: String::new(),
+        local_flag: None,
+        read_only: vfs.f_flag & libc::ST_RDONLY != 0,
+    })
+}
+
+/// The size of a file as the file server has it now, bypassing the client's attribute cache.
+///
+/// Linux `statx(AT_STATX_FORCE_SYNC)` makes FUSE and NFS clients ask the server; the kernel's
+/// cached `i_size` is refreshed as a side effect, so later reads past the old size work.
+pub fn server_size(path: &Path) -> io::Result<u64> {
+    let c = c_path(path)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a NUL-terminated path relative to AT_FDCWD and a writable statx buffer.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_SIZE,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx returned 0, so it filled the struct.
+    Ok(unsafe { buf.assume_init() }.stx_size)
+}
+
+/// Drops the clean pages the kernel caches for the file, whatever descriptor cached them:
+/// the next reads go to the server. Dirty pages stay (they are written back first).
+pub fn drop_cached_pages(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `fd` is a live descriptor for the duration of the borrow; posix_fadvise only
+    // reads its arguments.
+    let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // posix_fadvise returns the error number instead of setting errno.
+    match rc {
+        0 => Ok(()),
+        // A filesystem without a page cache to advise (some FUSE mounts): nothing is cached.
+        libc::EINVAL | libc::ESPIPE => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Try to set a range lock without waiting. `Ok(false)` means another holder conflicts.
+pub fn set_range_lock(
+    fd: BorrowedFd<'_>,
+    kind: RangeLock,
+    start: u64,
+    len: u64,
+) -> io::Result<bool> {
+    let mut fl = range_flock(kind, start, len);
+    // SAFETY: `fd` is a live descriptor for the duration of the borrow and `fl` is a fully
+    // initialised flock record with l_pid 0, as F_OFD_SETLK requires.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// Whether any other holder has a lock that would conflict with a write lock on the range.
+pub fn range_is_locked(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> {
+    let mut fl = range_flock(RangeLock::Write, start, len);
+    // SAFETY: as in `set_range_lock`; F_OFD_GETLK writes the conflicting lock (or F_UNLCK)
+    // back into `fl`, which we own.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+fn range_flock(kind: RangeLock, start: u64, len: u64) -> libc::flock {
+    // SAFETY: flock is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match kind {
+        RangeLock::Read => libc::F_RDLCK,
+        RangeLock::Write => libc::F_WRLCK,
+        RangeLock::Unlock => libc::F_UNLCK,
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl
+}

@@ -25,47 +25,7 @@ use crate::lock::protocol::Level;
 use crate::lock::{Acquired, LeaseView, LockError, LockHandle};
 use crate::network::journal::JournalPermit;
 use crate::sys::{self, RangeLock};
-
-/// The operation that failed, for SQLite's extended error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoOp {
-    Read,
-    Write,
-    Truncate,
-    Fsync,
-    Fstat,
-    Lock,
-    Unlock,
-    CheckReserved,
-}
-
-/// Why an operation on the file failed, sorted by what SQLite does next.
-#[derive(Debug)]
-pub enum FileError {
-    /// Another holder stands in the way: SQLite may retry (busy handler).
-    Busy,
-    /// The read reached the end of the file; the rest of the buffer was zeroed.
-    ShortRead,
-    /// No space left on the device (or quota).
-    Full,
-    /// The lock's lease may have run out: nothing is read or written under it any more.
-    LeaseExpired,
-    /// The lock files could not be used.
-    Lock(LockError),
-    Io {
-        op: IoOp,
-        error: io::Error,
-    },
-}
-
-impl FileError {
-    fn io(op: IoOp, error: io::Error) -> FileError {
-        match error.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FileError::Full,
-            _ => FileError::Io { op, error },
-        }
-    }
-}
+use crate::vfs::file::{FileError, IoOp};
 
 // SQLite's lock bytes (os.h): the same bytes the `unix` VFS locks.
 const PENDING_BYTE: u64 = 0x4000_0000;

@@ -1,8 +1,8 @@
 //! What happens when SQLite opens a main database through the shim: the mode decision, the
 //! checks that turn bad input into a clear message, the WAL conversion, and the assembly of a
-//! network-mode file. Safe code; the FFI layer only carries the result to SQLite.
+//! network-mode file. Safe code; the VFS boundary only carries the result to SQLite.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, c_int};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -14,23 +14,11 @@ use crate::Options;
 use crate::client_cache::SizeRefresh;
 use crate::detect::mode::{self, Detection, Mode};
 use crate::lock::files::{DirLockFiles, LockFileName, TokenStyle};
+use crate::lock::protocol::Level;
 use crate::lock::{DbLock, SystemEnvironment};
+use crate::network::database::OpenDatabase;
 use crate::network::file::NetworkFile;
-
-/// A main database open in network mode, known to the journal registry while it lives.
-pub struct OpenDatabase {
-    pub file: NetworkFile,
-    registry_name: String,
-}
-
-impl Drop for OpenDatabase {
-    fn drop(&mut self) {
-        crate::network::journal::unregister_database(
-            &self.registry_name,
-            self.file.journal_permit(),
-        );
-    }
-}
+use crate::vfs::file::{FileControl, FileError, Request, SqliteFile};
 
 /// Why an open was refused, with SQLite's result code for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +31,75 @@ pub struct Refusal {
 pub enum Refused {
     CantOpen,
     ReadOnly,
+}
+
+impl Refusal {
+    /// SQLite's result code for this refusal.
+    fn result_code(&self) -> c_int {
+        match self.code {
+            Refused::ReadOnly => rusqlite::ffi::SQLITE_READONLY,
+            Refused::CantOpen => rusqlite::ffi::SQLITE_CANTOPEN,
+        }
+    }
+
+    fn refused(&self) -> Result<(), FileError> {
+        Err(FileError::Code(self.result_code()))
+    }
+}
+
+/// A refused open, as SQLite holds it until the auto-extension fails `sqlite3_open` with its
+/// message: every method fails with the refusal's code, except the header read SQLite makes
+/// inside `sqlite3_open` (zeros, so the open gets as far as the auto-extension), the size
+/// (empty), the unlock and the reserved check, which have nothing to refuse.
+impl SqliteFile for Refusal {
+    fn read(&mut self, buf: &mut [u8], _offset: u64) -> Result<(), FileError> {
+        buf.fill(0);
+        Err(FileError::ShortRead)
+    }
+
+    fn write(&mut self, _buf: &[u8], _offset: u64) -> Result<(), FileError> {
+        self.refused()
+    }
+
+    fn truncate(&mut self, _size: u64) -> Result<(), FileError> {
+        self.refused()
+    }
+
+    fn sync(&mut self, _flags: c_int) -> Result<(), FileError> {
+        self.refused()
+    }
+
+    fn file_size(&mut self) -> Result<u64, FileError> {
+        Ok(0)
+    }
+
+    fn lock(&mut self, _level: Level) -> Result<(), FileError> {
+        self.refused()
+    }
+
+    fn unlock(&mut self, _level: Level) -> Result<(), FileError> {
+        Ok(())
+    }
+
+    fn reserved_held(&mut self) -> Result<bool, FileError> {
+        Ok(false)
+    }
+
+    fn file_control(&mut self, control: FileControl<'_>) -> Result<bool, FileError> {
+        let Request::OpenError(report) = control.request() else {
+            return Ok(false);
+        };
+        report.set(self.result_code(), &self.message);
+        Ok(true)
+    }
+
+    fn sector_size(&mut self) -> c_int {
+        crate::network::database::SECTOR_SIZE
+    }
+
+    fn device_characteristics(&mut self) -> c_int {
+        0
+    }
 }
 
 pub enum OpenPlan {
@@ -204,10 +261,7 @@ fn open_network(
         refresh,
         file.journal_permit().clone(),
     );
-    Ok(OpenDatabase {
-        file,
-        registry_name,
-    })
+    Ok(OpenDatabase::new(file, registry_name))
 }
 
 /// Refuses lock files left in a state no lock request could get past, naming the file: a

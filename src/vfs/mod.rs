@@ -1,46 +1,46 @@
-//! The VFS as SQLite sees it: the `sqlite3_vfs` and `sqlite3_io_methods` tables and their
-//! callbacks. Each callback has the same shape: recover the Rust object from the pointer
-//! SQLite hands back, run safe code under `catch_unwind` (a panic never unwinds into C), and
-//! flatten the result into a SQLite result code in one place ([`result_code`]).
+//! The VFS boundary: what SQLite calls. The top layer, and one of the two places with
+//! `unsafe` (the other is `crate::sys`). It carries calls and results and decides nothing:
+//! every decision is made by safe code it calls.
 //!
-//! # Ownership of a file allocation
+//! | module | owns |
+//! |---|---|
+//! | this one | registering the `sqlite3_vfs`, its callbacks (`xOpen`, `xDelete`, `xAccess`, the rest forwarded to `unix`), the auto-extension that reports refused opens and runs `netfs_check=` |
+//! | [`shim`] | the generic file shim: one allocation layout and one method table per file type, each callback once; the safe handles files get |
+//! | [`file`] | the safe contract a file implements ([`file::SqliteFile`]), its errors and their result codes |
+//!
+//! May use `crate::network` (the open decision and the files), `crate::integrity` (the check at
+//! open) and `rusqlite::ffi`.
+//!
+//! # What each file allocation holds
 //! SQLite allocates `szOsFile` bytes per open file and passes the pointer to `xOpen`.
-//! - Native mode: the base `unix` VFS's `xOpen` fills the whole allocation with its own file
-//!   object and its own method table; the shim is not involved in that file's I/O at all.
-//! - Network mode: the allocation holds a [`NetworkShimFile`]: SQLite's `sqlite3_file` header
-//!   first (the "subclass" layout SQLite expects) and a `Box<OpenDatabase>` pointer, which
-//!   `xClose` takes back and drops.
-//! - Refused open: a [`RefusedShimFile`] with a `Box<Refusal>`; its methods fail, and the
+//! - Native mode, and any other file that is not a network-mode database's journal: the base
+//!   `unix` VFS's `xOpen` fills the whole allocation with its own file object and method
+//!   table; the shim is not involved in that file's I/O at all.
+//! - Network mode: a `shim::ShimFile` of `crate::network::database::OpenDatabase`.
+//! - Refused open: one of `crate::network::opening::Refusal`; its methods fail, and the
 //!   auto-extension turns the refusal into `sqlite3_open`'s error message.
-//! - The journal of a network-mode database: a [`JournalShimFile`], our header, a
-//!   `Box<OpenJournal>`, then the base VFS's own file object, which does the I/O. Writes and
-//!   truncations pass the journal fence first; after a failed change, reads and syncs fail
-//!   (`crate::network::journal`).
-
+//! - The journal of a network-mode database: one of `crate::network::journal::FencedJournal`,
+//!   with the base VFS's own file object, which does the I/O, in the same allocation.
 #![allow(unsafe_code)]
+
+pub mod file;
+pub mod shim;
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
 use std::ptr;
 use std::sync::Once;
 
 use parking_lot::Mutex;
 use rusqlite::ffi;
 
-use crate::client_cache::SizeRefresh;
-use crate::lock::protocol::Level;
-use crate::network::file::{FileError, IoOp};
-use crate::network::journal::OpenJournal;
-use crate::network::opening::{OpenDatabase, OpenPlan, OpenRequest, Refusal, Refused};
+use crate::network::journal::{Companion, FencedJournal};
+use crate::network::opening::{OpenPlan, OpenRequest};
 use crate::{Error, Options};
-
-/// Private file-control opcodes (SQLite's own are small numbers).
-const NETFS_FCNTL_OPEN_ERROR: c_int = 0x4e46_5301;
-const NETFS_FCNTL_NETWORK_MODE: c_int = 0x4e46_5302;
-
-/// Returned by `PRAGMA journal_mode=<anything else>` in network mode: the pinned mode.
-const PINNED_JOURNAL_MODE: &str = "delete";
+use shim::{
+    BaseFile, NETFS_FCNTL_NETWORK_MODE, NETFS_FCNTL_OPEN_ERROR, OpenErrorReport, guarded,
+    sqlite_string,
+};
 
 /// The state of one registered VFS, leaked: SQLite keeps pointers to it forever.
 struct VfsState {
@@ -48,106 +48,8 @@ struct VfsState {
     options: Options,
 }
 
-#[repr(C)]
-struct NetworkShimFile {
-    /// Must be first: SQLite sees only this header.
-    header: ffi::sqlite3_file,
-    db: *mut OpenDatabase,
-}
-
-#[repr(C)]
-struct RefusedShimFile {
-    header: ffi::sqlite3_file,
-    refusal: *mut Refusal,
-}
-
-#[repr(C)]
-struct JournalShimFile {
-    header: ffi::sqlite3_file,
-    journal: *mut crate::network::journal::OpenJournal,
-    /// The base VFS's file object: from here on, the base VFS's `szOsFile` bytes are its own.
-    native: ffi::sqlite3_file,
-}
-
-/// Filled by the refused file's `xFileControl(NETFS_FCNTL_OPEN_ERROR)`.
-#[repr(C)]
-struct OpenErrorReport {
-    code: c_int,
-    message: *mut c_char,
-}
-
 /// Addresses of the `sqlite3_vfs` structs this crate registered, with their options.
 static REGISTERED: Mutex<Vec<(usize, Options)>> = Mutex::new(Vec::new());
-
-fn guarded(fallback: c_int, f: impl FnOnce() -> c_int) -> c_int {
-    catch_unwind(AssertUnwindSafe(|| {
-        #[cfg(test)]
-        tests::injected_panic();
-        f()
-    }))
-    .unwrap_or_else(|_| {
-        tracing::error!("panic inside a VFS callback; reported to SQLite as an error");
-        fallback
-    })
-}
-
-/// The one place where errors become SQLite result codes.
-fn result_code(result: Result<(), FileError>) -> c_int {
-    let error = match result {
-        Ok(()) => return ffi::SQLITE_OK,
-        Err(e) => e,
-    };
-    match error {
-        FileError::Busy => ffi::SQLITE_BUSY,
-        FileError::ShortRead => ffi::SQLITE_IOERR_SHORT_READ,
-        FileError::Full => ffi::SQLITE_FULL,
-        FileError::LeaseExpired => ffi::SQLITE_IOERR_LOCK,
-        FileError::Lock(e) => {
-            tracing::error!(error = %e, "lock files unusable");
-            // A lock file that cannot be created or grown for want of space is the same
-            // fault, with the same remedy, as a database that cannot grow: say so.
-            match &e {
-                crate::lock::LockError::Io(io)
-                    if matches!(
-                        io.kind(),
-                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                    ) =>
-                {
-                    ffi::SQLITE_FULL
-                }
-                _ => ffi::SQLITE_IOERR_LOCK,
-            }
-        }
-        FileError::Io { op, error } => {
-            tracing::error!(?op, %error, "I/O error");
-            match op {
-                IoOp::Read => ffi::SQLITE_IOERR_READ,
-                IoOp::Write => ffi::SQLITE_IOERR_WRITE,
-                IoOp::Truncate => ffi::SQLITE_IOERR_TRUNCATE,
-                IoOp::Fsync => ffi::SQLITE_IOERR_FSYNC,
-                IoOp::Fstat => ffi::SQLITE_IOERR_FSTAT,
-                IoOp::Lock => ffi::SQLITE_IOERR_LOCK,
-                IoOp::Unlock => ffi::SQLITE_IOERR_UNLOCK,
-                IoOp::CheckReserved => ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
-            }
-        }
-    }
-}
-
-/// A copy of `s` in SQLite's allocator (SQLite frees it with `sqlite3_free`).
-fn sqlite_string(s: &str) -> *mut c_char {
-    let bytes = s.as_bytes();
-    // SAFETY: sqlite3_malloc64 returns null or a block of the requested size.
-    let p = unsafe { ffi::sqlite3_malloc64(bytes.len() as u64 + 1) } as *mut u8;
-    if !p.is_null() {
-        // SAFETY: `p` has room for the bytes and the terminating NUL; the regions are distinct.
-        unsafe {
-            ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-            *p.add(bytes.len()) = 0;
-        }
-    }
-    p as *mut c_char
-}
 
 /// Registers a VFS with `options`; see `crate::Builder`.
 pub fn register(options: Options, make_default: bool) -> Result<(), Error> {
@@ -184,10 +86,7 @@ pub fn register(options: Options, make_default: bool) -> Result<(), Error> {
     // SAFETY: `base` is SQLite's own registered unix VFS, valid for the life of the process.
     let (base_version, base_size, base_path) =
         unsafe { ((*base).iVersion, (*base).szOsFile, (*base).mxPathname) };
-    let size = base_size
-        .max(std::mem::size_of::<NetworkShimFile>() as c_int)
-        .max(std::mem::size_of::<RefusedShimFile>() as c_int)
-        .max(std::mem::offset_of!(JournalShimFile, native) as c_int + base_size);
+    let size = shim::allocation_size(base_size);
     let state = Box::leak(Box::new(VfsState {
         base,
         options: options.clone(),
@@ -379,6 +278,9 @@ unsafe extern "C" fn x_open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
+    if vfs.is_null() || file.is_null() {
+        return ffi::SQLITE_INTERNAL;
+    }
     // SAFETY: SQLite calls xOpen on the VFS we registered.
     let st = unsafe { state(vfs) };
     let base = st.base;
@@ -387,15 +289,25 @@ unsafe extern "C" fn x_open(
         unsafe { (*base).xOpen.expect("unix VFS has xOpen")(base, name, file, flags, out_flags) }
     };
     if name.is_null() || flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
-        // SAFETY: SQLite passes a NUL-terminated name (or null, which `companion` accepts).
-        return match unsafe { companion(name) } {
-            Some((crate::network::journal::Companion::Journal, refresh, path)) => {
-                // SAFETY: `file` has szOsFile bytes, enough for a JournalShimFile whose
-                // `native` part has the base VFS's szOsFile bytes.
-                unsafe { open_journal(base, name, path, refresh, file, flags, out_flags) }
+        // SAFETY: SQLite passes a NUL-terminated name (or null), valid during xOpen.
+        let Some(text) = (unsafe { name_text(name) }) else {
+            return pass_through();
+        };
+        let companion = guarded(Err(()), || {
+            Ok(crate::network::journal::companion_of_network_database(text))
+        });
+        return match companion {
+            Ok(Some((Companion::Journal, refresh))) => {
+                // SAFETY: `file` has szOsFile bytes, `shim::allocation_size` of the base's.
+                unsafe { open_journal(base, name, text, refresh, file, flags, out_flags) }
             }
-            Some((crate::network::journal::Companion::Wal, _, _)) => retry_cantopen(pass_through),
-            None => pass_through(),
+            Ok(Some((Companion::Wal, _))) => retry_cantopen(pass_through),
+            Ok(None) => pass_through(),
+            Err(()) => {
+                // SAFETY: a null method table tells SQLite there is nothing to close.
+                unsafe { (*file).pMethods = ptr::null() };
+                ffi::SQLITE_CANTOPEN
+            }
         };
     }
     let plan = catch_unwind(AssertUnwindSafe(|| {
@@ -420,42 +332,21 @@ unsafe extern "C" fn x_open(
     match plan {
         Ok(OpenPlan::Native) => pass_through(),
         Ok(OpenPlan::Network(db)) => {
-            let writable = db.file.writable();
-            // SAFETY: `file` points to szOsFile bytes, enough for a NetworkShimFile; SQLite
-            // hands ownership of the Box to us until xClose.
+            let granted = db.open_flags(flags);
+            // SAFETY: `file` points to szOsFile bytes, enough for a shim file; SQLite hands
+            // the allocation to us until xClose. `out_flags` is null or SQLite's out-pointer.
             unsafe {
-                ptr::write(
-                    file as *mut NetworkShimFile,
-                    NetworkShimFile {
-                        header: ffi::sqlite3_file {
-                            pMethods: &NETWORK_METHODS,
-                        },
-                        db: Box::into_raw(db),
-                    },
-                );
+                shim::install(file, db);
                 if !out_flags.is_null() {
-                    *out_flags = if writable {
-                        flags
-                    } else {
-                        (flags & !(ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE))
-                            | ffi::SQLITE_OPEN_READONLY
-                    };
+                    *out_flags = granted;
                 }
             }
             ffi::SQLITE_OK
         }
         Ok(OpenPlan::Refused(refusal)) => {
-            // SAFETY: as above, for a RefusedShimFile.
+            // SAFETY: as above.
             unsafe {
-                ptr::write(
-                    file as *mut RefusedShimFile,
-                    RefusedShimFile {
-                        header: ffi::sqlite3_file {
-                            pMethods: &REFUSED_METHODS,
-                        },
-                        refusal: Box::into_raw(Box::new(refusal)),
-                    },
-                );
+                shim::install(file, Box::new(refusal));
                 if !out_flags.is_null() {
                     *out_flags = flags;
                 }
@@ -481,64 +372,70 @@ fn retry_cantopen(mut open: impl FnMut() -> c_int) -> c_int {
     outcome.err().unwrap_or(ffi::SQLITE_OK)
 }
 
-/// Opens the journal of a network-mode database through the base VFS, inside a
-/// [`JournalShimFile`].
+/// Opens the journal of a network-mode database through the base VFS, into the base slot of
+/// a shim file, and installs its fence around it.
 ///
 /// # Safety
-/// As for `xOpen`, with `file` pointing to at least
-/// `offset_of!(JournalShimFile, native)` + the base VFS's `szOsFile` bytes.
+/// As for `xOpen`, with `file` pointing to `shim::allocation_size` bytes and `name` the
+/// string `journal` was read from.
 unsafe fn open_journal(
     base: *mut ffi::sqlite3_vfs,
     name: ffi::sqlite3_filename,
-    journal: &Path,
-    refresh: SizeRefresh,
+    journal: &str,
+    refresh: crate::client_cache::SizeRefresh,
     file: *mut ffi::sqlite3_file,
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let shim = file as *mut JournalShimFile;
-    // SAFETY: as required, `native` lies inside the allocation, with room for the base file.
-    let native = unsafe { &raw mut (*shim).native };
+    // SAFETY: as required, the slot lies inside the allocation, with room for the base file.
+    let native = unsafe { shim::base_slot(file) };
     let rc = retry_cantopen(|| {
         // SAFETY: SQLite's own arguments, with the base file object placed inside ours.
         unsafe { (*base).xOpen.expect("unix VFS has xOpen")(base, name, native, flags, out_flags) }
     });
-    // SAFETY: the header and `name` lie inside the allocation, before the base file object.
-    unsafe {
-        if rc != ffi::SQLITE_OK {
-            // A failed open leaves nothing for SQLite to close.
-            (*shim).header.pMethods = ptr::null();
-            return rc;
-        }
-        let state = crate::network::journal::OpenJournal::new(
-            journal.to_string_lossy().into_owned(),
+    if rc != ffi::SQLITE_OK {
+        // SAFETY: the header lies inside the allocation; a failed open leaves nothing for
+        // SQLite to close.
+        unsafe { (*file).pMethods = ptr::null() };
+        return rc;
+    }
+    // SAFETY: the base file was just opened in its slot; the shim closes it after the state.
+    let base_file = unsafe { BaseFile::new(native) };
+    let state = guarded(None, || {
+        Some(Box::new(FencedJournal::new(
+            journal.to_owned(),
             refresh,
-        );
-        ptr::write(&raw mut (*shim).journal, Box::into_raw(Box::new(state)));
-        (*shim).header.pMethods = &JOURNAL_METHODS;
+            base_file,
+        )))
+    });
+    // SAFETY: `file` is the allocation; the base file in its slot is open.
+    unsafe {
+        match state {
+            Some(state) => shim::install(file, state),
+            None => {
+                // The state could not be made: close what was opened, report nothing to close.
+                if let Some(close) = (*native).pMethods.as_ref().and_then(|m| m.xClose) {
+                    close(native);
+                }
+                (*file).pMethods = ptr::null();
+                return ffi::SQLITE_CANTOPEN;
+            }
+        }
     }
     ffi::SQLITE_OK
 }
 
-/// The journal or WAL of a network-mode database, by the name SQLite uses.
+/// A file name SQLite passed, as text; `None` for null or a name that is not UTF-8 (never one
+/// of ours: the crate's paths come from SQLite's own UTF-8 names).
 ///
 /// # Safety
-/// `name` must be null or a NUL-terminated string.
-unsafe fn companion(
-    name: *const c_char,
-) -> Option<(
-    crate::network::journal::Companion,
-    SizeRefresh,
-    &'static Path,
-)> {
+/// `name` must be null or a NUL-terminated string that outlives `'a`.
+unsafe fn name_text<'a>(name: *const c_char) -> Option<&'a str> {
     if name.is_null() {
         return None;
     }
-    // SAFETY: as required; the string outlives the callback in which we use it.
-    let text: &'static CStr = unsafe { CStr::from_ptr(name) };
-    let text = text.to_str().ok()?;
-    crate::network::journal::companion_of_network_database(text)
-        .map(|(kind, refresh)| (kind, refresh, Path::new(text)))
+    // SAFETY: as required.
+    unsafe { CStr::from_ptr(name) }.to_str().ok()
 }
 
 unsafe extern "C" fn x_delete(
@@ -548,21 +445,14 @@ unsafe extern "C" fn x_delete(
 ) -> c_int {
     // SAFETY: our registered VFS.
     let base = unsafe { state(vfs) }.base;
-    // SAFETY: SQLite passes a NUL-terminated name.
-    if let Some((crate::network::journal::Companion::Journal, _, path)) = unsafe { companion(name) }
-    {
-        return guarded(ffi::SQLITE_IOERR_DELETE, || {
-            if let Some(refused) = journal_fence(path, "empty") {
-                return refused;
-            }
-            match crate::network::journal::discard(path, sync_dir != 0) {
-                Ok(()) => ffi::SQLITE_OK,
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot empty the journal");
-                    ffi::SQLITE_IOERR_DELETE
-                }
-            }
+    // SAFETY: SQLite passes a NUL-terminated name, valid for the call.
+    if let Some(text) = unsafe { name_text(name) } {
+        let outcome = guarded(Some(ffi::SQLITE_IOERR_DELETE), || {
+            crate::network::journal::delete_for_sqlite(text, sync_dir != 0).map(file::result_code)
         });
+        if let Some(rc) = outcome {
+            return rc;
+        }
     }
     // SAFETY: forwarding to the base VFS.
     unsafe { (*base).xDelete.expect("unix VFS has xDelete")(base, name, sync_dir) }
@@ -574,39 +464,32 @@ unsafe extern "C" fn x_access(
     flags: c_int,
     res_out: *mut c_int,
 ) -> c_int {
+    if res_out.is_null() {
+        return ffi::SQLITE_INTERNAL;
+    }
     // SAFETY: our registered VFS.
     let base = unsafe { state(vfs) }.base;
     if flags == ffi::SQLITE_ACCESS_EXISTS
-        // SAFETY: SQLite passes a NUL-terminated name.
-        && let Some((kind, refresh, path)) = unsafe { companion(name) }
+        // SAFETY: SQLite passes a NUL-terminated name, valid for the call.
+        && let Some(text) = unsafe { name_text(name) }
     {
-        return guarded(
-            ffi::SQLITE_IOERR_ACCESS,
-            || match crate::network::journal::has_content(path, refresh) {
-                Ok(exists) => {
-                    // SAFETY: SQLite passes a valid out-pointer.
-                    unsafe { *res_out = c_int::from(exists) };
-                    ffi::SQLITE_OK
-                }
-                // Network mode never has a WAL (it was converted at open): an unanswerable
-                // question about one is answered "none". A journal must be answered truly.
-                Err(e) if kind == crate::network::journal::Companion::Wal => {
-                    tracing::debug!(path = %path.display(), error = %e, "cannot check for a WAL; assuming none");
-                    // SAFETY: as above.
-                    unsafe { *res_out = 0 };
-                    ffi::SQLITE_OK
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot check the journal");
-                    ffi::SQLITE_IOERR_ACCESS
-                }
-            },
-        );
+        let outcome = guarded(Some(Err(ffi::SQLITE_IOERR_ACCESS)), || {
+            crate::network::journal::exists_for_sqlite(text)
+                .map(|answer| answer.map_err(file::FileError::code))
+        });
+        match outcome {
+            Some(Ok(exists)) => {
+                // SAFETY: SQLite passes a valid, non-null out-pointer.
+                unsafe { *res_out = c_int::from(exists) };
+                return ffi::SQLITE_OK;
+            }
+            Some(Err(rc)) => return rc,
+            None => {}
+        }
     }
     // SAFETY: forwarding to the base VFS.
     unsafe { (*base).xAccess.expect("unix VFS has xAccess")(base, name, flags, res_out) }
 }
-
 // The remaining VFS methods belong to the base VFS; SQLite calls them with our pointer, and
 // they are forwarded with the base's own.
 
@@ -758,644 +641,6 @@ unsafe extern "C" fn x_next_system_call(
             None => ptr::null(),
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Network-mode files. Version 1 of the method table: no xShm* (so SQLite will not use WAL) and
-// no xFetch (no memory-mapped I/O, which would bypass the coherency reopen).
-
-static NETWORK_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 1,
-    xClose: Some(net_close),
-    xRead: Some(net_read),
-    xWrite: Some(net_write),
-    xTruncate: Some(net_truncate),
-    xSync: Some(net_sync),
-    xFileSize: Some(net_file_size),
-    xLock: Some(net_lock),
-    xUnlock: Some(net_unlock),
-    xCheckReservedLock: Some(net_check_reserved_lock),
-    xFileControl: Some(net_file_control),
-    xSectorSize: Some(sector_size),
-    xDeviceCharacteristics: Some(net_device_characteristics),
-    xShmMap: None,
-    xShmLock: None,
-    xShmBarrier: None,
-    xShmUnmap: None,
-    xFetch: None,
-    xUnfetch: None,
-};
-
-/// # Safety
-/// `file` must be a file opened by `x_open` in network mode and not yet closed.
-unsafe fn open_db<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a mut OpenDatabase> {
-    // SAFETY: as required, the allocation holds a NetworkShimFile whose `db` is a live Box
-    // (or null after close); SQLite serialises calls on one file.
-    unsafe { (*(file as *mut NetworkShimFile)).db.as_mut() }
-}
-
-/// Runs `f` on the open database behind `file`, guarded.
-///
-/// # Safety
-/// As for [`open_db`].
-unsafe fn with_db(
-    file: *mut ffi::sqlite3_file,
-    fallback: c_int,
-    f: impl FnOnce(&mut OpenDatabase) -> c_int,
-) -> c_int {
-    // SAFETY: as required.
-    match unsafe { open_db(file) } {
-        Some(db) => guarded(fallback, || f(db)),
-        None => ffi::SQLITE_MISUSE,
-    }
-}
-
-unsafe extern "C" fn net_close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite calls xClose once on a file x_open set up; we take the Box back and
-    // clear the pointer so nothing can use it again.
-    let db = unsafe {
-        let shim = file as *mut NetworkShimFile;
-        let db = (*shim).db;
-        (*shim).db = ptr::null_mut();
-        db
-    };
-    if db.is_null() {
-        return ffi::SQLITE_OK;
-    }
-    // SAFETY: `db` came from Box::into_raw in x_open and is dropped exactly once.
-    guarded(ffi::SQLITE_IOERR_CLOSE, || {
-        drop(unsafe { Box::from_raw(db) });
-        ffi::SQLITE_OK
-    })
-}
-
-unsafe extern "C" fn net_read(
-    file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    amount: c_int,
-    offset: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: SQLite passes a buffer of `amount` writable bytes; `file` is ours.
-    unsafe {
-        let buf = std::slice::from_raw_parts_mut(buf as *mut u8, amount.max(0) as usize);
-        with_db(file, ffi::SQLITE_IOERR_READ, |db| {
-            result_code(db.file.read_at(buf, offset as u64))
-        })
-    }
-}
-
-unsafe extern "C" fn net_write(
-    file: *mut ffi::sqlite3_file,
-    buf: *const c_void,
-    amount: c_int,
-    offset: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: SQLite passes `amount` readable bytes; `file` is ours.
-    unsafe {
-        let buf = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
-        with_db(file, ffi::SQLITE_IOERR_WRITE, |db| {
-            result_code(db.file.write_at(buf, offset as u64))
-        })
-    }
-}
-
-unsafe extern "C" fn net_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
-    // SAFETY: `file` is ours.
-    unsafe {
-        with_db(file, ffi::SQLITE_IOERR_TRUNCATE, |db| {
-            result_code(db.file.truncate(size.max(0) as u64))
-        })
-    }
-}
-
-unsafe extern "C" fn net_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let data_only = flags & ffi::SQLITE_SYNC_DATAONLY != 0;
-    // SAFETY: `file` is ours.
-    unsafe {
-        with_db(file, ffi::SQLITE_IOERR_FSYNC, |db| {
-            result_code(db.file.sync(data_only))
-        })
-    }
-}
-
-unsafe extern "C" fn net_file_size(
-    file: *mut ffi::sqlite3_file,
-    size: *mut ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: `file` is ours; SQLite passes a valid out-pointer.
-    unsafe {
-        with_db(file, ffi::SQLITE_IOERR_FSTAT, |db| match db.file.size() {
-            Ok(n) => {
-                *size = n as ffi::sqlite3_int64;
-                ffi::SQLITE_OK
-            }
-            Err(e) => result_code(Err(e)),
-        })
-    }
-}
-
-unsafe extern "C" fn net_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: `file` is ours.
-    unsafe {
-        with_db(
-            file,
-            ffi::SQLITE_IOERR_LOCK,
-            |db| match Level::from_sqlite(level) {
-                Some(level) => result_code(db.file.lock(level)),
-                None => ffi::SQLITE_MISUSE,
-            },
-        )
-    }
-}
-
-unsafe extern "C" fn net_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: `file` is ours.
-    unsafe {
-        with_db(
-            file,
-            ffi::SQLITE_IOERR_UNLOCK,
-            |db| match Level::from_sqlite(level) {
-                Some(level) => result_code(db.file.unlock(level)),
-                None => ffi::SQLITE_MISUSE,
-            },
-        )
-    }
-}
-
-unsafe extern "C" fn net_check_reserved_lock(
-    file: *mut ffi::sqlite3_file,
-    res_out: *mut c_int,
-) -> c_int {
-    // SAFETY: `file` is ours; SQLite passes a valid out-pointer.
-    unsafe {
-        with_db(file, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, |db| {
-            match db.file.reserved_held() {
-                Ok(held) => {
-                    *res_out = c_int::from(held);
-                    ffi::SQLITE_OK
-                }
-                Err(e) => result_code(Err(e)),
-            }
-        })
-    }
-}
-
-unsafe extern "C" fn net_file_control(
-    file: *mut ffi::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
-    // SAFETY: `file` is ours; for each opcode SQLite documents the type `arg` points to, and
-    // we write only that type.
-    unsafe {
-        with_db(file, ffi::SQLITE_NOTFOUND, |db| match op {
-            ffi::SQLITE_FCNTL_LOCKSTATE => {
-                *(arg as *mut c_int) = db.file.level() as c_int;
-                ffi::SQLITE_OK
-            }
-            ffi::SQLITE_FCNTL_VFSNAME => {
-                *(arg as *mut *mut c_char) = sqlite_string("netfs(network)/unix");
-                ffi::SQLITE_OK
-            }
-            ffi::SQLITE_FCNTL_HAS_MOVED => {
-                *(arg as *mut c_int) = c_int::from(db.file.has_moved());
-                ffi::SQLITE_OK
-            }
-            ffi::SQLITE_FCNTL_POWERSAFE_OVERWRITE => {
-                let v = arg as *mut c_int;
-                if *v < 0 {
-                    *v = c_int::from(db.file.powersafe_overwrite());
-                } else {
-                    db.file.set_powersafe_overwrite(*v != 0);
-                }
-                ffi::SQLITE_OK
-            }
-            ffi::SQLITE_FCNTL_PRAGMA => pin_journal_mode(arg as *mut *mut c_char),
-            NETFS_FCNTL_NETWORK_MODE => {
-                *(arg as *mut c_int) = 1;
-                ffi::SQLITE_OK
-            }
-            _ => ffi::SQLITE_NOTFOUND,
-        })
-    }
-}
-
-/// `PRAGMA journal_mode=X` in network mode: any mode but the pinned one is answered with the
-/// pinned one and not applied (WAL needs shared memory; TRUNCATE and PERSIST would keep a
-/// journal descriptor open across transactions, whose cached bytes can go stale; MEMORY and
-/// OFF lose atomicity on a crash).
-///
-/// # Safety
-/// `args` is SQLite's `SQLITE_FCNTL_PRAGMA` argument array: [result, name, value-or-null].
-unsafe fn pin_journal_mode(args: *mut *mut c_char) -> c_int {
-    // SAFETY: as required.
-    let (name, value) = unsafe { (*args.add(1), *args.add(2)) };
-    // SAFETY: SQLite passes NUL-terminated strings (the value may be null).
-    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-    if !name.eq_ignore_ascii_case("journal_mode") || value.is_null() {
-        return ffi::SQLITE_NOTFOUND;
-    }
-    // SAFETY: non-null and NUL-terminated.
-    let value = unsafe { CStr::from_ptr(value) }
-        .to_string_lossy()
-        .to_ascii_lowercase();
-    if value == PINNED_JOURNAL_MODE {
-        return ffi::SQLITE_NOTFOUND;
-    }
-    tracing::info!(requested = %value, kept = PINNED_JOURNAL_MODE, "journal_mode change ignored in network mode");
-    // SAFETY: SQLite frees a result string placed in args[0] with sqlite3_free.
-    unsafe { *args = sqlite_string(PINNED_JOURNAL_MODE) };
-    ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn sector_size(_file: *mut ffi::sqlite3_file) -> c_int {
-    // The unix VFS's default; SQLite pads journal records to it.
-    4096
-}
-
-unsafe extern "C" fn net_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: `file` is ours.
-    unsafe {
-        with_db(file, 0, |db| {
-            if db.file.powersafe_overwrite() {
-                ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
-            } else {
-                0
-            }
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The journal of a network-mode database: the base VFS's file, fenced. Version 1 of the method
-// table, as for the database: SQLite maps no journal into memory.
-
-static JOURNAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 1,
-    xClose: Some(journal_close),
-    xRead: Some(journal_read),
-    xWrite: Some(journal_write),
-    xTruncate: Some(journal_truncate),
-    xSync: Some(journal_sync),
-    xFileSize: Some(journal_file_size),
-    xLock: Some(journal_lock),
-    xUnlock: Some(journal_unlock),
-    xCheckReservedLock: Some(journal_check_reserved_lock),
-    xFileControl: Some(journal_file_control),
-    xSectorSize: Some(journal_sector_size),
-    xDeviceCharacteristics: Some(journal_device_characteristics),
-    xShmMap: None,
-    xShmLock: None,
-    xShmBarrier: None,
-    xShmUnmap: None,
-    xFetch: None,
-    xUnfetch: None,
-};
-
-/// SQLITE_IOERR_LOCK (as for the database under a lost lease) if no connection of this
-/// process may change the journal at `path` now; `what` names the refused change.
-fn journal_fence(path: &Path, what: &str) -> Option<c_int> {
-    let name = path.to_string_lossy();
-    if crate::network::journal::may_write(&name, crate::sys::boot_time()) {
-        return None;
-    }
-    tracing::error!(journal = %name, refused = what, "journal change refused: no connection here holds the write lock under a live lease (taken over after a stall or an outage?)");
-    Some(ffi::SQLITE_IOERR_LOCK)
-}
-
-/// The base file inside a journal and its method table.
-///
-/// # Safety
-/// `file` must be a journal opened by `open_journal` and not yet closed.
-unsafe fn native_journal(
-    file: *mut ffi::sqlite3_file,
-) -> (*mut ffi::sqlite3_file, &'static ffi::sqlite3_io_methods) {
-    // SAFETY: as required, the base file object was opened in place and its method table is
-    // the base VFS's static table.
-    unsafe {
-        let native = &raw mut (*(file as *mut JournalShimFile)).native;
-        (native, &*(*native).pMethods)
-    }
-}
-
-/// The shim's state of the journal `file`.
-///
-/// # Safety
-/// As for [`native_journal`]; SQLite serialises calls on one file, so the reference is unique.
-unsafe fn open_journal_state<'a>(file: *mut ffi::sqlite3_file) -> &'a mut OpenJournal {
-    // SAFETY: as required, `journal` is the live Box set by `open_journal`.
-    unsafe { &mut *(*(file as *mut JournalShimFile)).journal }
-}
-
-/// The fence for a change to the journal `file`: `None` if it may go ahead.
-///
-/// # Safety
-/// As for [`native_journal`].
-unsafe fn journal_change_refused(file: *mut ffi::sqlite3_file, what: &str) -> Option<c_int> {
-    // SAFETY: as required.
-    let journal = unsafe { open_journal_state(file) };
-    let refused = guarded(ffi::SQLITE_IOERR_LOCK, || {
-        journal_fence(Path::new(journal.name()), what).unwrap_or(ffi::SQLITE_OK)
-    });
-    (refused != ffi::SQLITE_OK).then_some(refused)
-}
-
-/// Passes `rc`, the base file's answer to `what`, on; a failure makes the journal untrusted.
-///
-/// # Safety
-/// As for [`native_journal`].
-unsafe fn journal_outcome(file: *mut ffi::sqlite3_file, what: &'static str, rc: c_int) -> c_int {
-    if rc != ffi::SQLITE_OK {
-        // SAFETY: as required.
-        let journal = unsafe { open_journal_state(file) };
-        guarded(rc, || {
-            journal.note_failure(what);
-            rc
-        });
-    }
-    rc
-}
-
-/// `fail_with` if a change to the journal `file` has failed (see `journal::OpenJournal`).
-///
-/// # Safety
-/// As for [`native_journal`].
-unsafe fn journal_untrusted(file: *mut ffi::sqlite3_file, fail_with: c_int) -> Option<c_int> {
-    // SAFETY: as required.
-    let trusted = unsafe { open_journal_state(file) }.trusted();
-    (!trusted).then_some(fail_with)
-}
-
-unsafe extern "C" fn journal_close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite closes a journal `open_journal` set up, once; the state's Box is taken
-    // back and the base file closed by its own method.
-    unsafe {
-        let shim = file as *mut JournalShimFile;
-        let journal = (*shim).journal;
-        (*shim).journal = ptr::null_mut();
-        if !journal.is_null() {
-            drop(Box::from_raw(journal));
-        }
-        let (native, methods) = native_journal(file);
-        methods.xClose.expect("base xClose")(native)
-    }
-}
-
-/// Journal methods that go to the base file as they are.
-macro_rules! forward_to_base_journal {
-    ($($callback:ident => $method:ident($($arg:ident: $ty:ty),*);)*) => {$(
-        unsafe extern "C" fn $callback(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
-            // SAFETY: SQLite calls this on a journal `open_journal` set up; its arguments go
-            // unchanged to the base file's own method.
-            unsafe {
-                let (native, methods) = native_journal(file);
-                methods.$method.expect(concat!("base ", stringify!($method)))(native, $($arg),*)
-            }
-        }
-    )*};
-}
-
-forward_to_base_journal! {
-    journal_file_size => xFileSize(size: *mut ffi::sqlite3_int64);
-    journal_lock => xLock(level: c_int);
-    journal_unlock => xUnlock(level: c_int);
-    journal_check_reserved_lock => xCheckReservedLock(res_out: *mut c_int);
-    journal_file_control => xFileControl(op: c_int, arg: *mut c_void);
-    journal_sector_size => xSectorSize();
-    journal_device_characteristics => xDeviceCharacteristics();
-}
-
-unsafe extern "C" fn journal_read(
-    file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    amount: c_int,
-    offset: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: `file` is a journal; then forwarding SQLite's arguments to the base file, and
-    // for a short read, SQLite's buffer of `amount` writable bytes.
-    unsafe {
-        if let Some(rc) = journal_untrusted(file, ffi::SQLITE_IOERR_READ) {
-            return rc;
-        }
-        let (native, methods) = native_journal(file);
-        let rc = methods.xRead.expect("base xRead")(native, buf, amount, offset);
-        if rc == ffi::SQLITE_IOERR_CORRUPTFS {
-            // The base VFS answers a read's EIO with "the filesystem is corrupt", which SQLite
-            // reports as "database disk image is malformed". From a network client, EIO is
-            // the connection, not the disk (sshfs fails every descriptor opened before a
-            // reconnect with EIO; seen in the sshfs outage test after the server came back).
-            tracing::warn!("journal read failed with EIO; reported as an I/O error");
-            return ffi::SQLITE_IOERR_READ;
-        }
-        if rc != ffi::SQLITE_IOERR_SHORT_READ {
-            return rc;
-        }
-        let journal = open_journal_state(file);
-        let buf = std::slice::from_raw_parts_mut(buf as *mut u8, amount.max(0) as usize);
-        guarded(ffi::SQLITE_IOERR_READ, || {
-            match journal.read_again_after_short_read(buf, offset as u64) {
-                Ok(true) => ffi::SQLITE_IOERR_SHORT_READ,
-                Ok(false) => {
-                    tracing::debug!(
-                        journal = journal.name(),
-                        offset,
-                        amount,
-                        "short journal read inside the server's file; read again in full"
-                    );
-                    ffi::SQLITE_OK
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "journal read cut short by the client");
-                    ffi::SQLITE_IOERR_READ
-                }
-            }
-        })
-    }
-}
-
-unsafe extern "C" fn journal_write(
-    file: *mut ffi::sqlite3_file,
-    buf: *const c_void,
-    amount: c_int,
-    offset: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: `file` is a journal; then forwarding SQLite's arguments to the base file.
-    unsafe {
-        if let Some(refused) = journal_change_refused(file, "write") {
-            return refused;
-        }
-        let (native, methods) = native_journal(file);
-        let rc = methods.xWrite.expect("base xWrite")(native, buf, amount, offset);
-        journal_outcome(file, "write", rc)
-    }
-}
-
-unsafe extern "C" fn journal_truncate(
-    file: *mut ffi::sqlite3_file,
-    size: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: as for journal_write.
-    unsafe {
-        if let Some(refused) = journal_change_refused(file, "truncate") {
-            return refused;
-        }
-        let (native, methods) = native_journal(file);
-        let rc = methods.xTruncate.expect("base xTruncate")(native, size);
-        journal_outcome(file, "truncate", rc)
-    }
-}
-
-unsafe extern "C" fn journal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    // SAFETY: as for journal_read. A sync after a failed one is not asked: sshfs reports a
-    // refused write to one fsync only, and the next would say all is well.
-    unsafe {
-        if let Some(rc) = journal_untrusted(file, ffi::SQLITE_IOERR_FSYNC) {
-            return rc;
-        }
-        let (native, methods) = native_journal(file);
-        let rc = methods.xSync.expect("base xSync")(native, flags);
-        journal_outcome(file, "sync", rc)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Refused opens: every method fails with the refusal's code, except the header read SQLite
-// makes inside sqlite3_open (zeros, so the open gets as far as the auto-extension that reports
-// the refusal) and xClose.
-
-static REFUSED_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 1,
-    xClose: Some(refused_close),
-    xRead: Some(refused_read),
-    xWrite: Some(refused_write),
-    xTruncate: Some(refused_truncate),
-    xSync: Some(refused_sync),
-    xFileSize: Some(refused_file_size),
-    xLock: Some(refused_lock),
-    xUnlock: Some(refused_unlock),
-    xCheckReservedLock: Some(refused_check_reserved_lock),
-    xFileControl: Some(refused_file_control),
-    xSectorSize: Some(sector_size),
-    xDeviceCharacteristics: Some(refused_device_characteristics),
-    xShmMap: None,
-    xShmLock: None,
-    xShmBarrier: None,
-    xShmUnmap: None,
-    xFetch: None,
-    xUnfetch: None,
-};
-
-/// # Safety
-/// `file` must be a refused file set up by `x_open` and not yet closed.
-unsafe fn refusal<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a Refusal> {
-    // SAFETY: as required.
-    unsafe { (*(file as *mut RefusedShimFile)).refusal.as_ref() }
-}
-
-fn refusal_code(r: Option<&Refusal>) -> c_int {
-    match r.map(|r| r.code) {
-        Some(Refused::ReadOnly) => ffi::SQLITE_READONLY,
-        _ => ffi::SQLITE_CANTOPEN,
-    }
-}
-
-unsafe extern "C" fn refused_close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: called once by SQLite; the Box came from x_open.
-    unsafe {
-        let shim = file as *mut RefusedShimFile;
-        let r = (*shim).refusal;
-        (*shim).refusal = ptr::null_mut();
-        if !r.is_null() {
-            drop(Box::from_raw(r));
-        }
-    }
-    ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn refused_read(
-    _file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    amount: c_int,
-    _offset: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: SQLite passes `amount` writable bytes.
-    unsafe { ptr::write_bytes(buf as *mut u8, 0, amount.max(0) as usize) };
-    ffi::SQLITE_IOERR_SHORT_READ
-}
-
-unsafe extern "C" fn refused_write(
-    file: *mut ffi::sqlite3_file,
-    _b: *const c_void,
-    _n: c_int,
-    _o: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: `file` is a refused file.
-    refusal_code(unsafe { refusal(file) })
-}
-
-unsafe extern "C" fn refused_truncate(
-    file: *mut ffi::sqlite3_file,
-    _size: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: `file` is a refused file.
-    refusal_code(unsafe { refusal(file) })
-}
-
-unsafe extern "C" fn refused_sync(file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
-    // SAFETY: `file` is a refused file.
-    refusal_code(unsafe { refusal(file) })
-}
-
-unsafe extern "C" fn refused_file_size(
-    _file: *mut ffi::sqlite3_file,
-    size: *mut ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: SQLite passes a valid out-pointer.
-    unsafe { *size = 0 };
-    ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn refused_lock(file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
-    // SAFETY: `file` is a refused file.
-    refusal_code(unsafe { refusal(file) })
-}
-
-unsafe extern "C" fn refused_unlock(_file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
-    ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn refused_check_reserved_lock(
-    _file: *mut ffi::sqlite3_file,
-    res_out: *mut c_int,
-) -> c_int {
-    // SAFETY: SQLite passes a valid out-pointer.
-    unsafe { *res_out = 0 };
-    ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn refused_file_control(
-    file: *mut ffi::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
-    if op != NETFS_FCNTL_OPEN_ERROR {
-        return ffi::SQLITE_NOTFOUND;
-    }
-    // SAFETY: `file` is a refused file; the opcode is ours and its argument is the report
-    // struct of `report_refused_open`.
-    unsafe {
-        let Some(r) = refusal(file) else {
-            return ffi::SQLITE_NOTFOUND;
-        };
-        let report = arg as *mut OpenErrorReport;
-        (*report).code = refusal_code(Some(r));
-        (*report).message = sqlite_string(&r.message);
-    }
-    ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn refused_device_characteristics(_file: *mut ffi::sqlite3_file) -> c_int {
-    0
 }
 
 #[cfg(test)]

@@ -46,12 +46,28 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use files::{DirLockFiles, LockFileName, LockFiles, TableFile};
+use latch::{Latch, Latches, Parties, Watch};
 use protocol::{Holder, Level, LockTable, OwnerId, ParseError, StaleTracker};
 
 pub mod files;
 pub mod heartbeat;
+mod latch;
 pub mod owner;
 pub mod protocol;
+
+/// The latch's [`Parties`], borrowed from a `DbLock`'s fields (not through a method, so the
+/// borrow of `latches` beside them stays disjoint).
+macro_rules! parties {
+    ($lock:expr) => {
+        Parties {
+            files: &$lock.files,
+            env: &$lock.env,
+            me: &$lock.me,
+            lease: $lock.lease,
+            removed: &mut $lock.sweep_log,
+        }
+    };
+}
 
 /// The lock of one connection in network mode.
 pub type ConnectionLock = Mutex<DbLock<DirLockFiles, SystemEnvironment>>;
@@ -63,11 +79,6 @@ pub type LockHandle = Arc<ConnectionLock>;
 pub const LATCH_WAIT: Duration = Duration::from_millis(500);
 /// An unlock is not allowed to fail lightly: it waits longer for the latch.
 const UNLOCK_LATCH_WAIT: Duration = Duration::from_secs(5);
-/// How long a latch reported as a plain file (where a directory belongs) is looked at again
-/// before it is called foreign.
-const PLAIN_FILE_LATCH_PATIENCE: Duration = Duration::from_secs(3);
-/// After waiting this long for a latch, look at who holds it.
-const LATCH_SUSPECT_AFTER: Duration = Duration::from_millis(20);
 /// How long a lingering release (see "Lingering releases") may stay unpublished while the
 /// connection is idle.
 pub const RELEASE_LINGER: Duration = Duration::from_millis(20);
@@ -134,30 +145,6 @@ impl From<io::Error> for LockError {
     }
 }
 
-/// The latch could not be taken in time.
-struct LatchTimeout;
-
-/// Why a latch or break token was judged dead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Death {
-    /// Its owner, on this host, no longer runs, or is ourselves (an orphan).
-    OwnerGone,
-    /// Unchanged for a whole lease (another host's, or unreadable).
-    Silent,
-}
-
-/// Proof of holding the latch: its contents and when it was taken.
-struct Latch {
-    contents: Vec<u8>,
-    taken_at: Duration,
-}
-
-/// Something observed unchanged since `since` (a latch or break file's contents).
-struct Watch {
-    contents: Vec<u8>,
-    since: Duration,
-}
-
 pub struct DbLock<F: LockFiles, E: Environment> {
     files: F,
     env: E,
@@ -166,12 +153,11 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     level: Level,
     /// Written into our entry on every rewrite; never repeats for `me`.
     seq: u64,
-    latch_count: u64,
     /// Length of the table file last read, so a rewrite never shrinks it.
     table_len: usize,
     stale: StaleTracker,
-    latch_watch: Option<Watch>,
-    break_watch: Option<Watch>,
+    /// The latch and break tokens this lock takes, watches and breaks.
+    latches: Latches,
     /// The bytes of a table that could not be read, while they stay unchanged.
     table_watch: Option<Watch>,
     /// When our entry was last written (the latch time of that write), if we hold a lock.
@@ -182,21 +168,15 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     /// When our lease ends (boot-time nanoseconds; 0: nothing held), readable without the
     /// lock object's mutex, so I/O never waits behind a renewal in progress.
     lease_end: Arc<AtomicU64>,
-    /// Smoothed duration of one exclusive-create attempt, to pace retries to the server.
-    create_latency: Duration,
     /// The level our last request was refused (SQLite's busy handler will ask again).
     last_refused: Option<Level>,
     /// Since when a release is not yet in the table (it lingers, or the latch was busy).
     owed_since: Option<Duration>,
     /// When the table last got our entry as it stands (the latch time of that write).
     entry_written_at: Option<Duration>,
-    /// We broke a latch that had been silent for a lease; the next edit records it.
-    latch_broken_after_silence: bool,
     /// Our entry was removed by others while we held a lock: every request fails, and the
     /// lease reads as expired, until SQLite unlocks to NONE.
     lease_lost: bool,
-    /// Since when the latch has been reported as a plain file, where a directory belongs.
-    latch_plain_file_since: Option<Duration>,
     /// What this lock removed as stale, kept only during [`Self::sweep_stale`] (`None` for a
     /// connection's lock, whose removals are traced and forgotten).
     sweep_log: Option<Vec<Removed>>,
@@ -217,15 +197,6 @@ pub enum Removed {
         contents: String,
         reason: &'static str,
     },
-}
-
-impl Death {
-    fn reason(self) -> &'static str {
-        match self {
-            Death::OwnerGone => "process is gone",
-            Death::Silent => "unchanged for a lease",
-        }
-    }
 }
 
 /// A cheap, shareable view of a lock's lease.
@@ -260,22 +231,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             lease,
             level: Level::None,
             seq: 0,
-            latch_count: 0,
             table_len: 0,
             stale: StaleTracker::default(),
-            latch_watch: None,
-            break_watch: None,
+            latches: Latches::new(),
             table_watch: None,
             renewed_at: None,
             owed_generation_bump: false,
             lease_end: Arc::new(AtomicU64::new(0)),
-            create_latency: Duration::from_micros(100),
             last_refused: None,
             owed_since: None,
             entry_written_at: None,
-            latch_broken_after_silence: false,
             lease_lost: false,
-            latch_plain_file_since: None,
             sweep_log: None,
         }
     }
@@ -553,11 +519,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         wait: Duration,
         change: impl FnOnce(&mut LockTable) -> R,
     ) -> Result<Option<(R, u64)>, LockError> {
-        let Ok(latch) = self.take_latch(wait)? else {
+        let Ok(latch) = self.latches.take(&mut parties!(self), wait)? else {
             return Ok(None);
         };
         let result = self.edit_under_latch(&latch, change);
-        let released = self.release_latch(&latch);
+        let released = self.latches.release(&mut parties!(self), &latch);
         let edited = result?;
         released?;
         Ok(Some(edited))
@@ -571,7 +537,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let mut file = self.files.open_table()?;
         let mut table = self.read_table(&mut file)?;
         let before = table.clone();
-        if self.latch_broken_after_silence {
+        if self.latches.broken_after_silence() {
             table.latch_breaks += 1;
         }
         self.remove_stale_holders(&mut table);
@@ -607,7 +573,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             file.write_all(&bytes)?;
             self.table_len = bytes.len();
             self.owed_generation_bump = false;
-            self.latch_broken_after_silence = false;
+            self.latches.break_recorded();
             // The lease runs from the write that others observe.
             match table.holders.iter().find(|h| h.owner == self.me) {
                 Some(h) => {
@@ -732,201 +698,6 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
     }
 
-    fn take_latch(&mut self, wait: Duration) -> Result<Result<Latch, LatchTimeout>, LockError> {
-        self.latch_count += 1;
-        let contents = format!("{} {}\n", self.me, self.latch_count).into_bytes();
-        let started = self.env.now();
-        let mut pause = Duration::from_micros(50);
-        let mut last_suspicion = None;
-        loop {
-            let attempt_started = self.env.now();
-            let created = self
-                .files
-                .create_exclusive(LockFileName::Latch, &contents)?;
-            let took = self.env.now().saturating_sub(attempt_started);
-            self.create_latency = (self.create_latency * 7 + took) / 8;
-            if created {
-                self.latch_watch = None;
-                return Ok(Ok(Latch {
-                    contents,
-                    taken_at: self.env.now(),
-                }));
-            }
-            let now = self.env.now();
-            let waited = now.saturating_sub(started);
-            if waited >= LATCH_SUSPECT_AFTER
-                && last_suspicion
-                    .is_none_or(|t: Duration| now.saturating_sub(t) >= LATCH_SUSPECT_AFTER)
-            {
-                last_suspicion = Some(now);
-                self.break_latch_if_dead()?;
-            }
-            if waited >= wait {
-                return Ok(Err(LatchTimeout));
-            }
-            // Spread retries of processes that collided, without a random-number dependency.
-            let jitter = (self.me.conn ^ u64::from(self.me.pid) ^ self.latch_count) % 7;
-            self.env.sleep(pause + pause * jitter as u32 / 8);
-            // Pace retries to the server: on a slow one, hammering it with creates that fail
-            // only delays the holder's own requests.
-            let cap = Duration::from_millis(2).max(self.create_latency * 4);
-            pause = (pause * 2).min(cap);
-        }
-    }
-
-    fn release_latch(&mut self, latch: &Latch) -> Result<(), LockError> {
-        // Held briefly, as always: nobody can have broken it, remove without looking.
-        if self.env.now().saturating_sub(latch.taken_at) < self.lease / 2 {
-            self.files.remove(LockFileName::Latch)?;
-            return Ok(());
-        }
-        // Held long enough to have been judged stale: remove it only if it is still ours.
-        if self.files.read(LockFileName::Latch)?.as_deref() == Some(&latch.contents[..]) {
-            self.files.remove(LockFileName::Latch)?;
-        }
-        Ok(())
-    }
-
-    /// Whether a latch or break file with these contents belongs to a dead holder, given how
-    /// long we have watched it unchanged.
-    ///
-    /// A token that names ourselves is an orphan: we look only while holding neither (edits
-    /// never nest), so it is one whose removal failed, or whose create reached the server
-    /// while its answer did not (both seen when the file server goes down mid-edit). Waiting a
-    /// lease for it would stall every writer for nothing.
-    fn judged_dead(&self, contents: &[u8], watch: &mut Option<Watch>) -> Option<Death> {
-        let now = self.env.now();
-        let owner = std::str::from_utf8(contents)
-            .ok()
-            .and_then(|s| OwnerId::parse_fields(&mut s.split_whitespace()));
-        if let Some(owner) = &owner
-            && owner.host == self.me.host
-            && (*owner == self.me || !self.env.process_alive(owner))
-        {
-            return Some(Death::OwnerGone);
-        }
-        match watch {
-            Some(w) if w.contents == contents => {
-                (now.saturating_sub(w.since) >= self.lease).then_some(Death::Silent)
-            }
-            _ => {
-                *watch = Some(Watch {
-                    contents: contents.to_vec(),
-                    since: now,
-                });
-                None
-            }
-        }
-    }
-
-    fn break_latch_if_dead(&mut self) -> Result<(), LockError> {
-        let read = self.files.read(LockFileName::Latch);
-        if !read
-            .as_ref()
-            .is_err_and(|e| crate::lock::files::os_error_code(e) == Some(libc::ENOTDIR))
-        {
-            self.latch_plain_file_since = None;
-        }
-        let contents = match read {
-            Ok(Some(contents)) => contents,
-            Ok(None) => {
-                // Released meanwhile: whatever was watched is gone.
-                self.latch_watch = None;
-                return Ok(());
-            }
-            // smbnetfs reports a token directory that other clients keep creating and removing
-            // as a plain file, at times for longer than a second (seen on the SMB testbed under
-            // contention). Only one that stays is foreign.
-            Err(e) if crate::lock::files::os_error_code(&e) == Some(libc::ENOTDIR) => {
-                let now = self.env.now();
-                let since = *self.latch_plain_file_since.get_or_insert(now);
-                if now.saturating_sub(since) >= PLAIN_FILE_LATCH_PATIENCE {
-                    return Err(e.into());
-                }
-                tracing::debug!(error = %e, "latch reported as a plain file; looked at again later");
-                return Ok(());
-            }
-            // A latch no process of ours can read (another user's, or a symbolic link in its
-            // place) would keep every request waiting: say so instead.
-            Err(e)
-                if [libc::EACCES, libc::ELOOP]
-                    .iter()
-                    .any(|&code| e.kind() == io::Error::from_raw_os_error(code).kind()) =>
-            {
-                return Err(e.into());
-            }
-            // smbnetfs fails opens of a file another client is creating or removing (EIO):
-            // no verdict this time.
-            Err(e) => {
-                tracing::debug!(error = %e, "latch unreadable; staleness not judged this time");
-                return Ok(());
-            }
-        };
-        let mut watch = self.latch_watch.take();
-        let death = self.judged_dead(&contents, &mut watch);
-        self.latch_watch = watch;
-        let Some(death) = death else {
-            return Ok(());
-        };
-        self.latch_count += 1;
-        let mine = format!("{} {}\n", self.me, self.latch_count).into_bytes();
-        if !self.files.create_exclusive(LockFileName::Break, &mine)? {
-            // Someone else is breaking it, or died doing so.
-            return self.remove_break_if_dead();
-        }
-        let result = match self.files.read(LockFileName::Latch)? {
-            Some(now) if now == contents => {
-                tracing::warn!(
-                    latch = %self.files.describe(LockFileName::Latch),
-                    holder = %String::from_utf8_lossy(&contents).trim(),
-                    reason = ?death,
-                    "stale lock latch broken"
-                );
-                // A latch stuck for a lease kept every live holder from renewing: the next
-                // edit tells all observers to start timing silence afresh.
-                self.latch_broken_after_silence |= death == Death::Silent;
-                let removed = self.files.remove(LockFileName::Latch).map(|_| ());
-                if removed.is_ok() {
-                    self.log_token(LockFileName::Latch, &contents, death.reason());
-                }
-                removed
-            }
-            _ => Ok(()),
-        };
-        self.latch_watch = None;
-        let released = self.files.remove(LockFileName::Break);
-        result?;
-        released?;
-        Ok(())
-    }
-
-    /// Removes the break token if its owner is judged dead (see [`Self::judged_dead`]).
-    fn remove_break_if_dead(&mut self) -> Result<(), LockError> {
-        let Some(other) = self.files.read(LockFileName::Break)? else {
-            self.break_watch = None;
-            return Ok(());
-        };
-        let mut watch = self.break_watch.take();
-        if let Some(death) = self.judged_dead(&other, &mut watch) {
-            tracing::warn!(file = %self.files.describe(LockFileName::Break), "stale lock-break file removed");
-            self.files.remove(LockFileName::Break)?;
-            self.log_token(LockFileName::Break, &other, death.reason());
-            watch = None;
-        }
-        self.break_watch = watch;
-        Ok(())
-    }
-
-    fn log_token(&mut self, name: LockFileName, contents: &[u8], reason: &'static str) {
-        if let Some(log) = &mut self.sweep_log {
-            log.push(Removed::Token {
-                name,
-                contents: String::from_utf8_lossy(contents).trim().to_owned(),
-                reason,
-            });
-        }
-    }
-
     /// One edit that changes nothing of our own: what every edit does first, removing the
     /// holders judged dead (and, while waiting for the latch, a dead holder's latch), plus a
     /// break token left by a dead breaker. For `sqlite-netfs unlock --stale`: it removes only
@@ -939,7 +710,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     pub fn sweep_stale(&mut self) -> (Vec<Removed>, Result<bool, LockError>) {
         self.sweep_log = Some(Vec::new());
         let result = self
-            .remove_break_if_dead()
+            .latches
+            .remove_break_if_dead(&mut parties!(self))
             .and_then(|()| self.edit_table(LATCH_WAIT, |_| ()))
             .map(|edited| edited.is_some());
         (self.sweep_log.take().unwrap_or_default(), result)
@@ -1535,7 +1307,10 @@ pub(crate) mod tests {
             .create_exclusive(LockFileName::Latch, b"h9 5 1 5 1\n")
             .unwrap();
         let mut contents = b"h9 5 1 5 1\n".to_vec();
-        breaker.break_latch_if_dead().unwrap(); // starts watching X
+        breaker
+            .latches
+            .break_latch_if_dead(&mut parties!(breaker))
+            .unwrap(); // starts watching X
         env.advance(LEASE);
         // X is released and a live holder takes the latch with new contents.
         files.remove(LockFileName::Latch).unwrap();
@@ -1544,7 +1319,10 @@ pub(crate) mod tests {
         files
             .create_exclusive(LockFileName::Latch, &contents)
             .unwrap();
-        breaker.break_latch_if_dead().unwrap();
+        breaker
+            .latches
+            .break_latch_if_dead(&mut parties!(breaker))
+            .unwrap();
         assert_eq!(files.read(LockFileName::Latch).unwrap(), Some(contents));
     }
 

@@ -236,7 +236,7 @@ fn dead_holder_is_recovered_within_the_lease(
 }
 
 fn all_cases(place: Place) {
-    faults::create_schema(&place.db.server);
+    faults::create_fault_schema(&place.db.server);
     let mut recoveries = Vec::new();
     for (offset, secs) in SKEWS {
         skewed_live_holder_is_not_broken(&place, offset, secs);

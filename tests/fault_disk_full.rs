@@ -198,7 +198,7 @@ fn lock_files_that_cannot_be_created_answer_sqlite_full_and_leave_no_lock_behind
         return;
     };
     let db = fs.path().join("app.db");
-    common::worker::create_schema(&db);
+    common::worker::create_stress_schema(&db);
     let conn = network(&db);
     for seq in 0..5 {
         commit_one(&conn, 1, seq).unwrap();

@@ -102,7 +102,7 @@ fn writers_keep_every_acknowledged_commit_through_smb_server_crashes_and_resume_
 /// failed.)
 fn idle_connection_commits_again(testbed: &TwoHostTestbed) {
     let server_db = testbed.server_dir().join("idle.db");
-    faults::create_schema(&server_db);
+    faults::create_fault_schema(&server_db);
     faults::register(None);
     let uri = format!(
         "file:{}?vfs=netfs",
@@ -193,7 +193,7 @@ fn a_commit_cut_by_an_sshfs_server_restart_fails_with_an_io_error_never_malforme
         return;
     };
     let server_db = testbed.server_dir().join("cut.db");
-    faults::create_schema(&server_db);
+    faults::create_fault_schema(&server_db);
     let conn = faults::open_observer(&testbed.mount_a().join("cut.db"), "", None);
     let mut acked = BTreeSet::new();
     for txn in 0..3 {

@@ -33,7 +33,7 @@ fn measure(
     holder_host: Option<&str>,
     runs: u32,
 ) -> (Vec<Duration>, Vec<Duration>) {
-    faults::create_schema(&place.server);
+    faults::create_fault_schema(&place.server);
     let logs = tempfile::tempdir().unwrap();
     let mut locked_after = Vec::new();
     let mut committed_after = Vec::new();

@@ -65,7 +65,7 @@ fn holder(role_id: u32, place: &DbPlace, logs: &Path, next_writer: bool) -> Slot
 
 /// The stalled holder opens the database as host A, the next writer as host B.
 fn stalled_holder_cannot_touch_the_next_writers_journal(place: &DbPlace) {
-    faults::create_schema(&place.server);
+    faults::create_fault_schema(&place.server);
     let logs = tempfile::tempdir().unwrap();
     let mut stalled = holder(1, place, logs.path(), false);
     assert!(

@@ -150,7 +150,7 @@ impl Views {
 fn host_follows_the_guest_into_network_mode(views: &Views, label: &str) {
     let db_name = format!("{label}.db");
     let host_db = views.host_dir.join(&db_name);
-    worker::create_schema(&host_db);
+    worker::create_stress_schema(&host_db);
     let guest = views.guest_opens(&db_name);
     assert!(
         guest
@@ -176,7 +176,7 @@ fn host_follows_the_guest_into_network_mode(views: &Views, label: &str) {
 fn guest_is_refused_by_name_until_the_host_reopens(views: &Views, label: &str) {
     let db_name = format!("{label}.db");
     let host_db = views.host_dir.join(&db_name);
-    worker::create_schema(&host_db);
+    worker::create_stress_schema(&host_db);
     let host = native_wal_writer(&host_db, 50);
 
     let message = views
@@ -225,7 +225,7 @@ fn guest_is_refused_by_name_until_the_host_reopens(views: &Views, label: &str) {
 /// host acknowledged must be in the file.
 fn host_first_together_the_guest_is_refused_and_nothing_is_lost(views: &Views, label: &str) {
     let db_name = format!("{label}.db");
-    worker::create_schema(&views.host_dir.join(&db_name));
+    worker::create_stress_schema(&views.host_dir.join(&db_name));
     let mut plan = StressPlan::new(
         label,
         vec![views.host_dir.clone(), views.guest_dir.clone()],
@@ -335,7 +335,7 @@ fn vm_9p_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_
 fn on_one_host_a_network_mode_open_refuses_a_wal_database_a_native_connection_holds() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("held.db");
-    worker::create_schema(&db);
+    worker::create_stress_schema(&db);
     let native = native_wal_writer(&db, 10);
     sqlite_netfs::register().unwrap();
     let forced = Connection::open_with_flags(

@@ -104,7 +104,7 @@ fn interop_with_plain_sqlite(netfs: &str) {
     plan.transactions = 150;
     plan.readers = 0;
     let db = dir.path().join(format!("interop-{netfs}.db"));
-    worker::create_schema(&db);
+    worker::create_stress_schema(&db);
     let script = format!(
         r#"
 import sqlite3, time

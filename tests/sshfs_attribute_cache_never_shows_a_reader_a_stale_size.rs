@@ -78,7 +78,7 @@ fn a_reader_sees_every_growth_of_the_database_while_its_mount_is_busy_writing() 
         return;
     };
     let place = faults::DbPlace::on(&tb, "growing.db");
-    faults::create_schema(&place.server);
+    faults::create_fault_schema(&place.server);
     let writer = faults::open_observer(&place.host_a, &place.uri_params, None);
     let reader = faults::open_observer(&place.host_b, &place.uri_params, None);
 
@@ -126,7 +126,7 @@ fn a_dead_writers_hot_journal_is_found_while_the_readers_mount_is_busy_writing()
         return;
     };
     let place = faults::DbPlace::on(&tb, "dead-writer.db");
-    faults::create_schema(&place.server);
+    faults::create_fault_schema(&place.server);
     let reader = faults::open_observer(&place.host_b, &place.uri_params, None);
     let logs = tempfile::tempdir().unwrap();
 

@@ -146,7 +146,7 @@ pub fn run(plan: &StressPlan, extra_env: &[(&str, &str)]) -> StressReport {
 pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> StressReport {
     let logs = log_dir(plan.log_root.as_deref());
     let server_db = plan.server_dir.join(db_name);
-    worker::create_schema(&server_db);
+    worker::create_stress_schema(&server_db);
     let job_for = |role: &str, i: usize, out: PathBuf| Job {
         role: role.into(),
         db: plan.mounts[i % plan.mounts.len()].join(db_name),

@@ -284,10 +284,16 @@ pub fn run_from_env() {
     }
 }
 
-fn connect(job: &Job) -> rusqlite::Result<Connection> {
-    sqlite_netfs::register().expect("register");
+/// Opens the job's database with its busy timeout (the shim already registered).
+pub fn open(job: &Job) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(job.uri(), OpenFlags::default())?;
     conn.busy_timeout(Duration::from_millis(job.busy_timeout_ms))?;
+    Ok(conn)
+}
+
+fn connect(job: &Job) -> rusqlite::Result<Connection> {
+    sqlite_netfs::register().expect("register");
+    let conn = open(job)?;
     if !job.journal_mode.is_empty() {
         conn.query_row(
             &format!("PRAGMA journal_mode={}", job.journal_mode),
@@ -306,7 +312,7 @@ pub fn error_kind(e: &rusqlite::Error) -> String {
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
+pub fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
@@ -476,14 +482,19 @@ fn log_sqlite_errors_beside(out: &Path) {
     unsafe { rusqlite::trace::config_log(Some(record)) }.expect("install SQLite's error log");
 }
 
-/// Creates the tables the writers and readers use.
-pub fn create_schema(db: &Path) {
-    let conn = Connection::open_with_flags_and_vfs(db, OpenFlags::default(), c"unix").unwrap();
-    conn.execute_batch(
+/// Creates the tables of the stress workload's writers and readers.
+pub fn create_stress_schema(db: &Path) {
+    create_schema_natively(
+        db,
         "CREATE TABLE IF NOT EXISTS counter(id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
          INSERT OR IGNORE INTO counter VALUES (1, 0);
          CREATE TABLE IF NOT EXISTS rows(id INTEGER PRIMARY KEY, worker INTEGER, seq INTEGER, payload BLOB);
          CREATE INDEX IF NOT EXISTS rows_by_worker ON rows(worker, seq);",
-    )
-    .unwrap();
+    );
+}
+
+/// Runs `schema` on `db` through SQLite's own `unix` VFS, before any worker opens it.
+pub fn create_schema_natively(db: &Path, schema: &str) {
+    let conn = Connection::open_with_flags_and_vfs(db, OpenFlags::default(), c"unix").unwrap();
+    conn.execute_batch(schema).unwrap();
 }

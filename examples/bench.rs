@@ -67,8 +67,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlite_netfs::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params};
 
-#[allow(dead_code)] // the shared fixture offers more than the bench uses
-#[path = "../tests/common/testbed.rs"]
+// The shared fixtures offer more than the bench uses.
+#[allow(dead_code)]
+#[path = "../tests/common/process.rs"]
+mod process;
+#[allow(dead_code)]
+#[path = "../tests/common/testbed/mod.rs"]
 mod testbed;
 use testbed::{SMB_LOCK_PATH, TwoHostTestbed};
 

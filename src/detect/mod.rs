@@ -8,6 +8,8 @@
 //! tables, is [`FsClass::Unknown`], and callers treat `Unknown` like `Network`. Wrongly using
 //! network mode costs speed; wrongly using local mode corrupts databases. For the same reason,
 //! when the statfs magic and the mountinfo type disagree, a network verdict from either wins.
+//!
+//! May use `crate::sys` (statfs) and std; nothing else in the crate.
 
 use std::ffi::OsString;
 use std::fs;

@@ -13,6 +13,9 @@
 //! `fcntl` locks that the other side never sees (DESIGN.md, ADR 16).
 //!
 //! An unknown value is an error naming where it came from and what it said.
+//!
+//! May use `super` (detection) and the lock files' names (`crate::lock::files`), to see a lock
+//! table beside the database.
 
 use std::fmt;
 use std::path::Path;

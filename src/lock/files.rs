@@ -27,6 +27,8 @@
 //! 20-second cache and reports a refusal as EPERM; smbnetfs reports a collision as EIO):
 //! an open of the token asks the server, and on sshfs a failing open also drops the stale
 //! cached entry.
+//!
+//! May use `super::protocol` (owner ids), `crate::client_cache` and `crate::sys`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

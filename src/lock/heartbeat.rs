@@ -2,6 +2,8 @@
 //! every lock held longer than a quarter lease, so other hosts can tell a long transaction
 //! from a dead one, and publishes releases still owed to the table: those that linger while
 //! their connection is idle, and those that found the latch busy.
+//!
+//! May use `super` (the connection's lock and its handle) only.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;

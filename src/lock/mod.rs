@@ -1,5 +1,9 @@
 //! One connection's lock on one database in network mode: the protocol of [`protocol`] carried
-//! out over the lock files of [`files`], with stale-holder recovery and a lease.
+//! out over the lock files of [`files`], with stale-holder recovery and a lease. The latch
+//! that serialises edits is its own type (`latch`); this module keeps the levels, the lease
+//! and the recovery of an unreadable table.
+//!
+//! May use `crate::client_cache` and `crate::sys` below it, nothing above.
 //!
 //! # Editing the table
 //! Every change follows the same four steps:

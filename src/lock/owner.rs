@@ -5,6 +5,8 @@
 //! recorded pid can be checked. Two containers on one machine are two hosts (their pids are
 //! not comparable); so are two machines. The identity can be overridden with the environment
 //! variable `SQLITE_NETFS_HOST_ID` (tests use it to play a second host on one machine).
+//!
+//! May use `super::protocol` (the owner id's form) and `crate::sys` (liveness).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -29,6 +29,8 @@
 //! (transition or lease renewal). A holder on another host is judged dead when its entry has
 //! not changed for a whole lease as measured on the *observer's* clock ([`StaleTracker`]), so
 //! wall-clock skew between hosts cannot expire a live lease or prolong a dead one.
+//!
+//! May use std only: no I/O, no clock.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -11,6 +11,9 @@
 //! Besides the lock files, the file takes the same byte-range locks SQLite's `unix` VFS takes,
 //! as open-file-description locks (Linux). They do nothing across hosts, but they make a
 //! plain SQLite process on the same host (without this shim) wait for us and us for it.
+//!
+//! May use `crate::lock`, `crate::client_cache`, `crate::sys`, `super::journal` (the permit it
+//! keeps current) and the file contract's errors (`crate::vfs::file`).
 
 use std::fs::{File, OpenOptions};
 use std::io;

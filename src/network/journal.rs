@@ -19,6 +19,9 @@
 //! its COMMIT would write its journal header into the next writer's journal, and its failed
 //! COMMIT would empty that journal, leaving the next writer's spilled pages with nothing to
 //! roll them back.
+//!
+//! May use `crate::lock` (levels, the lease view), `crate::client_cache`, `crate::sys` and the file
+//! contract with its base-file handle (`crate::vfs::file`).
 
 use std::collections::HashMap;
 use std::ffi::c_int;

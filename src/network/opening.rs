@@ -1,6 +1,9 @@
 //! What happens when SQLite opens a main database through the shim: the mode decision, the
 //! checks that turn bad input into a clear message, the WAL conversion, and the assembly of a
 //! network-mode file. Safe code; the VFS boundary only carries the result to SQLite.
+//!
+//! May use everything in `crate::network`, `crate::lock`, `crate::detect`, `crate::client_cache`,
+//! `crate::sys` and the file contract (`crate::vfs::file`).
 
 use std::ffi::{OsStr, c_int};
 use std::io;

@@ -7,6 +7,9 @@
 //! native `unix` VFS sets `locking_mode=EXCLUSIVE` first (so its WAL index lives in heap
 //! memory, not in a `-shm` that cannot be shared) and then `journal_mode=DELETE`, which
 //! checkpoints every committed frame into the database and removes the WAL.
+//!
+//! May use `crate::lock`, `crate::detect`, `crate::client_cache`, `crate::sys`, and SQLite (through
+//! rusqlite) on the native `unix` VFS.
 
 use std::io;
 use std::os::fd::AsFd;

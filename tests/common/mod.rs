@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod acceptance;
 pub mod faults;
+pub mod process;
 pub mod scratch;
 pub mod stress;
 pub mod testbed;

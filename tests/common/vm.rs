@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::faults::FaultPlan;
+use super::process::{find_bin, free_port, send_signal, tail, wait_until};
 use super::stress::StressPlan;
-use super::testbed::{find_bin, free_port, send_signal, tail, wait_until};
 use super::worker::{Job, Place};
 
 /// Where a guest mounts the filesystem under test (inside the guest's own `/tmp`).

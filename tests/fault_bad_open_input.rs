@@ -3,7 +3,7 @@
 //! Already proven in `single_process_contract.rs`: an unknown `netfs=` URI value
 //! (`unknown_netfs_value_is_an_open_error_naming_parameter_and_value`), a missing directory
 //! and a directory in the database's place (`network_mode_open_errors_name_the_problem`).
-//! That no panic crosses into C is proven in `src/ffi/vfs.rs`
+//! That no panic crosses into C is proven in `src/vfs/mod.rs`
 //! (`a_panic_in_any_callback_reaches_sqlite_as_an_error_code`).
 
 mod common;

@@ -1,4 +1,4 @@
-//! Smoke tests of the two-host network-filesystem testbeds themselves (tests/common/testbed.rs):
+//! Smoke tests of the two-host network-filesystem testbeds themselves (tests/common/testbed/):
 //! they must show the two-client behaviours that the lock protocol relies on.
 
 mod common;

@@ -582,4 +582,62 @@ mod tests {
         assert!(j.exists());
         assert!(!has_content(&j, SizeRefresh::ForcedStat).unwrap());
     }
+
+    #[test]
+    fn only_a_change_to_another_journal_mode_is_pinned() {
+        assert_eq!(
+            pinned_journal_mode("journal_mode", Some("WAL")),
+            Some("delete")
+        );
+        assert_eq!(
+            pinned_journal_mode("JOURNAL_MODE", Some("memory")),
+            Some("delete")
+        );
+        assert_eq!(pinned_journal_mode("journal_mode", Some("DELETE")), None);
+        assert_eq!(pinned_journal_mode("journal_mode", None), None, "a query");
+        assert_eq!(pinned_journal_mode("cache_size", Some("10")), None);
+    }
+
+    #[test]
+    fn companions_of_databases_not_open_in_network_mode_are_left_to_the_base_vfs() {
+        assert!(delete_for_sqlite("/x/not-open.db-journal", false).is_none());
+        assert!(exists_for_sqlite("/x/not-open.db-journal").is_none());
+        assert!(exists_for_sqlite("/x/not-open.db-wal").is_none());
+    }
+
+    #[test]
+    fn an_unanswerable_wal_check_answers_none_and_an_unanswerable_journal_check_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where a directory belongs: every open below it fails with ENOTDIR.
+        let not_a_dir = dir.path().join("f");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let db = not_a_dir.join("x.db").to_string_lossy().into_owned();
+        let permit = permit();
+        register_database(&db, SizeRefresh::ForcedStat, permit.clone());
+        assert!(matches!(
+            exists_for_sqlite(&format!("{db}-wal")),
+            Some(Ok(false))
+        ));
+        assert!(matches!(
+            exists_for_sqlite(&format!("{db}-journal")),
+            Some(Err(FileError::Code(ffi::SQLITE_IOERR_ACCESS)))
+        ));
+        unregister_database(&db, &permit);
+    }
+
+    #[test]
+    fn emptying_the_journal_is_refused_without_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db").to_string_lossy().into_owned();
+        let journal = format!("{db}-journal");
+        std::fs::write(&journal, b"a live writer's journal").unwrap();
+        let permit = permit();
+        register_database(&db, SizeRefresh::ForcedStat, permit.clone());
+        assert!(matches!(
+            delete_for_sqlite(&journal, false),
+            Some(Err(FileError::Code(ffi::SQLITE_IOERR_LOCK)))
+        ));
+        assert_eq!(std::fs::read(&journal).unwrap(), b"a live writer's journal");
+        unregister_database(&db, &permit);
+    }
 }

@@ -18,19 +18,20 @@
 //! On a network filesystem it switches to *network mode*: lockfile-based locking with leases,
 //! a rollback journal, and cache revalidation at every lock. `DESIGN.md` states the protocol.
 //!
-//! The tree follows DESIGN.md's parts, bottom to top; each layer uses only those below it
-//! (the files of network mode also implement the VFS boundary's file contract):
+//! The tree follows DESIGN.md's parts, bottom to top; each layer uses only those above it in
+//! this table (the files of network mode also implement the VFS boundary's file contract;
+//! DESIGN.md's module map says more):
 //!
 //! | module | owns |
 //! |---|---|
 //! | `sys` | the system calls std does not wrap, one module per platform (`unsafe`) |
 //! | `client_cache` | the workarounds for what network clients' caches answer wrongly |
-//! | `detect` | classifying a path's filesystem; `detect::mode`: the per-database decision (URI `netfs=`, `SQLITE_NETFS`, lock files, detection) |
 //! | `lock` | one connection's lock (latch, stale recovery, lease); `lock::protocol`: the lock table and its transitions (pure); `lock::files`: the lock files and the operations trusted across hosts; `lock::owner`: identity and liveness; `lock::heartbeat`: lease renewal |
+//! | `detect` | classifying a path's filesystem; `detect::mode`: the per-database decision (URI `netfs=`, `SQLITE_NETFS`, lock files, detection) |
 //! | `network` | network mode: the database file, the journal, WAL conversion, the decision at open |
-//! | `vfs` | the VFS boundary SQLite calls (`unsafe`): registration, the generic file shim, the safe file contract |
 //! | [`integrity`] | integrity checks (`doctor --check`, `netfs_check=` at open) and salvage of damaged databases (`recover`) |
 //! | [`inspect`] | what the `sqlite-netfs` command sees: lock holders, lock files, journal, mount hazards; removing dead holders' leftovers |
+//! | `vfs` | the VFS boundary SQLite calls (`unsafe`): registration, the generic file shim, the safe file contract |
 #![deny(unsafe_code)]
 
 mod client_cache;

@@ -26,7 +26,7 @@
 //! |---|---|
 //! | `sys` | the system calls std does not wrap, one module per platform (`unsafe`) |
 //! | `client_cache` | the workarounds for what network clients' caches answer wrongly |
-//! | `lock` | one connection's lock (latch, stale recovery, lease); `lock::protocol`: the lock table and its transitions (pure); `lock::files`: the lock files and the operations trusted across hosts; `lock::owner`: identity and liveness; `lock::heartbeat`: lease renewal |
+//! | `lock` | one connection's lock (stale recovery, lease); `lock::latch`, `lock::table`: the latch and the table's reading; `lock::protocol`: the lock table and its transitions (pure); `lock::files`: the lock files and the operations trusted across hosts; `lock::owner`: identity and liveness; `lock::heartbeat`: lease renewal |
 //! | `detect` | classifying a path's filesystem; `detect::mode`: the per-database decision (URI `netfs=`, `SQLITE_NETFS`, lock files, detection) |
 //! | `network` | network mode: the database file, the journal, WAL conversion, the decision at open |
 //! | [`integrity`] | integrity checks (`doctor --check`, `netfs_check=` at open) and salvage of damaged databases (`recover`) |

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::files::{LockFileName, LockFiles};
 use super::protocol::OwnerId;
-use super::{Environment, LockError, Removed};
+use super::{Environment, LockError, Removed, Watch};
 
 /// After waiting this long for a latch, look at who holds it.
 const LATCH_SUSPECT_AFTER: Duration = Duration::from_millis(20);
@@ -43,12 +43,6 @@ enum Death {
 pub(super) struct Latch {
     contents: Vec<u8>,
     pub(super) taken_at: Duration,
-}
-
-/// Something observed unchanged since `since` (a latch or break file's contents).
-pub(super) struct Watch {
-    pub(super) contents: Vec<u8>,
-    pub(super) since: Duration,
 }
 
 impl Death {

@@ -1,7 +1,8 @@
 //! One connection's lock on one database in network mode: the protocol of [`protocol`] carried
 //! out over the lock files of [`files`], with stale-holder recovery and a lease. The latch
-//! that serialises edits is its own type (`latch`); this module keeps the levels, the lease
-//! and the recovery of an unreadable table.
+//! that serialises edits is its own type (`latch`), and so is the reading of the table with
+//! the recovery of an unreadable one (`table`); this module keeps the levels, the lease and
+//! staleness.
 //!
 //! May use `crate::client_cache` and `crate::sys` below it, nothing above.
 //!
@@ -50,14 +51,23 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use files::{DirLockFiles, LockFileName, LockFiles, TableFile};
-use latch::{Latch, Latches, Parties, Watch};
-use protocol::{Holder, Level, LockTable, OwnerId, ParseError, StaleTracker};
+use latch::{Latch, Latches, Parties};
+use protocol::{Holder, Level, LockTable, OwnerId, StaleTracker};
+use table::TableReader;
 
 pub mod files;
 pub mod heartbeat;
 mod latch;
 pub mod owner;
 pub mod protocol;
+mod table;
+
+/// Something observed unchanged since `since`: a latch's, a break token's or an unreadable
+/// table's contents, watched for a lease of silence.
+struct Watch {
+    contents: Vec<u8>,
+    since: Duration,
+}
 
 /// The latch's [`Parties`], borrowed from a `DbLock`'s fields (not through a method, so the
 /// borrow of `latches` beside them stays disjoint).
@@ -157,13 +167,11 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     level: Level,
     /// Written into our entry on every rewrite; never repeats for `me`.
     seq: u64,
-    /// Length of the table file last read, so a rewrite never shrinks it.
-    table_len: usize,
     stale: StaleTracker,
     /// The latch and break tokens this lock takes, watches and breaks.
     latches: Latches,
-    /// The bytes of a table that could not be read, while they stay unchanged.
-    table_watch: Option<Watch>,
+    /// How the table is read, and recovered when it cannot be.
+    table: TableReader,
     /// When our entry was last written (the latch time of that write), if we hold a lock.
     renewed_at: Option<Duration>,
     /// A release that changed the file could not be published: the next edit must still
@@ -235,10 +243,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             lease,
             level: Level::None,
             seq: 0,
-            table_len: 0,
             stale: StaleTracker::default(),
             latches: Latches::new(),
-            table_watch: None,
+            table: TableReader::new(),
             renewed_at: None,
             owed_generation_bump: false,
             lease_end: Arc::new(AtomicU64::new(0)),
@@ -539,7 +546,10 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         change: impl FnOnce(&mut LockTable) -> R,
     ) -> Result<(R, u64), LockError> {
         let mut file = self.files.open_table()?;
-        let mut table = self.read_table(&mut file)?;
+        let (mut table, replaced) = self.table.read(&mut file, &self.env, self.lease, || {
+            self.files.describe(LockFileName::Table)
+        })?;
+        self.owed_generation_bump |= replaced;
         let before = table.clone();
         if self.latches.broken_after_silence() {
             table.latch_breaks += 1;
@@ -573,9 +583,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                     "lock table edit took longer than half a lease; abandoned",
                 )));
             }
-            let bytes = table.encode(self.table_len);
-            file.write_all(&bytes)?;
-            self.table_len = bytes.len();
+            file.write_all(&self.table.encode(&table))?;
             self.owed_generation_bump = false;
             self.latches.break_recorded();
             // The lease runs from the write that others observe.
@@ -612,72 +620,6 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         self.owed_since = None;
         Ok(())
-    }
-
-    fn read_table(&mut self, file: &mut F::Table) -> Result<LockTable, LockError> {
-        let mut revalidated = false;
-        for attempt in 0..4 {
-            let bytes = file.read_all()?;
-            // An empty read may be a stale cached size of zero (sshfs keeps the size of a
-            // table another process on the mount has just created): confirm with the server,
-            // even if we never saw the table, or our rewrite would drop every holder in it.
-            let suspicious_empty = bytes.is_empty() && !revalidated;
-            match LockTable::decode(&bytes) {
-                Ok(_) if suspicious_empty => {}
-                Ok(table) => {
-                    self.table_len = self.table_len.max(bytes.len());
-                    self.table_watch = None;
-                    return Ok(table);
-                }
-                Err(ParseError::Incomplete) if attempt < 3 => {}
-                Err(ParseError::Incomplete) => {
-                    return self.unreadable_table(bytes, "it stays torn or truncated".into());
-                }
-                Err(ParseError::Malformed(why)) => return self.unreadable_table(bytes, why),
-            }
-            file.revalidate()?;
-            revalidated = true;
-        }
-        // Every arm of the last attempt returns: a suspicious empty read only happens before
-        // the first revalidation.
-        unreachable!("the last attempt returns")
-    }
-
-    /// A table that cannot be read hides who holds what, so nothing may be granted. Once its
-    /// bytes have stayed the same for a whole lease, no holder it may name is still using the
-    /// database: a live holder renews through the table every quarter lease, cannot while
-    /// it is unreadable, and fences itself after three quarters of a lease. It is then
-    /// replaced by an empty table (written by the edit under way). Its generation is one no
-    /// client can have cached (counters start at 0; this is the boot-time clock in
-    /// nanoseconds), and one more bump makes sure the replacement is written. A holder that
-    /// wrote pages before dying leaves a hot journal, which SQLite rolls back as usual.
-    fn unreadable_table(&mut self, bytes: Vec<u8>, why: String) -> Result<LockTable, LockError> {
-        let now = self.env.now();
-        let file = self.files.describe(LockFileName::Table);
-        match &self.table_watch {
-            Some(w) if w.contents == bytes && now.saturating_sub(w.since) >= self.lease => {
-                tracing::warn!(table = %file, %why, "unreadable lock table replaced after a lease unchanged");
-                self.table_watch = None;
-                self.owed_generation_bump = true;
-                self.table_len = self.table_len.max(bytes.len());
-                Ok(LockTable {
-                    generation: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX / 2),
-                    ..LockTable::default()
-                })
-            }
-            Some(w) if w.contents == bytes => Err(LockError::Corrupt(format!(
-                "lock table {file} is unreadable ({why}); it is replaced once unchanged for a lease"
-            ))),
-            _ => {
-                self.table_watch = Some(Watch {
-                    contents: bytes,
-                    since: now,
-                });
-                Err(LockError::Corrupt(format!(
-                    "lock table {file} is unreadable ({why}); it is replaced once unchanged for a lease"
-                )))
-            }
-        }
     }
 
     fn remove_stale_holders(&mut self, table: &mut LockTable) {

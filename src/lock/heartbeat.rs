@@ -60,7 +60,12 @@ fn beat_forever() {
 
 /// Renews and settles one lock as due; true if a release is still owed afterwards.
 fn beat(lock: &LockHandle) -> bool {
-    let mut lock = lock.lock();
+    // Held by the connection itself, which may wait up to a lease for the latch (a held lock
+    // being confirmed): its edit renews what is due. Waiting here would stall every other
+    // connection's renewals.
+    let Some(mut lock) = lock.try_lock() else {
+        return false;
+    };
     if lock.renewal_due()
         && let Err(e) = lock.renew()
     {

@@ -112,10 +112,13 @@ impl Latches {
         self.broken_after_silence = false;
     }
 
+    /// Takes the latch, waiting at most `wait`. `urgent`: for a holder whose renewal is
+    /// overdue, which retries at once instead of backing off.
     pub(super) fn take<F: LockFiles, E: Environment>(
         &mut self,
         cx: &mut Parties<'_, F, E>,
         wait: Duration,
+        urgent: bool,
     ) -> Result<Result<Latch, LatchTimeout>, LockError> {
         self.count += 1;
         let contents = format!("{} {}\n", cx.me, self.count).into_bytes();
@@ -150,8 +153,15 @@ impl Latches {
             let jitter = (cx.me.conn ^ u64::from(cx.me.pid) ^ self.count) % 7;
             cx.env.sleep(pause + pause * jitter as u32 / 8);
             // Pace retries to the server: on a slow one, hammering it with creates that fail
-            // only delays the holder's own requests.
-            let cap = Duration::from_millis(2).max(self.create_latency * 4);
+            // only delays the holder's own requests. An urgent holder keeps trying at once:
+            // the latch is free only between others' edits, and waiters that edit back to back
+            // (smbnetfs: one edit every 130 ms, each holding it 100 ms) can keep it from
+            // renewing until others judge it dead (seen on the SMB testbed).
+            let cap = if urgent {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(2).max(self.create_latency * 4)
+            };
             pause = (pause * 2).min(cap);
         }
     }

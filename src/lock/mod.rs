@@ -36,7 +36,8 @@
 //!
 //! A live holder rewrites its entry at least every quarter lease (`heartbeat`), and stops
 //! reading and writing the database once three quarters of a lease have passed since its last
-//! successful rewrite ([`DbLock::lease_expired`]), well before anyone may judge it dead.
+//! successful rewrite ([`DbLock::lease_expired`]), well before anyone may judge it dead, until
+//! it confirms under the latch that its entry is still there ([`DbLock::confirm_held`]).
 //! Leases are measured on each observer's own boot-time clock, never compared across hosts.
 //!
 //! A latch is removed by a breaker only while the breaker holds `-netfs-break`, and only if
@@ -289,6 +290,14 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         self.lease_view().expired(self.env.now())
     }
 
+    /// Whether our entry has gone unrenewed for half a lease while we hold a lock.
+    fn renewal_overdue(&self) -> bool {
+        self.level > Level::None
+            && self
+                .renewed_at
+                .is_some_and(|at| self.env.now().saturating_sub(at) >= self.lease / 2)
+    }
+
     /// Whether the heartbeat should rewrite our entry now.
     pub fn renewal_due(&self) -> bool {
         match self.renewed_at {
@@ -354,13 +363,20 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// busy-handler retries of waiting processes off the latch.
     fn refused_at_a_glance(&mut self, want: Level) -> bool {
         let Some(table) = self.glance_at_table() else {
+            tracing::trace!(want = %want, "glance: table unreadable");
             return false;
         };
         if table.level_of(&self.me) != self.level {
+            tracing::trace!(want = %want, recorded = %table.level_of(&self.me), "glance: our entry differs");
             return false;
         }
         let mut trial = table.clone();
-        if trial.request(&self.me, want, self.seq + 1).is_ok() || trial != table {
+        if trial.request(&self.me, want, self.seq + 1).is_ok() {
+            tracing::trace!(want = %want, "glance: the request would be granted");
+            return false;
+        }
+        if trial != table {
+            tracing::trace!(want = %want, "glance: the refusal would change the table");
             return false;
         }
         self.stale.observe(&table);
@@ -511,15 +527,39 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     /// Rewrites our entry with a new sequence number, proving we are alive.
     pub fn renew(&mut self) -> Result<(), LockError> {
+        // Latch busy: the heartbeat tries again at its next beat.
+        self.renew_within(LATCH_WAIT).map(drop)
+    }
+
+    /// Confirms under the latch that the lock we hold is still ours and renews it, waiting up
+    /// to a lease and a half for the latch (a dead one is judged a lease after we first look
+    /// at it). For a holder whose lease ran out on its own clock: while a
+    /// latch is stuck (a dead one is waited out for a whole lease) nobody can renew, and
+    /// nobody can judge anyone dead either, since that takes the latch too; the next edit
+    /// tells observers to time silence afresh ([`StaleTracker::observe`]). Our entry still in
+    /// the table then means nobody took the lock over, and I/O may go on under a fresh lease.
+    /// `Ok(false)`: the latch could not be had meanwhile.
+    pub fn confirm_held(&mut self) -> Result<bool, LockError> {
+        if self.lease_lost {
+            return Err(LockError::LeaseLost);
+        }
+        self.renew_within(self.lease * 3 / 2)
+    }
+
+    fn renew_within(&mut self, wait: Duration) -> Result<bool, LockError> {
         if self.level == Level::None {
-            return Ok(());
+            return Ok(true);
         }
         let me = self.me.clone();
         let seq = self.seq + 1;
-        match self.edit_table(LATCH_WAIT, |table| table.renew(&me, seq))? {
-            Some((true, _)) => Ok(()),
+        let silent_for = self.renewed_at.map(|at| self.env.now().saturating_sub(at));
+        match self.edit_table(wait, |table| table.renew(&me, seq))? {
+            Some((true, _)) => Ok(true),
             Some((false, _)) => Err(LockError::LeaseLost),
-            None => Ok(()), // latch busy: try again at the next beat
+            None => {
+                tracing::debug!(level = %self.level, silent_ms = silent_for.map(|d| d.as_millis() as u64), "renewal deferred: latch busy");
+                Ok(false)
+            }
         }
     }
 
@@ -530,7 +570,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         wait: Duration,
         change: impl FnOnce(&mut LockTable) -> R,
     ) -> Result<Option<(R, u64)>, LockError> {
-        let Ok(latch) = self.latches.take(&mut parties!(self), wait)? else {
+        let urgent = self.renewal_overdue();
+        let Ok(latch) = self.latches.take(&mut parties!(self), wait, urgent)? else {
             return Ok(None);
         };
         let result = self.edit_under_latch(&latch, change);
@@ -1148,6 +1189,46 @@ pub(crate) mod tests {
         // The reader renews as soon as the latch is free, and may read again.
         reader.renew().unwrap();
         assert!(!reader.lease_expired());
+    }
+
+    #[test]
+    fn a_writer_whose_lease_ran_out_behind_a_dead_latch_confirms_it_still_holds_and_renews() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut writer = client(&files, &env, "h2", 2);
+        let mut observer = client(&files, &env, "h3", 3);
+        assert!(granted(writer.lock(Level::Shared).unwrap()));
+        assert!(granted(writer.lock(Level::Reserved).unwrap()));
+        // The observer has timed the writer's entry since before the latch got stuck.
+        assert!(granted(observer.lock(Level::Shared).unwrap()));
+        assert_eq!(observer.lock(Level::Reserved).unwrap(), Acquired::Busy);
+        // A process of another host died between creating the latch and writing its id.
+        files.create_exclusive(LockFileName::Latch, b"").unwrap();
+        env.advance(LEASE * 3 / 4);
+        assert!(writer.lease_expired(), "no renewal could get through");
+        // The writer waits the dead latch out itself, finds its entry, and renews it.
+        assert!(writer.confirm_held().unwrap());
+        assert!(!writer.lease_expired());
+        assert_eq!(table_of(&files).level_of(writer.owner()), Level::Reserved);
+        // The observer, whose clock ran through the stuck latch, does not take the lock over.
+        assert_eq!(observer.lock(Level::Reserved).unwrap(), Acquired::Busy);
+        assert_eq!(table_of(&files).level_of(writer.owner()), Level::Reserved);
+    }
+
+    #[test]
+    fn a_writer_judged_dead_while_stalled_cannot_confirm_its_lock() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut writer = client(&files, &env, "h2", 2);
+        let mut other = client(&files, &env, "h1", 3);
+        assert!(granted(writer.lock(Level::Shared).unwrap()));
+        assert!(granted(writer.lock(Level::Reserved).unwrap()));
+        assert!(granted(other.lock(Level::Shared).unwrap()));
+        assert_eq!(other.lock(Level::Reserved).unwrap(), Acquired::Busy);
+        // The writer stalls for a lease; the other host takes the lock over.
+        env.advance(LEASE);
+        assert!(granted(other.lock(Level::Reserved).unwrap()));
+        assert!(matches!(writer.confirm_held(), Err(LockError::LeaseLost)));
+        assert!(writer.lease_expired(), "I/O stays refused");
+        assert!(matches!(writer.confirm_held(), Err(LockError::LeaseLost)));
     }
 
     #[test]

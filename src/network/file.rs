@@ -242,12 +242,18 @@ impl NetworkFile {
     ) -> io::Result<NetworkFile> {
         let file = Self::open_file(path, writable, create)?;
         let lease = lock.lock().lease_view();
+        let confirm_lock = Arc::downgrade(&lock);
+        let confirm_held = Box::new(move || {
+            confirm_lock
+                .upgrade()
+                .is_some_and(|lock| lock.lock().confirm_held().unwrap_or(false))
+        });
         Ok(NetworkFile {
             path: path.to_owned(),
             file,
             writable,
             lock,
-            journal_permit: Arc::new(JournalPermit::new(lease.clone())),
+            journal_permit: Arc::new(JournalPermit::new(lease.clone(), confirm_held)),
             lease,
             native: NativeRangeLocks::new(mirror_native_locks),
             level: Level::None,
@@ -298,12 +304,29 @@ impl NetworkFile {
         self.powersafe_overwrite = on;
     }
 
+    /// Lets I/O go on only under a lease that cannot have run out. One that ran out on our
+    /// clock is confirmed first: if the lock is still ours (the latch was stuck, so nobody
+    /// could renew or judge), it is renewed and I/O goes on; if the file server is out of
+    /// reach or others took the lock over, I/O is refused.
     fn check_lease(&self) -> Result<(), FileError> {
-        if self.level > Level::None && self.lease.expired(sys::boot_time()) {
-            tracing::error!(path = %self.path.display(), "lock lease expired (file server unreachable or process stalled); refusing I/O");
-            return Err(FileError::LeaseExpired);
+        if self.level == Level::None || !self.lease.expired(sys::boot_time()) {
+            return Ok(());
         }
-        Ok(())
+        let confirmed = self.lock.lock().confirm_held();
+        match confirmed {
+            Ok(true) => {
+                tracing::info!(path = %self.path.display(), level = %self.level, "lease ran out on this clock, but the lock was still ours: renewed");
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::error!(path = %self.path.display(), "lock lease expired and the lock table stayed out of reach for a lease and a half more (file server unreachable?); refusing I/O");
+                Err(FileError::LeaseExpired)
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "lock lease expired (file server unreachable or process stalled); refusing I/O");
+                Err(FileError::LeaseExpired)
+            }
+        }
     }
 
     /// Notes an I/O error of the descriptor (see `descriptor_failed`) and passes it on.
@@ -378,10 +401,14 @@ impl NetworkFile {
         // Rewriting the same bytes at the same offset is idempotent, so a passing EIO is
         // retried; a failed fsync never is (the kernel may have dropped the dirty pages).
         let held = self.level > Level::None;
-        match retry_eio_within_lease(&self.lease, held, || self.file.write_all_at(buf, offset)) {
-            Ok(()) => Ok(()),
-            Err(None) => self.check_lease().and(Err(FileError::LeaseExpired)),
-            Err(Some(e)) => Err(self.descriptor_error(IoOp::Write, e)),
+        loop {
+            match retry_eio_within_lease(&self.lease, held, || self.file.write_all_at(buf, offset))
+            {
+                Ok(()) => return Ok(()),
+                // The lease ran out while EIO was retried: write on only under a renewed one.
+                Err(None) => self.check_lease()?,
+                Err(Some(e)) => return Err(self.descriptor_error(IoOp::Write, e)),
+            }
         }
     }
 

@@ -61,18 +61,34 @@ pub enum Companion {
 }
 
 /// One connection's right to write its database's journal: the lock level SQLite believes
-/// the connection holds, and that lock's lease. The network file keeps the level current.
-#[derive(Debug)]
+/// the connection holds, that lock's lease, and a way to confirm the lock is still held once
+/// the lease has run out on this process's clock. The network file keeps the level current.
 pub struct JournalPermit {
     level: AtomicU8,
     lease: LeaseView,
+    confirm_held: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for JournalPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalPermit")
+            .field("level", &self.level)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JournalPermit {
-    pub fn new(lease: LeaseView) -> JournalPermit {
+    /// `confirm_held` answers, under the lock table's latch, whether the connection's lock is
+    /// still its own, renewing the lease if so (see `DbLock::confirm_held`).
+    pub fn new(
+        lease: LeaseView,
+        confirm_held: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> JournalPermit {
         JournalPermit {
             level: AtomicU8::new(Level::None as u8),
             lease,
+            confirm_held,
         }
     }
 
@@ -128,15 +144,24 @@ pub fn companion_of_network_database(name: &str) -> Option<(Companion, SizeRefre
 /// (Within one process, a connection whose lease was lost cannot be told apart from another
 /// that holds the lock rightly; the write lock is held by one connection at a time, so the
 /// other case needs two connections of one process, one of them stalled past its lease.)
+///
+/// A write lock whose lease ran out on this process's clock is confirmed first, as the
+/// database file does before its own I/O: that may wait for the lock table's latch.
 fn may_write(journal: &str, now: Duration) -> bool {
     let Some(db) = journal.strip_suffix("-journal") else {
         return false;
     };
-    let guard = NETWORK_DATABASES.lock();
-    guard
-        .as_ref()
-        .and_then(|map| map.get(db))
-        .is_some_and(|db| db.permits.iter().any(|p| p.allows_writes(now)))
+    let permits: Vec<Arc<JournalPermit>> = {
+        let guard = NETWORK_DATABASES.lock();
+        match guard.as_ref().and_then(|map| map.get(db)) {
+            Some(db) => db.permits.clone(),
+            None => return false,
+        }
+    };
+    permits.iter().any(|p| p.allows_writes(now))
+        || permits
+            .iter()
+            .any(|p| p.level.load(Ordering::Acquire) >= Level::Reserved as u8 && (p.confirm_held)())
 }
 
 /// One open journal of a network-mode database: its name, for the fence, and whether what
@@ -464,7 +489,15 @@ mod tests {
     use super::*;
 
     fn permit() -> Arc<JournalPermit> {
-        Arc::new(JournalPermit::new(LeaseView::ending_at(Duration::ZERO)))
+        permit_ending_at(Duration::ZERO, false)
+    }
+
+    /// A permit whose lease ends at `end`; `still_held` is what confirming the lock finds.
+    fn permit_ending_at(end: Duration, still_held: bool) -> Arc<JournalPermit> {
+        Arc::new(JournalPermit::new(
+            LeaseView::ending_at(end),
+            Box::new(move || still_held),
+        ))
     }
 
     #[test]
@@ -504,7 +537,7 @@ mod tests {
             "a reader never writes the journal"
         );
 
-        let writer = Arc::new(JournalPermit::new(LeaseView::ending_at(now * 2)));
+        let writer = permit_ending_at(now * 2, true);
         register_database(db, SizeRefresh::ForcedStat, writer.clone());
         for level in [Level::Reserved, Level::Pending, Level::Exclusive] {
             writer.set_level(level);
@@ -513,11 +546,9 @@ mod tests {
         assert!(!may_write("/x/other.db-journal", now));
         assert!(!may_write(db, now), "not a journal name");
 
-        let run_out = Arc::new(JournalPermit::new(LeaseView::ending_at(now)));
+        let run_out = permit_ending_at(now, false);
         run_out.set_level(Level::Exclusive);
-        let lost = Arc::new(JournalPermit::new(LeaseView::ending_at(
-            Duration::from_nanos(1),
-        )));
+        let lost = permit_ending_at(Duration::from_nanos(1), false);
         lost.set_level(Level::Reserved);
         unregister_database(db, &writer);
         register_database(db, SizeRefresh::ForcedStat, run_out.clone());
@@ -532,6 +563,25 @@ mod tests {
             unregister_database(db, p);
         }
         assert_eq!(companion_of_network_database(journal), None);
+    }
+
+    #[test]
+    fn a_write_lock_whose_lease_ran_out_may_write_the_journal_once_confirmed_still_held() {
+        let db = "/x/confirm-test.db";
+        let journal = "/x/confirm-test.db-journal";
+        let now = Duration::from_secs(100);
+        let taken_over = permit_ending_at(now, false);
+        taken_over.set_level(Level::Reserved);
+        register_database(db, SizeRefresh::ForcedStat, taken_over.clone());
+        assert!(!may_write(journal, now), "the lock was taken over");
+        let still_held = permit_ending_at(now, true);
+        register_database(db, SizeRefresh::ForcedStat, still_held.clone());
+        assert!(!may_write(journal, now), "confirmed only for a write lock");
+        still_held.set_level(Level::Reserved);
+        assert!(may_write(journal, now), "confirmed still held");
+        for p in [&taken_over, &still_held] {
+            unregister_database(db, p);
+        }
     }
 
     #[test]

@@ -252,10 +252,10 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
     }
     verify(&server_db, &acked, &mut report);
     eprintln!("FIGURES {}", report.summary());
-    if !report.correct() {
+    if !report.correct() || evidence_wanted() {
         let kept = keep_evidence(logs, plan.log_root.as_deref());
         eprintln!(
-            "{}: evidence kept in {} (acknowledgement and reader logs, SQLite's error log per worker, traces with NETFS_TEST_TRACE)",
+            "{}: evidence kept in {} (acknowledgement and reader logs, SQLite's error log per worker, the shim's trace per worker: warnings always, more with NETFS_TEST_TRACE)",
             report.label,
             kept.display()
         );
@@ -275,8 +275,12 @@ pub fn log_dir(root: Option<&Path>) -> tempfile::TempDir {
 
 /// Keeps a failed run's logs and returns where: copied out of `root`, which (a VM testbed's
 /// control directory) goes with its testbed.
+///
+/// The shim's warnings and errors in the workers' traces are printed too: on CI the kept
+/// directory is gone with the machine, and the log is all that tells why a run failed.
 pub fn keep_evidence(logs: tempfile::TempDir, root: Option<&Path>) -> PathBuf {
     let kept = logs.keep();
+    print_trace_warnings(&kept);
     if root.is_none() {
         return kept;
     }
@@ -290,6 +294,43 @@ pub fn keep_evidence(logs: tempfile::TempDir, root: Option<&Path>) -> PathBuf {
         outside
     } else {
         kept
+    }
+}
+
+/// Set to keep every run's evidence, correct or not (to look at a passing run's traces).
+pub const KEEP_EVIDENCE_ENV: &str = "NETFS_TEST_KEEP_EVIDENCE";
+
+pub fn evidence_wanted() -> bool {
+    std::env::var_os(KEEP_EVIDENCE_ENV).is_some()
+}
+
+/// Prints each worker trace's warning and error lines (the first few of each file).
+fn print_trace_warnings(dir: &Path) {
+    const PER_FILE: usize = 12;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut traces: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "trace"))
+        .collect();
+    traces.sort();
+    for trace in traces {
+        let Ok(text) = std::fs::read_to_string(&trace) else {
+            continue;
+        };
+        let flagged: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        if flagged.is_empty() {
+            continue;
+        }
+        let name = trace.file_name().unwrap_or_default().to_string_lossy();
+        eprintln!("{name}: {} warnings and errors, the first:", flagged.len());
+        for line in flagged.iter().take(PER_FILE) {
+            eprintln!("  {line}");
+        }
     }
 }
 

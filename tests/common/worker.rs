@@ -265,9 +265,12 @@ pub fn run_from_env() {
     if !job.out.as_os_str().is_empty() {
         log_sqlite_errors_beside(&job.out);
     }
-    if let Ok(filter) = std::env::var("NETFS_TEST_TRACE") {
-        // Worker diagnostics, e.g. NETFS_TEST_TRACE=sqlite_netfs=trace, go to `<log>.trace`,
-        // where they stay with the rest of the worker's evidence.
+    // Worker diagnostics go to `<log>.trace`, where they stay with the rest of the worker's
+    // evidence: the shim's warnings and errors always (a rare failure in CI then carries its
+    // reason), more with e.g. NETFS_TEST_TRACE=sqlite_netfs=trace.
+    if !job.out.as_os_str().is_empty() {
+        let filter =
+            std::env::var("NETFS_TEST_TRACE").unwrap_or_else(|_| "sqlite_netfs=warn".to_owned());
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sqlite_netfs::rusqlite::{self, Connection, OpenFlags};
 
-use crate::common::stress::{keep_evidence, log_dir};
+use crate::common::stress::{evidence_wanted, keep_evidence, log_dir};
 use crate::common::worker::{Job, Payload, Place, Running};
 
 use super::*;
@@ -531,14 +531,14 @@ impl FaultRun {
             .errors
             .keys()
             .any(|k| k.contains("Corrupt") || k.contains("NotADatabase"));
-        if !report.correct() || told_damaged {
+        if !report.correct() || told_damaged || evidence_wanted() {
             let _ = std::fs::copy(
                 &server_db,
                 self.logs.path().join("database-after-verification"),
             );
             let kept = keep_evidence(self.logs, self.plan.log_root.as_deref());
             eprintln!(
-                "{}: evidence kept in {} (worker logs with timestamped errors, SQLite's error log, traces with NETFS_TEST_TRACE; driver events; the journal as left; the database)",
+                "{}: evidence kept in {} (worker logs with timestamped errors, SQLite's error log, the shim's traces: warnings always, more with NETFS_TEST_TRACE; driver events; the journal as left; the database)",
                 report.label,
                 kept.display()
             );

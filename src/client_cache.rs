@@ -127,6 +127,36 @@ fn warn_once_untouchable(path: &Path, e: &io::Error) {
     }
 }
 
+/// Runs SQLite's path resolution of `path` again while it fails with `cantopen` and the path
+/// itself answers a lookup (or answers EIO), for about two seconds: SQLite's `unix` VFS
+/// reports a passing EIO of `lstat` as `SQLITE_CANTOPEN` before any open ("unable to open
+/// database file"; smbnetfs answers lookups with EIO for seconds under contention, seen by
+/// every process restarted after a kill on the SMB testbed). A path that is really missing or
+/// forbidden is reported at once.
+pub fn retry_path_resolution<E: PartialEq>(
+    cantopen: E,
+    path: &Path,
+    mut resolve: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match resolve() {
+            Err(e) if e == cantopen && pause <= Duration::from_millis(1024) => {
+                let passing = match std::fs::symlink_metadata(path) {
+                    Ok(_) => true,
+                    Err(lookup) => lookup.raw_os_error() == Some(libc::EIO),
+                };
+                if !passing {
+                    return Err(e);
+                }
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Runs an open of the base VFS again while it fails with `cantopen`, for about two seconds:
 /// smbnetfs fails opens with a passing EIO under load, which the base VFS reports as
 /// `SQLITE_CANTOPEN`. A failed base open leaves its file untouched, so it can be tried again.
@@ -143,5 +173,49 @@ pub fn retry_cantopen<E: PartialEq>(
             }
             result => return result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANTOPEN: i32 = 14;
+
+    #[test]
+    fn a_path_resolution_that_failed_for_a_path_that_is_there_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut calls = 0;
+        let result = retry_path_resolution(CANTOPEN, dir.path(), || {
+            calls += 1;
+            if calls < 3 { Err(CANTOPEN) } else { Ok(()) }
+        });
+        assert_eq!(result, Ok(()));
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_path_resolution_that_failed_for_a_missing_path_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir/db");
+        let mut calls = 0;
+        let result = retry_path_resolution(CANTOPEN, &missing, || {
+            calls += 1;
+            Err(CANTOPEN)
+        });
+        assert_eq!(result, Err(CANTOPEN));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn other_errors_of_a_path_resolution_are_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut calls = 0;
+        let result = retry_path_resolution(CANTOPEN, dir.path(), || {
+            calls += 1;
+            Err(1)
+        });
+        assert_eq!(result, Err(1));
+        assert_eq!(calls, 1);
     }
 }

@@ -26,8 +26,10 @@
 pub mod file;
 pub mod shim;
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, OsStr, c_char, c_int, c_void};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::ptr;
 use std::sync::Once;
 
@@ -499,11 +501,29 @@ unsafe extern "C" fn x_full_pathname(
     n: c_int,
     out: *mut c_char,
 ) -> c_int {
-    // SAFETY: our registered VFS; arguments forwarded unchanged to the base.
-    unsafe {
-        let base = state(vfs).base;
-        (*base).xFullPathname.expect("unix VFS has xFullPathname")(base, name, n, out)
+    // SAFETY: our registered VFS.
+    let base = unsafe { state(vfs) }.base;
+    let resolve = || {
+        // SAFETY: arguments forwarded unchanged to the base, which writes at most `n` bytes.
+        match unsafe {
+            (*base).xFullPathname.expect("unix VFS has xFullPathname")(base, name, n, out)
+        } {
+            ffi::SQLITE_OK => Ok(()),
+            rc => Err(rc),
+        }
+    };
+    if name.is_null() {
+        return resolve().err().unwrap_or(ffi::SQLITE_OK);
     }
+    // SAFETY: SQLite passes a NUL-terminated name, valid for the call.
+    let path = Path::new(OsStr::from_bytes(
+        unsafe { CStr::from_ptr(name) }.to_bytes(),
+    ));
+    guarded(ffi::SQLITE_CANTOPEN, || {
+        crate::client_cache::retry_path_resolution(ffi::SQLITE_CANTOPEN, path, resolve)
+            .err()
+            .unwrap_or(ffi::SQLITE_OK)
+    })
 }
 
 unsafe extern "C" fn x_dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {

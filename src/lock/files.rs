@@ -95,12 +95,21 @@ pub enum TokenStyle {
     /// create is not exclusive. Not for sshfs: its cache answers "exists" for a removed
     /// directory for 20 s, and unlike for a file, no failing open clears that.
     Directory,
+    /// A directory made with `mkdir`, its owner id in an extended attribute: no token is ever
+    /// opened by name. For the kernel SMB client, which keeps a closed file's handle open for
+    /// a while (deferred close, `closetimeo`): an opened token stays "delete pending" at the
+    /// server after its holder removed it, readable with its old owner and blocking a new
+    /// create (seen with two kernel CIFS guests of one Samba: latches judged silent and broken
+    /// under live holders). Reading and writing an attribute by path opens and closes a handle
+    /// in one compound request, which the client does not keep.
+    DirectoryWithAttribute,
 }
 
 impl TokenStyle {
     pub fn for_fs_type(fs_type: &str) -> TokenStyle {
         match fs_type {
             "fuse.smbnetfs" => TokenStyle::Directory,
+            "cifs" | "smb3" | "smb2" => TokenStyle::DirectoryWithAttribute,
             _ => TokenStyle::File,
         }
     }
@@ -121,6 +130,10 @@ const REMOVE_BUSY_RETRY: Duration = Duration::from_secs(5);
 
 /// The file inside a token directory naming its holder.
 const TOKEN_OWNER: &str = "owner";
+
+/// The extended attribute of a token directory naming its holder
+/// ([`TokenStyle::DirectoryWithAttribute`]).
+const TOKEN_OWNER_ATTRIBUTE: &std::ffi::CStr = c"user.sqlite-netfs.owner";
 
 impl DirLockFiles {
     pub fn new(db_path: &Path, style: TokenStyle, size_refresh: SizeRefresh) -> DirLockFiles {
@@ -367,6 +380,14 @@ pub fn os_error_code(e: &io::Error) -> Option<i32> {
     })
 }
 
+/// Says once per process that latches on this server carry no owner id.
+fn warn_once_no_attributes(token: &Path, e: &io::Error) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(token = %token.display(), error = %e, "the file server keeps no extended attributes, so a latch left by a crashed process is recovered after a lease rather than at once (Samba: ea support = yes)");
+    }
+}
+
 impl LockFiles for DirLockFiles {
     type Table = DirTableFile;
 
@@ -388,19 +409,40 @@ impl LockFiles for DirLockFiles {
         }
         // The owner id is informational (for stale-latch recovery); if writing it fails the
         // directory still excludes others, and a holder without an id recovers by lease.
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dir.join(TOKEN_OWNER))
-            .and_then(|mut f| f.write_all(contents));
+        let written = if self.style == TokenStyle::DirectoryWithAttribute {
+            crate::sys::set_xattr(&dir, TOKEN_OWNER_ATTRIBUTE, contents)
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dir.join(TOKEN_OWNER))
+                .and_then(|mut f| f.write_all(contents))
+        };
         if let Err(e) = written {
             tracing::debug!(token = %dir.display(), error = %e, "owner id not recorded");
+            if self.style == TokenStyle::DirectoryWithAttribute
+                && e.raw_os_error() == Some(libc::EOPNOTSUPP)
+            {
+                warn_once_no_attributes(&dir, &e);
+            }
         }
         Ok(true)
     }
 
     fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+        if name != LockFileName::Table && self.style == TokenStyle::DirectoryWithAttribute {
+            if !self.token_dir_exists(name)? {
+                return Ok(None);
+            }
+            // A token whose owner is not (yet) recorded reads as empty.
+            return match crate::sys::get_xattr(&self.path(name), TOKEN_OWNER_ATTRIBUTE) {
+                Ok(owner) => Ok(Some(owner.unwrap_or_default())),
+                // Removed between the look and the read.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.context(name, "read the owner of", e)),
+            };
+        }
         if name != LockFileName::Table && self.style == TokenStyle::Directory {
             if !self.token_dir_exists(name)? {
                 return Ok(None);
@@ -429,7 +471,9 @@ impl LockFiles for DirLockFiles {
         if !self.token_dir_exists(name)? {
             return Ok(false);
         }
-        self.remove_path(name, &self.path(name).join(TOKEN_OWNER), false)?;
+        if self.style == TokenStyle::Directory {
+            self.remove_path(name, &self.path(name).join(TOKEN_OWNER), false)?;
+        }
         self.remove_path(name, &self.path(name), true)
     }
 
@@ -609,6 +653,47 @@ mod tests {
         assert!(files.remove(LockFileName::Latch).unwrap());
         closer.join().unwrap();
         assert!(!files.path(LockFileName::Latch).exists());
+    }
+
+    #[test]
+    fn a_token_with_its_owner_in_an_attribute_is_made_read_and_removed_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_for(
+            &dir.path().join("app.db"),
+            TokenStyle::DirectoryWithAttribute,
+        );
+        assert_eq!(files.read(LockFileName::Latch).unwrap(), None);
+        assert!(
+            files
+                .create_exclusive(LockFileName::Latch, b"me 1\n")
+                .unwrap()
+        );
+        let latch = files.path(LockFileName::Latch);
+        assert!(latch.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&latch).unwrap().count(),
+            0,
+            "no file is ever opened inside it"
+        );
+        assert_eq!(
+            files.read(LockFileName::Latch).unwrap().as_deref(),
+            Some(&b"me 1\n"[..])
+        );
+        assert!(
+            !files
+                .create_exclusive(LockFileName::Latch, b"other 1\n")
+                .unwrap(),
+            "exclusive"
+        );
+        assert!(files.remove(LockFileName::Latch).unwrap());
+        assert!(!latch.exists());
+        assert!(!files.remove(LockFileName::Latch).unwrap());
+        // A token made without its attribute (a holder killed in between) reads as empty.
+        std::fs::create_dir(&latch).unwrap();
+        assert_eq!(
+            files.read(LockFileName::Latch).unwrap().as_deref(),
+            Some(&b""[..])
+        );
     }
 
     #[test]

@@ -30,3 +30,18 @@ pub fn range_is_locked(_fd: BorrowedFd<'_>, _start: u64, _len: u64) -> io::Resul
         "open-file-description locks are Linux-only",
     ))
 }
+
+fn no_xattrs() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "extended attributes are used only on Linux",
+    )
+}
+
+pub fn set_xattr(_path: &Path, _name: &std::ffi::CStr, _value: &[u8]) -> io::Result<()> {
+    Err(no_xattrs())
+}
+
+pub fn get_xattr(_path: &Path, _name: &std::ffi::CStr) -> io::Result<Option<Vec<u8>>> {
+    Err(no_xattrs())
+}

@@ -125,3 +125,51 @@ fn range_flock(kind: RangeLock, start: u64, len: u64) -> libc::flock {
     fl.l_len = len as libc::off_t;
     fl
 }
+
+/// Sets the extended attribute `name` of `path` itself (`lsetxattr`; a symbolic link's own).
+pub fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: NUL-terminated path and name; `value` is valid for `value.len()` bytes, which
+    // the call only reads.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The extended attribute `name` of `path` itself (`lgetxattr`); `None` if it has none.
+pub fn get_xattr(path: &Path, name: &std::ffi::CStr) -> io::Result<Option<Vec<u8>>> {
+    let c = c_path(path)?;
+    // Owner ids are short; one generous buffer avoids asking for the size first (a second
+    // round trip to the file server).
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: NUL-terminated path and name; the call writes at most `buf.len()` bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n >= 0 {
+        buf.truncate(n as usize);
+        return Ok(Some(buf));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENODATA) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use super::{FsStat, c_path};
 
-pub use super::fallback::{drop_cached_pages, range_is_locked, server_size, set_range_lock};
+pub use super::fallback::{
+    drop_cached_pages, get_xattr, range_is_locked, server_size, set_range_lock, set_xattr,
+};
 
 /// Darwin's CLOCK_MONOTONIC keeps counting while asleep.
 pub const BOOT_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;

@@ -32,7 +32,9 @@ mod other;
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 use other as platform;
 
-pub use platform::{drop_cached_pages, range_is_locked, server_size, set_range_lock, statfs};
+pub use platform::{
+    drop_cached_pages, get_xattr, range_is_locked, server_size, set_range_lock, set_xattr, statfs,
+};
 
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use super::FsStat;
 
-pub use super::fallback::{drop_cached_pages, range_is_locked, server_size, set_range_lock};
+pub use super::fallback::{
+    drop_cached_pages, get_xattr, range_is_locked, server_size, set_range_lock, set_xattr,
+};
 
 /// The monotonic clock; whether it counts through suspend depends on the system.
 pub const BOOT_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;

@@ -502,10 +502,13 @@ fn setup_script(fs: &GuestFs) -> String {
              mount -t nfs4 -o vers={vers},port={port},proto=tcp {SERVER_ADDR}:/export {m}\n"
         ),
         // The options mount.cifs would add: the server's address and the guest login Samba
-        // maps to its guest account.
+        // maps to its guest account; then any from NETFS_TEST_CIFS_OPTIONS (to try others).
         GuestFs::Cifs => format!(
             "set -e\nmodprobe cifs\nmkdir -p {m}\n\
-             mount -t cifs //{SERVER_ADDR}/share {m} -o ip={SERVER_ADDR},user=guest,pass=,vers=3.0\n"
+             mount -t cifs //{SERVER_ADDR}/share {m} -o ip={SERVER_ADDR},user=guest,pass=,vers=3.0{}\n",
+            std::env::var(CIFS_OPTIONS_ENV)
+                .map(|o| format!(",{o}"))
+                .unwrap_or_default()
         ),
         GuestFs::NineP { .. } => format!(
             "set -e\nmkdir -p {m}\n\
@@ -675,6 +678,9 @@ fn ensure_rpcbind() -> Result<(), String> {
     wait_until(Duration::from_secs(10), answers)
         .map_err(|()| "vm testbed: rpcbind did not start (NFSv3 needs it)".to_owned())
 }
+
+/// Mount options added to the kernel CIFS guests' defaults, e.g. `nolease` or `closetimeo=0`.
+pub const CIFS_OPTIONS_ENV: &str = "NETFS_TEST_CIFS_OPTIONS";
 
 /// nfs-ganesha's NFSv4 lease: how long it keeps a dead client's state (kernel nfsd: 90 s).
 pub const GANESHA_LEASE_SECS: u32 = 20;

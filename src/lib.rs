@@ -40,6 +40,7 @@ mod detect;
 mod ffi;
 mod heartbeat;
 pub mod inspect;
+#[cfg(feature = "rusqlite")]
 pub mod integrity;
 mod journal;
 mod lock;
@@ -57,6 +58,7 @@ use std::time::Duration;
 pub use detect::FsClass;
 pub use mode::{DecisionSource, Detection, Mode};
 pub use owner::HOST_ID_ENV;
+#[cfg(feature = "rusqlite")]
 pub use rusqlite;
 
 /// The VFS name [`register`] uses.
@@ -185,6 +187,7 @@ pub fn detect(path: &Path) -> Result<Detection, String> {
 }
 
 /// Whether `conn`'s main database is open through this shim in network mode.
+#[cfg(feature = "rusqlite")]
 pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
     ffi::vfs::network_mode_active(conn)
 }

@@ -163,23 +163,20 @@ fn convert(db: &Path, refresh: SizeRefresh) -> Result<(), String> {
     let wal = sibling(db, "-wal");
     crate::lockfile::open_revalidated(&wal, refresh).map_err(|e| fail("stat of the WAL", &e))?;
     crate::lockfile::open_revalidated(db, refresh).map_err(|e| fail("stat", &e))?;
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags_and_vfs(db, flags, c"unix")
-        .map_err(|e| fail("open", &e))?;
+    let conn = crate::ffi::conn::Connection::open(db, c"unix").map_err(|e| fail("open", &e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| fail("busy timeout", &e))?;
-    let mode: String = conn
-        .query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))
+    let mode = conn
+        .pragma(c"PRAGMA locking_mode=EXCLUSIVE")
         .map_err(|e| fail("locking_mode", &e))?;
     debug_assert_eq!(mode, "exclusive");
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+    let mode = conn
+        .pragma(c"PRAGMA journal_mode=DELETE")
         .map_err(|e| fail("journal_mode", &e))?;
     if mode != "delete" {
         return Err(fail("journal_mode", &format!("SQLite kept {mode:?}")));
     }
-    conn.close().map_err(|(_, e)| fail("close", &e))?;
+    conn.close().map_err(|e| fail("close", &e))?;
     // The -shm of a past native session is useless now, and a -wal (if SQLite left one) is empty.
     for leftover in [sibling(db, "-shm"), wal] {
         match std::fs::remove_file(&leftover) {

@@ -24,7 +24,7 @@ use std::ptr;
 use std::sync::Once;
 
 use parking_lot::Mutex;
-use rusqlite::ffi;
+use libsqlite3_sys as ffi;
 
 use crate::journal::OpenJournal;
 use crate::lockfile::SizeRefresh;
@@ -227,8 +227,25 @@ pub fn register(options: Options, make_default: bool) -> Result<(), Error> {
 fn install_open_error_reporter() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        #[cfg(not(feature = "loadable_extension"))]
+        let entry = report_refused_open;
+        // The routines table declares the entry point as `void(*)(void)`; SQLite calls it
+        // with the three arguments all the same (loadext.c casts it back).
+        #[cfg(feature = "loadable_extension")]
+        // SAFETY: a cast between function pointer types, as sqlite3ext.h's declaration asks;
+        // SQLite calls the pointer with `report_refused_open`'s own signature.
+        let entry = unsafe {
+            std::mem::transmute::<
+                unsafe extern "C" fn(
+                    *mut ffi::sqlite3,
+                    *mut *mut c_char,
+                    *const ffi::sqlite3_api_routines,
+                ) -> c_int,
+                unsafe extern "C" fn(),
+            >(report_refused_open)
+        };
         // SAFETY: the entry point has the signature SQLite expects and lives forever.
-        let rc = unsafe { ffi::sqlite3_auto_extension(Some(report_refused_open)) };
+        let rc = unsafe { ffi::sqlite3_auto_extension(Some(entry)) };
         if rc != ffi::SQLITE_OK {
             tracing::warn!(rc, "cannot install the open-error reporter; refused opens will say only 'unable to open database file'");
         }
@@ -311,12 +328,24 @@ unsafe fn check_integrity_at_open(db: *mut ffi::sqlite3, err_msg: *mut *mut c_ch
     let path = unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned();
+    #[cfg(feature = "rusqlite")]
     // SAFETY: `db` stays open for this whole call, and a Connection made by from_handle
     // never closes the handle.
     let Ok(conn) = (unsafe { rusqlite::Connection::from_handle(db) }) else {
         return ffi::SQLITE_OK;
     };
-    match crate::integrity::check_at_open(&conn, value, &path) {
+    #[cfg(feature = "rusqlite")]
+    let verdict = crate::integrity::check_at_open(&conn, value, &path);
+    // The loadable extension has no rusqlite (the checks are written with it): refuse rather
+    // than open a database whose check was asked for and not run.
+    #[cfg(not(feature = "rusqlite"))]
+    let verdict = Err::<(), _>((
+        ffi::SQLITE_CANTOPEN,
+        format!(
+            "netfs: {path}: netfs_check={value} cannot run in the loadable extension; check with `sqlite-netfs doctor --check` and open without netfs_check="
+        ),
+    ));
+    match verdict {
         Ok(()) => ffi::SQLITE_OK,
         Err((code, message)) => {
             if !err_msg.is_null() {
@@ -329,6 +358,7 @@ unsafe fn check_integrity_at_open(db: *mut ffi::sqlite3, err_msg: *mut *mut c_ch
 }
 
 /// Whether the main database of `conn` is open in network mode through this shim.
+#[cfg(feature = "rusqlite")]
 pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
     let mut active: c_int = 0;
     // SAFETY: the handle is valid while `conn` is borrowed; only our network files answer

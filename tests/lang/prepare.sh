@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 bash packages/build.sh
 venv=target/lang/venv
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
-"$venv/bin/pip" install -q --no-index --no-build-isolation --no-deps --force-reinstall ./packages/python
+"$venv/bin/pip" install -q --no-deps --force-reinstall ./packages/python
 cd tests/lang
 # Copied, not linked, so the test runs what an install gives; refreshed with every build.
 rm -rf node_modules/sqlite-netfs

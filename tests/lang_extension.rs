@@ -58,7 +58,10 @@ fn prepared() {
 fn program(argv: &[&str], env: &[(&str, String)]) -> Place {
     Place::Program(Program {
         argv: argv.iter().map(|a| a.to_string()).collect(),
-        env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
     })
 }
 
@@ -212,7 +215,11 @@ fn loaded_extension_is_the_default_vfs_unless_opted_out_and_keeps_local_disks_na
 
     let (ok, out) = shell(&probe(&remote), &[]);
     assert!(ok, "{out}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["delete", "netfs(network)/unix"], "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["delete", "netfs(network)/unix"],
+        "{out}"
+    );
 
     // Auto mode: a local disk keeps SQLite's own VFS, WAL and all.
     let (ok, out) = shell(&probe(&local), &[]);
@@ -239,7 +246,10 @@ fn bad_settings_fail_the_load_or_the_open_with_a_message_naming_them() {
         out.contains("SQLITE_NETFS_DEFAULT_VFS=\"yes\" is neither 0 nor 1"),
         "{out}"
     );
-    assert!(!out.contains("\n1\n"), "the shell went on after a failed load: {out}");
+    assert!(
+        !out.contains("\n1\n"),
+        "the shell went on after a failed load: {out}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let uri = format!("file:{}?netfs=sometimes", dir.path().join("x.db").display());
@@ -266,7 +276,11 @@ fn python_package_names_the_extension_and_loads_it_into_debian_python() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines[0].ends_with("site-packages/sqlite_netfs/libsqlite_netfs.so"),

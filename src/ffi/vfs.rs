@@ -23,8 +23,8 @@ use std::path::Path;
 use std::ptr;
 use std::sync::Once;
 
-use parking_lot::Mutex;
 use libsqlite3_sys as ffi;
+use parking_lot::Mutex;
 
 use crate::journal::OpenJournal;
 use crate::lockfile::SizeRefresh;

@@ -1,6 +1,6 @@
 //! The loadable extension and the npm and Python packages, in the programs users run: Python's
-//! sqlite3 module, Debian's sqlite3 shell, Node with better-sqlite3, Bun with `bun:sqlite` and
-//! with drizzle-orm. Each keeps every acknowledged commit with writers on both sshfs "hosts"
+//! sqlite3 module, Debian's sqlite3 shell, Node with better-sqlite3 and `node:sqlite`, Bun with
+//! `bun:sqlite` and with drizzle-orm. Each keeps every acknowledged commit with writers on both sshfs "hosts"
 //! and a reader, the database opened by its plain path after `load()` (the extension is the
 //! default VFS: no `?vfs=`, as in a program that cannot pass one); each one's native control,
 //! the same workers without the extension, must break.
@@ -91,6 +91,12 @@ fn node(binding: &str) -> Place {
     js("node", binding)
 }
 
+/// Node 22 (`tests/lang/prepare.sh` installs it), for `node:sqlite`.
+fn node22(binding: &str) -> Place {
+    let node = repo().join("target/lang/node22/node_modules/.bin/node");
+    js(node.to_str().unwrap(), binding)
+}
+
 fn bun(binding: &str) -> Place {
     let bun = repo().join("tests/lang/node_modules/.bin/bun");
     js(bun.to_str().unwrap(), binding)
@@ -165,6 +171,16 @@ fn node_better_sqlite3_keeps_every_commit_on_two_sshfs_hosts_after_load() {
 #[test]
 fn node_better_sqlite3_without_the_extension_loses_commits_or_corrupts() {
     native_breaks("better-sqlite3-native", node("better-sqlite3"));
+}
+
+#[test]
+fn node_sqlite_keeps_every_commit_on_two_sshfs_hosts_after_load() {
+    extension_keeps_every_commit("node-sqlite", node22("node-sqlite"));
+}
+
+#[test]
+fn node_sqlite_without_the_extension_loses_commits_or_corrupts() {
+    native_breaks("node-sqlite-native", node22("node-sqlite"));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //   better-sqlite3   Node, better-sqlite3 (its own SQLite; URIs compiled off)
 //   bun-sqlite       Bun, bun:sqlite (its own SQLite; opens without the URI flag)
 //   bun-drizzle      Bun, drizzle-orm over bun:sqlite, transactions as drizzle runs them
+//   node-sqlite      Node >= 22.5, node:sqlite (its own SQLite; `allowExtension: true`)
 // With the job's VFS `netfs`, the sqlite-netfs package's load() makes the extension SQLite's
 // default VFS and the database is opened by its plain path; with `unix` (the native control)
 // nothing is loaded. The logs are the Rust workers' (tests/common/worker.rs).
@@ -37,18 +38,24 @@ function open() {
     const Database = require('better-sqlite3');
     if (netfs) require('sqlite-netfs').load(new Database(':memory:'));
     const db = new Database(job.db, { timeout: timeoutMs });
-    return plain(db, (sql) => db.prepare(sql).get());
+    return plain(db, (sql) => db.prepare(sql).get(), () => db.inTransaction);
+  }
+  if (binding === 'node-sqlite') {
+    const { DatabaseSync } = require('node:sqlite');
+    if (netfs) require('sqlite-netfs').load(new DatabaseSync(':memory:', { allowExtension: true }));
+    const db = new DatabaseSync(job.db, { timeout: timeoutMs });
+    return plain(db, (sql) => db.prepare(sql).get(), () => db.isTransaction);
   }
   const { Database } = require('bun:sqlite');
   if (netfs) require('sqlite-netfs').load(new Database(':memory:'));
   const db = new Database(job.db);
   db.exec(`PRAGMA busy_timeout = ${timeoutMs}`);
-  if (binding === 'bun-sqlite') return plain(db, (sql) => db.query(sql).get());
+  if (binding === 'bun-sqlite') return plain(db, (sql) => db.query(sql).get(), () => db.inTransaction);
   if (binding === 'bun-drizzle') return drizzled(db);
   throw new Error(`unknown binding ${binding}`);
 }
 
-function plain(db, get) {
+function plain(db, get, inTransaction) {
   return {
     pragma: (sql) => get(sql),
     write(seq) {
@@ -59,7 +66,7 @@ function plain(db, get) {
           .run(workerId, seq, payloadSize(seq));
         db.exec('COMMIT');
       } catch (e) {
-        if (db.inTransaction) db.exec('ROLLBACK');
+        if (inTransaction()) db.exec('ROLLBACK');
         throw e;
       }
     },
@@ -70,7 +77,7 @@ function plain(db, get) {
         const { n } = get('SELECT count(*) AS n FROM rows');
         return [v, n];
       } finally {
-        if (db.inTransaction) db.exec('COMMIT');
+        if (inTransaction()) db.exec('COMMIT');
       }
     },
   };
@@ -113,9 +120,12 @@ function drizzled(client) {
   };
 }
 
-// better-sqlite3 and bun:sqlite both name the extended result code (`SQLITE_IOERR_...`).
-const kind = (e) => String(e.code ?? e.name ?? e.message).replace(/[ ,=]/g, '_');
-const isBusy = (e) => /^SQLITE_(BUSY|LOCKED)/.test(String(e.code ?? ''));
+// better-sqlite3 and bun:sqlite name the extended result code (`SQLITE_IOERR_...`);
+// node:sqlite gives its number (`errcode`) and SQLite's message (`errstr`).
+const kind = (e) => String(e.errcode !== undefined ? `SQLITE_${e.errcode}(${e.errstr})` : e.code ?? e.name ?? e.message)
+  .replace(/[ ,=]/g, '_');
+const isBusy = (e) => (e.errcode !== undefined ? [5, 6].includes(e.errcode & 0xff)
+  : /^SQLITE_(BUSY|LOCKED)/.test(String(e.code ?? '')));
 const summary = (counts) => [...counts].sort().map(([k, v]) => `${k}=${v}`).join(',');
 const tally = (counts, k) => counts.set(k, (counts.get(k) ?? 0) + 1);
 

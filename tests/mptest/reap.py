@@ -4,7 +4,7 @@ mptest starts its clients with `system("... &")`, so they are orphans; where PID
 reap orphans (as on these sandboxed machines), a client that exits (crash02.subtest's
 `--exit 1`) stays a zombie, and the shim's liveness check rightly sees a process that still
 exists holding its lock. A real init reaps it; this does the same for the test.
-Usage: reap.py COMMAND [ARGS...]; exits with the command's status.
+Usage: reap.py COMMAND [ARGS...]; exits with the command's status (128 + N for signal N).
 """
 
 import ctypes
@@ -18,13 +18,9 @@ libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
     sys.exit(f"reap.py: prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
 main = subprocess.Popen(sys.argv[1:])
-status = None
+# Reap whatever ends (the command or an orphaned client) until the command itself has ended.
 while True:
-    try:
-        pid, raw = os.waitpid(-1, 0)
-    except ChildProcessError:
-        break
+    pid, raw = os.waitpid(-1, 0)
     if pid == main.pid:
         status = os.waitstatus_to_exitcode(raw)
-        main.returncode = status
-sys.exit(status if status is not None and status >= 0 else 128 - (status or 0))
+        sys.exit(status if status >= 0 else 128 - status)

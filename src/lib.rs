@@ -33,7 +33,7 @@
 //! | `owner` | host, process and connection identity; liveness |
 //! | [`integrity`] | integrity checks (`doctor --check`, `netfs_check=` at open) and salvage of damaged databases (`recover`) |
 //! | [`inspect`] | what the `sqlite-netfs` command sees: lock holders, lock files, journal, mount hazards; removing dead holders' leftovers |
-//! | `ffi` | the unsafe core: VFS callbacks and system calls |
+//! | `ffi` | the unsafe core: VFS callbacks, system calls, the WAL conversion's raw connection |
 #![deny(unsafe_code)]
 
 mod detect;

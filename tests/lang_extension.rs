@@ -198,7 +198,8 @@ fn bun_drizzle_orm_keeps_every_commit_on_two_sshfs_hosts_after_load() {
     extension_keeps_every_commit("bun-drizzle", bun("bun-drizzle"));
 }
 
-/// What `.vfsname` says for `db` in a sqlite3 shell that loaded the extension with `env`.
+/// Runs Debian's sqlite3 shell with `env`: `.load` of the extension, then `script`'s lines as
+/// arguments. Returns whether it succeeded, and its output and errors together.
 fn shell(script: &str, env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new("/usr/bin/sqlite3");
     cmd.args(["-batch", ":memory:"])

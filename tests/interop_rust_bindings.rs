@@ -1,7 +1,8 @@
-//! The shim in a sqlx 0.8 program (`interop/sqlx`, its own workspace): the crate without its
-//! default `rusqlite` feature unifies with sqlx's libsqlite3-sys 0.30, `register()` then
-//! `SqliteConnectOptions::vfs("netfs")` selects it, and four such processes split over the two
-//! sshfs "hosts" keep every acknowledged commit.
+//! The shim beside other Rust SQLite bindings (`interop/rust`, its own workspace): without its
+//! default `rusqlite` feature the crate unifies with sqlx 0.8's libsqlite3-sys 0.30. A sqlx
+//! writer (`register()`, then `SqliteConnectOptions::vfs("netfs")`) and a writer on raw
+//! libsqlite3-sys calls (the VFS name to `sqlite3_open_v2`): four processes of each, split over
+//! the two sshfs "hosts", keep every acknowledged commit.
 
 mod common;
 
@@ -16,10 +17,11 @@ const WRITERS: usize = 4;
 const TRANSACTIONS: u32 = 100;
 
 fn interop() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/sqlx")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/rust")
 }
 
-fn build() -> PathBuf {
+/// Builds `interop/rust` and returns the program `name`.
+fn build(name: &str) -> PathBuf {
     let out = Command::new(env!("CARGO"))
         .args(["build", "--release", "--manifest-path"])
         .arg(interop().join("Cargo.toml"))
@@ -27,15 +29,24 @@ fn build() -> PathBuf {
         .expect("run cargo");
     assert!(
         out.status.success(),
-        "building interop/sqlx failed:\n{}",
+        "building interop/rust failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    interop().join("target/release/sqlite-netfs-sqlx-interop")
+    interop().join("target/release").join(name)
 }
 
 #[test]
-fn sqlx_program_with_the_shim_keeps_every_commit_on_two_sshfs_hosts() {
-    let program = build();
+fn sqlx_writers_with_the_shim_keep_every_commit_on_two_sshfs_hosts() {
+    writers_keep_every_commit("sqlx-writer");
+}
+
+#[test]
+fn raw_libsqlite3_sys_writers_with_the_shim_keep_every_commit_on_two_sshfs_hosts() {
+    writers_keep_every_commit("raw-writer");
+}
+
+fn writers_keep_every_commit(name: &str) {
+    let program = build(name);
     let Some(testbed) = testbed_or_skip(TwoHostTestbed::sshfs()) else {
         return;
     };
@@ -45,7 +56,7 @@ fn sqlx_program_with_the_shim_keeps_every_commit_on_two_sshfs_hosts() {
         .map(|i| {
             let log = std::fs::File::create(logs.path().join(format!("ack-{i}"))).unwrap();
             Command::new(&program)
-                .arg(mounts[i % 2].join("sqlx.db"))
+                .arg(mounts[i % 2].join(format!("{name}.db")))
                 .arg(i.to_string())
                 .arg(TRANSACTIONS.to_string())
                 .stdout(log)
@@ -77,7 +88,7 @@ fn sqlx_program_with_the_shim_keeps_every_commit_on_two_sshfs_hosts() {
             }
         }
     }
-    let db = testbed.server_dir().join("sqlx.db");
+    let db = testbed.server_dir().join(format!("{name}.db"));
     let conn = Connection::open_with_flags_and_vfs(&db, OpenFlags::SQLITE_OPEN_READ_ONLY, c"unix")
         .unwrap();
     let integrity: String = conn
@@ -92,7 +103,7 @@ fn sqlx_program_with_the_shim_keeps_every_commit_on_two_sshfs_hosts() {
         .unwrap();
     let lost = acked.difference(&present).count();
     eprintln!(
-        "FIGURES sqlx acknowledged={} rows={} lost={lost} integrity={integrity:?} journal_modes={modes:?} failures={}",
+        "FIGURES {name} acknowledged={} rows={} lost={lost} integrity={integrity:?} journal_modes={modes:?} failures={}",
         acked.len(),
         present.len(),
         failures.len()

@@ -1,5 +1,5 @@
-//! A sqlx program that selects the shim: `register()`, then `SqliteConnectOptions::vfs`.
-//! Usage: `sqlite-netfs-sqlx-interop DB WRITER_ID TRANSACTIONS`; prints the journal mode
+//! A sqlx writer that selects the shim: `register()`, then `SqliteConnectOptions::vfs`.
+//! Usage: `sqlx-writer DB WRITER_ID TRANSACTIONS`; prints the journal mode
 //! SQLite runs and the rows this writer committed (each acknowledged as `ack N`).
 
 use std::error::Error;
@@ -11,7 +11,7 @@ use sqlx::{ConnectOptions, Connection};
 async fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [db, writer, transactions] = args.as_slice() else {
-        return Err("usage: sqlite-netfs-sqlx-interop DB WRITER_ID TRANSACTIONS".into());
+        return Err("usage: sqlx-writer DB WRITER_ID TRANSACTIONS".into());
     };
     let writer: i64 = writer.parse()?;
     let transactions: i64 = transactions.parse()?;

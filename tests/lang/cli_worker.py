@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from job import load_job, payload_size, summary  # noqa: E402
+from job import payload_size, reader_summary, run, summary  # noqa: E402
 
 SHELL = os.environ.get("SQLITE_NETFS_SQLITE3", "/usr/bin/sqlite3")
 
@@ -106,16 +106,8 @@ def reader(job, log):
                 busy += 1
             else:
                 errors[message] = errors.get(message, 0) + 1
-    log.write(
-        f"# reader checks={checks} torn={torn} busy={busy} errors={summary(errors)}\n"
-    )
-
-
-def main():
-    job = load_job()
-    with open(job["out"], "a") as log:
-        {"writer": writer, "reader": reader}[job["role"]](job, log)
+    log.write(reader_summary(checks, torn, busy, errors))
 
 
 if __name__ == "__main__":
-    main()
+    run(writer, reader)

@@ -27,3 +27,14 @@ def payload_size(job, seq):
 
 def summary(counts):
     return ",".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def reader_summary(checks, torn, busy, errors):
+    return f"# reader checks={checks} torn={torn} busy={busy} errors={summary(errors)}\n"
+
+
+def run(writer, reader):
+    """Runs the job's role, `writer(job, log)` or `reader(job, log)`, appending to its log."""
+    job = load_job()
+    with open(job["out"], "a") as log:
+        {"writer": writer, "reader": reader}[job["role"]](job, log)

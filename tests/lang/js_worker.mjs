@@ -129,20 +129,21 @@ const isBusy = (e) => (e.errcode !== undefined ? [5, 6].includes(e.errcode & 0xf
 const summary = (counts) => [...counts].sort().map(([k, v]) => `${k}=${v}`).join(',');
 const tally = (counts, k) => counts.set(k, (counts.get(k) ?? 0) + 1);
 
+// The open connection with the job's journal mode asked, or null after logging the error.
 function connect() {
-  const db = open();
-  if (job.journal_mode) db.pragma(`PRAGMA journal_mode=${job.journal_mode}`);
-  return db;
+  try {
+    const db = open();
+    if (job.journal_mode) db.pragma(`PRAGMA journal_mode=${job.journal_mode}`);
+    return db;
+  } catch (e) {
+    log(`# open-error ${kind(e)}`);
+    return null;
+  }
 }
 
 function writer() {
-  let db;
-  try {
-    db = connect();
-  } catch (e) {
-    log(`# open-error ${kind(e)}`);
-    return;
-  }
+  const db = connect();
+  if (!db) return;
   const errors = new Map();
   let busy = 0, seq = 0, failures = 0;
   while (seq < transactions && failures < 50) {
@@ -165,13 +166,8 @@ function writer() {
 }
 
 function reader() {
-  let db;
-  try {
-    db = connect();
-  } catch (e) {
-    log(`# open-error ${kind(e)}`);
-    return;
-  }
+  const db = connect();
+  if (!db) return;
   const errors = new Map();
   let checks = 0, torn = 0, busy = 0;
   const started = Date.now();

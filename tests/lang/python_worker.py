@@ -10,7 +10,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from job import load_job, payload_size, summary  # noqa: E402
+from job import payload_size, reader_summary, run, summary  # noqa: E402
 
 
 def kind(e):
@@ -38,11 +38,18 @@ def connect(job):
     return conn
 
 
-def writer(job, log):
+def connect_or_log(job, log):
+    """The connection, or None after logging why it could not be opened."""
     try:
-        conn = connect(job)
+        return connect(job)
     except sqlite3.Error as e:
         log.write(f"# open-error {kind(e)}\n")
+        return None
+
+
+def writer(job, log):
+    conn = connect_or_log(job, log)
+    if conn is None:
         return
     errors, busy, seq, failures = {}, 0, 0, 0
     while seq < job["transactions"] and failures < 50:
@@ -75,10 +82,8 @@ def writer(job, log):
 
 
 def reader(job, log):
-    try:
-        conn = connect(job)
-    except sqlite3.Error as e:
-        log.write(f"# open-error {kind(e)}\n")
+    conn = connect_or_log(job, log)
+    if conn is None:
         return
     checks = torn = busy = 0
     errors = {}
@@ -100,16 +105,8 @@ def reader(job, log):
             else:
                 errors[kind(e)] = errors.get(kind(e), 0) + 1
         time.sleep(0.002)
-    log.write(
-        f"# reader checks={checks} torn={torn} busy={busy} errors={summary(errors)}\n"
-    )
-
-
-def main():
-    job = load_job()
-    with open(job["out"], "a") as log:
-        {"writer": writer, "reader": reader}[job["role"]](job, log)
+    log.write(reader_summary(checks, torn, busy, errors))
 
 
 if __name__ == "__main__":
-    main()
+    run(writer, reader)

@@ -305,3 +305,28 @@ fn python_package_names_the_extension_and_loads_it_into_debian_python() {
     );
     eprintln!("FIGURES python-package sqlite_version={}", lines[1]);
 }
+
+#[test]
+fn a_host_with_sqlite_older_than_3_40_1_gets_a_refusal_naming_both_versions() {
+    prepared();
+    let host = repo().join("target/lang/old_host");
+    let built = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&host)
+        .arg(repo().join("tests/lang/old_host.c"))
+        .args(["-ldl", "-lsqlite3"])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let out = Command::new(&host).arg(extension()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.trim(),
+        "rc=1 message=sqlite-netfs needs SQLite 3.40.1 or newer; this program runs SQLite 3.39.4"
+    );
+}

@@ -31,12 +31,13 @@
 //! | `network` | network mode: the database file, the journal, WAL conversion, the decision at open |
 //! | [`integrity`] | integrity checks (`doctor --check`, `netfs_check=` at open) and salvage of damaged databases (`recover`) |
 //! | [`inspect`] | what the `sqlite-netfs` command sees: lock holders, lock files, journal, mount hazards; removing dead holders' leftovers |
-//! | `vfs` | the VFS boundary SQLite calls (`unsafe`): registration, the generic file shim, the safe file contract |
+//! | `vfs` | the VFS boundary SQLite calls (`unsafe`): registration, the generic file shim, the safe file contract, the WAL conversion's raw connection |
 #![deny(unsafe_code)]
 
 mod client_cache;
 mod detect;
 pub mod inspect;
+#[cfg(feature = "rusqlite")]
 pub mod integrity;
 mod lock;
 mod network;
@@ -49,6 +50,7 @@ use std::time::Duration;
 pub use detect::FsClass;
 pub use detect::mode::{DecisionSource, Detection, Mode};
 pub use lock::owner::HOST_ID_ENV;
+#[cfg(feature = "rusqlite")]
 pub use rusqlite;
 
 /// The VFS name [`register`] uses.
@@ -177,6 +179,7 @@ pub fn detect(path: &Path) -> Result<Detection, String> {
 }
 
 /// Whether `conn`'s main database is open through this shim in network mode.
+#[cfg(feature = "rusqlite")]
 pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
     vfs::network_mode_active(conn)
 }

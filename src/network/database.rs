@@ -4,7 +4,7 @@
 
 use std::ffi::c_int;
 
-use rusqlite::ffi;
+use libsqlite3_sys as ffi;
 
 use crate::lock::protocol::Level;
 use crate::network::file::NetworkFile;

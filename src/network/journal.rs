@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
-use rusqlite::ffi;
 
 use crate::client_cache::SizeRefresh;
 use crate::lock::LeaseView;

@@ -40,8 +40,8 @@ impl Refusal {
     /// SQLite's result code for this refusal.
     fn result_code(&self) -> c_int {
         match self.code {
-            Refused::ReadOnly => rusqlite::ffi::SQLITE_READONLY,
-            Refused::CantOpen => rusqlite::ffi::SQLITE_CANTOPEN,
+            Refused::ReadOnly => libsqlite3_sys::SQLITE_READONLY,
+            Refused::CantOpen => libsqlite3_sys::SQLITE_CANTOPEN,
         }
     }
 

@@ -8,8 +8,9 @@
 //! memory, not in a `-shm` that cannot be shared) and then `journal_mode=DELETE`, which
 //! checkpoints every committed frame into the database and removes the WAL.
 //!
-//! May use `crate::lock`, `crate::detect`, `crate::client_cache`, `crate::sys`, and SQLite (through
-//! rusqlite) on the native `unix` VFS.
+//! May use `crate::lock`, `crate::detect`, `crate::client_cache`, `crate::sys`, and SQLite on
+//! the native `unix` VFS through `crate::vfs::conn` (a raw connection, so that the loadable
+//! extension, which has no rusqlite, converts too).
 
 use std::io;
 use std::os::fd::AsFd;
@@ -167,23 +168,22 @@ fn convert(db: &Path, refresh: SizeRefresh) -> Result<(), String> {
     crate::client_cache::open_revalidated(&wal, refresh)
         .map_err(|e| fail("stat of the WAL", &e))?;
     crate::client_cache::open_revalidated(db, refresh).map_err(|e| fail("stat", &e))?;
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags_and_vfs(db, flags, c"unix")
-        .map_err(|e| fail("open", &e))?;
+    // The one call up to the boundary layer: a raw SQLite connection is SQLite-facing
+    // unsafe code, kept with the rest of it.
+    let conn = crate::vfs::conn::Connection::open(db, c"unix").map_err(|e| fail("open", &e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| fail("busy timeout", &e))?;
-    let mode: String = conn
-        .query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))
+    let mode = conn
+        .pragma(c"PRAGMA locking_mode=EXCLUSIVE")
         .map_err(|e| fail("locking_mode", &e))?;
     debug_assert_eq!(mode, "exclusive");
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+    let mode = conn
+        .pragma(c"PRAGMA journal_mode=DELETE")
         .map_err(|e| fail("journal_mode", &e))?;
     if mode != "delete" {
         return Err(fail("journal_mode", &format!("SQLite kept {mode:?}")));
     }
-    conn.close().map_err(|(_, e)| fail("close", &e))?;
+    conn.close().map_err(|e| fail("close", &e))?;
     // The -shm of a past native session is useless now, and a -wal (if SQLite left one) is empty.
     for leftover in [sibling(db, "-shm"), wal] {
         match std::fs::remove_file(&leftover) {

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::ffi::c_int;
 use std::io;
 
-use rusqlite::ffi;
+use libsqlite3_sys as ffi;
 
 pub use super::shim::{BaseFile, FileControl, ReportOut, TextOut};
 use crate::lock::LockError;

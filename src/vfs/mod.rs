@@ -7,9 +7,10 @@
 //! | this one | registering the `sqlite3_vfs`, its callbacks (`xOpen`, `xDelete`, `xAccess`, the rest forwarded to `unix`), the auto-extension that reports refused opens and runs `netfs_check=` |
 //! | [`shim`] | the generic file shim: one allocation layout and one method table per file type, each callback once; the safe handles files get |
 //! | [`file`] | the safe contract a file implements ([`file::SqliteFile`]), its errors and their result codes |
+//! | [`conn`] | a private connection on raw SQLite calls (the WAL conversion's), so the shim needs no binding beyond libsqlite3-sys |
 //!
 //! May use `crate::network` (the open decision and the files), `crate::integrity` (the check at
-//! open) and `rusqlite::ffi`.
+//! open) and libsqlite3-sys.
 //!
 //! # What each file allocation holds
 //! SQLite allocates `szOsFile` bytes per open file and passes the pointer to `xOpen`.
@@ -23,6 +24,7 @@
 //!   with the base VFS's own file object, which does the I/O, in the same allocation.
 #![allow(unsafe_code)]
 
+pub mod conn;
 pub mod file;
 pub mod shim;
 
@@ -33,16 +35,13 @@ use std::path::Path;
 use std::ptr;
 use std::sync::Once;
 
+use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
-use rusqlite::ffi;
 
 use crate::network::journal::{Companion, FencedJournal};
 use crate::network::opening::{OpenPlan, OpenRequest};
 use crate::{Error, Options};
-use shim::{
-    BaseFile, NETFS_FCNTL_NETWORK_MODE, NETFS_FCNTL_OPEN_ERROR, OpenErrorReport, guarded,
-    sqlite_string,
-};
+use shim::{BaseFile, NETFS_FCNTL_OPEN_ERROR, OpenErrorReport, guarded, sqlite_string};
 
 /// The state of one registered VFS, leaked: SQLite keeps pointers to it forever.
 struct VfsState {
@@ -130,8 +129,25 @@ pub fn register(options: Options, make_default: bool) -> Result<(), Error> {
 fn install_open_error_reporter() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        #[cfg(not(feature = "loadable_extension"))]
+        let entry = report_refused_open;
+        // The routines table declares the entry point as `void(*)(void)`; SQLite calls it
+        // with the three arguments all the same (loadext.c casts it back).
+        #[cfg(feature = "loadable_extension")]
+        // SAFETY: a cast between function pointer types, as sqlite3ext.h's declaration asks;
+        // SQLite calls the pointer with `report_refused_open`'s own signature.
+        let entry = unsafe {
+            std::mem::transmute::<
+                unsafe extern "C" fn(
+                    *mut ffi::sqlite3,
+                    *mut *mut c_char,
+                    *const ffi::sqlite3_api_routines,
+                ) -> c_int,
+                unsafe extern "C" fn(),
+            >(report_refused_open)
+        };
         // SAFETY: the entry point has the signature SQLite expects and lives forever.
-        let rc = unsafe { ffi::sqlite3_auto_extension(Some(report_refused_open)) };
+        let rc = unsafe { ffi::sqlite3_auto_extension(Some(entry)) };
         if rc != ffi::SQLITE_OK {
             tracing::warn!(rc, "cannot install the open-error reporter; refused opens will say only 'unable to open database file'");
         }
@@ -214,12 +230,24 @@ unsafe fn check_integrity_at_open(db: *mut ffi::sqlite3, err_msg: *mut *mut c_ch
     let path = unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned();
+    #[cfg(feature = "rusqlite")]
     // SAFETY: `db` stays open for this whole call, and a Connection made by from_handle
     // never closes the handle.
     let Ok(conn) = (unsafe { rusqlite::Connection::from_handle(db) }) else {
         return ffi::SQLITE_OK;
     };
-    match crate::integrity::check_at_open(&conn, value, &path) {
+    #[cfg(feature = "rusqlite")]
+    let verdict = crate::integrity::check_at_open(&conn, value, &path);
+    // The loadable extension has no rusqlite (the checks are written with it): refuse rather
+    // than open a database whose check was asked for and not run.
+    #[cfg(not(feature = "rusqlite"))]
+    let verdict = Err::<(), _>((
+        ffi::SQLITE_CANTOPEN,
+        format!(
+            "netfs: {path}: netfs_check={value} cannot run in the loadable extension; check with `sqlite-netfs doctor --check` and open without netfs_check="
+        ),
+    ));
+    match verdict {
         Ok(()) => ffi::SQLITE_OK,
         Err((code, message)) => {
             if !err_msg.is_null() {
@@ -232,6 +260,7 @@ unsafe fn check_integrity_at_open(db: *mut ffi::sqlite3, err_msg: *mut *mut c_ch
 }
 
 /// Whether the main database of `conn` is open in network mode through this shim.
+#[cfg(feature = "rusqlite")]
 pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
     let mut active: c_int = 0;
     // SAFETY: the handle is valid while `conn` is borrowed; only our network files answer
@@ -240,7 +269,7 @@ pub fn network_mode_active(conn: &rusqlite::Connection) -> bool {
         ffi::sqlite3_file_control(
             conn.handle(),
             c"main".as_ptr(),
-            NETFS_FCNTL_NETWORK_MODE,
+            shim::NETFS_FCNTL_NETWORK_MODE,
             &mut active as *mut c_int as *mut c_void,
         )
     };

@@ -22,7 +22,7 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 
-use rusqlite::ffi;
+use libsqlite3_sys as ffi;
 
 use super::file::{FileError, Request, SqliteFile, result_code};
 use crate::lock::protocol::Level;

@@ -190,12 +190,41 @@ pub fn spawn(job: &Job, extra_env: &[(&str, &str)]) -> Child {
 }
 
 /// Where a worker process runs: on this machine, or in a QEMU guest (another kernel, with its
-/// own filesystem client).
+/// own filesystem client), or as another program on this machine (a worker in another
+/// language, `tests/lang/`), which reads the same job and writes the same logs.
 #[derive(Debug, Clone, Default)]
 pub enum Place {
     #[default]
     Here,
     Guest(GuestAgent),
+    Program(Program),
+}
+
+/// A worker program and its arguments; it finds its job in `SQLITE_NETFS_TEST_JOB`.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Program {
+    /// Starts the program on `job`; its standard error goes to `<log>.stderr`.
+    fn spawn(&self, job: &Job, extra_env: &[(&str, &str)]) -> Child {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .env(JOB_ENV, job.encode())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(append_beside(&job.out, ".stderr"));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", self.argv))
+    }
 }
 
 /// A running worker process, wherever it runs.
@@ -209,6 +238,7 @@ impl Place {
         match self {
             Place::Here => Running::Here(spawn(job, extra_env)),
             Place::Guest(agent) => Running::Guest(agent.spawn_worker(job, extra_env)),
+            Place::Program(program) => Running::Here(program.spawn(job, extra_env)),
         }
     }
 }

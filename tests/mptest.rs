@@ -5,8 +5,10 @@
 //! process and in every client it starts. Each run uses `--vfs netfs`.
 //!
 //! `multiwrite01.test` (five clients writing their own tables at once, then checking each
-//! other's) runs in forced network mode on a local disk and on the sshfs testbed. The other
-//! scripts are not run here; README ("Where it is proven") says why.
+//! other's) runs in forced network mode on a local disk and on the sshfs testbed;
+//! `crash01.test` (a client dies mid-transaction; the others roll its journal back) and
+//! `config02.test` (that crash under other settings) on a local disk in forced network mode.
+//! README ("Where it is proven") says what the other scripts do, and `crash01` on sshfs.
 
 mod common;
 
@@ -111,12 +113,12 @@ fn run_script(dir: &Path, script: &str, env: &[(&str, &str)]) -> (bool, u64, u64
     (out.status.success(), errors, tests, log)
 }
 
-fn multiwrite01_passes(dir: &Path, env: &[(&str, &str)]) {
-    let (ok, errors, tests, log) = run_script(dir, "multiwrite01.test", env);
+fn script_passes(script: &str, dir: &Path, env: &[(&str, &str)]) {
+    let (ok, errors, tests, log) = run_script(dir, script, env);
     let tail: Vec<&str> = log.lines().filter(|l| !l.starts_with("-D")).collect();
     assert!(
         ok && errors == 0 && tests > 0,
-        "{errors} errors out of {tests} tests:\n{}",
+        "{script}: {errors} errors out of {tests} tests:\n{}",
         tail.join("\n")
     );
     // The database went through the shim in network mode: its lock table is beside it.
@@ -126,7 +128,7 @@ fn multiwrite01_passes(dir: &Path, env: &[(&str, &str)]) {
 #[test]
 fn mptest_multiwrite01_passes_in_forced_network_mode_on_a_local_disk() {
     let dir = tempfile::tempdir().unwrap();
-    multiwrite01_passes(dir.path(), &[("SQLITE_NETFS", "on")]);
+    script_passes("multiwrite01.test", dir.path(), &[("SQLITE_NETFS", "on")]);
 }
 
 #[test]
@@ -136,5 +138,20 @@ fn mptest_multiwrite01_passes_on_sshfs() {
     };
     let dir = testbed.mount_a().join("mptest");
     std::fs::create_dir_all(&dir).unwrap();
-    multiwrite01_passes(&dir, &[]);
+    script_passes("multiwrite01.test", &dir, &[]);
+}
+
+/// A client dies in the middle of a large transaction; the others find its journal hot, and
+/// one of them must get EXCLUSIVE to roll it back while all of them keep retrying.
+#[test]
+fn mptest_crash01_passes_in_forced_network_mode_on_a_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    script_passes("crash01.test", dir.path(), &[("SQLITE_NETFS", "on")]);
+}
+
+/// The same crash under other page sizes and journal settings.
+#[test]
+fn mptest_config02_passes_in_forced_network_mode_on_a_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    script_passes("config02.test", dir.path(), &[("SQLITE_NETFS", "on")]);
 }

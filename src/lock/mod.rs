@@ -431,8 +431,15 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         let lingers = match (self.level, to) {
             // The end of a read transaction; not the end of a write, whose deferred
-            // downgrade to SHARED is owed and is published now, in the same edit.
-            (Level::Shared, Level::None) => !changed_file && self.owed_since.is_none(),
+            // downgrade to SHARED is owed and is published now, in the same edit. Nor the
+            // end of a refused hot-journal rollback (SHARED to EXCLUSIVE): every connection
+            // that found the journal hot wants every other SHARED gone, and retries sooner
+            // than a lingering one would leave (SQLite's mptest crash01 stalled so).
+            (Level::Shared, Level::None) => {
+                !changed_file
+                    && self.owed_since.is_none()
+                    && self.last_refused != Some(Level::Exclusive)
+            }
             (from, Level::Shared) => from >= Level::Reserved,
             _ => false,
         };
@@ -1229,6 +1236,25 @@ pub(crate) mod tests {
         assert!(matches!(writer.confirm_held(), Err(LockError::LeaseLost)));
         assert!(writer.lease_expired(), "I/O stays refused");
         assert!(matches!(writer.confirm_held(), Err(LockError::LeaseLost)));
+    }
+
+    #[test]
+    fn readers_refused_a_hot_journal_rollback_let_go_of_shared_at_once() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut a = client(&files, &env, "h1", 1);
+        let mut b = client(&files, &env, "h2", 2);
+        // Both find the journal hot and ask for EXCLUSIVE straight from SHARED.
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        assert!(granted(b.lock(Level::Shared).unwrap()));
+        assert_eq!(a.lock(Level::Exclusive).unwrap(), Acquired::Busy);
+        assert_eq!(b.lock(Level::Exclusive).unwrap(), Acquired::Busy);
+        // SQLite lets go of SHARED and retries: nothing lingers.
+        a.unlock(Level::None, false).unwrap();
+        b.unlock(Level::None, false).unwrap();
+        assert!(table_of(&files).holders.is_empty());
+        // So the first to come back rolls the journal back.
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        assert!(granted(a.lock(Level::Exclusive).unwrap()));
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! |------------------------------------------|--------------------------------|--------------|
 //! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
 //! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
-//! | any other                                | the release                    | this edit |
+//! | any other, and SHARED → NONE after a refused hot-journal rollback (EXCLUSIVE from SHARED) | the release | this edit |
 //!
 //! A lingering SHARED entry serves the next read transaction after a latch-free look at the
 //! table ([`LockTable::shared_reusable_by`]); no writer can pass it meanwhile.

@@ -22,14 +22,7 @@ fn shim_keeps_every_commit_of_two_kernel_cifs_clients() {
     let Some(tb) = testbed_or_skip(VmTestbed::cifs(2)) else {
         return;
     };
-    let report = stress::run(&tb.stress_plan("vm-cifs-shim", "netfs", 40), &[]);
-    assert!(report.correct(), "{}", report.summary());
-    assert_eq!(report.acknowledged, 4 * 40);
-    assert!(report.reader_checks > 0, "{}", report.summary());
-    assert!(
-        tb.server_dir().join("vm-cifs-shim.db-netfs-table").exists(),
-        "auto mode in the guests must have chosen network mode (its lock table is missing)"
-    );
+    tb.assert_shim_keeps_every_commit("vm-cifs-shim");
 }
 
 #[test]

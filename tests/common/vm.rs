@@ -330,6 +330,22 @@ impl VmTestbed {
             .collect()
     }
 
+    /// Runs the acceptance workload through the shim in auto mode (40 transactions per
+    /// writer) and asserts what every kernel client must give: every acknowledged commit
+    /// kept, no error but BUSY, a reader that read, and network mode chosen in the guests.
+    pub fn assert_shim_keeps_every_commit(&self, label: &str) {
+        let report = super::stress::run(&self.stress_plan(label, "netfs", 40), &[]);
+        assert!(report.correct(), "{}", report.summary());
+        assert_eq!(report.acknowledged, 4 * 40);
+        assert!(report.reader_checks > 0, "{}", report.summary());
+        assert!(
+            self.server_dir()
+                .join(format!("{label}.db-netfs-table"))
+                .exists(),
+            "auto mode in the guests must have chosen network mode (its lock table is missing)"
+        );
+    }
+
     /// The acceptance workload across the guests: two writers per guest (writer `i` on guest
     /// `i % guests`) and a reader, `transactions` each, `PRAGMA journal_mode=WAL` asked first.
     pub fn stress_plan(&self, label: &str, vfs: &str, transactions: u32) -> StressPlan {

@@ -136,25 +136,14 @@ fn warn_once_untouchable(path: &Path, e: &io::Error) {
 pub fn retry_path_resolution<E: PartialEq>(
     cantopen: E,
     path: &Path,
-    mut resolve: impl FnMut() -> Result<(), E>,
+    resolve: impl FnMut() -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match resolve() {
-            Err(e) if e == cantopen && pause <= Duration::from_millis(1024) => {
-                let passing = match std::fs::symlink_metadata(path) {
-                    Ok(_) => true,
-                    Err(lookup) => lookup.raw_os_error() == Some(libc::EIO),
-                };
-                if !passing {
-                    return Err(e);
-                }
-                std::thread::sleep(pause);
-                pause *= 2;
-            }
-            result => return result,
+    retry_cantopen_while(cantopen, resolve, || {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => true,
+            Err(lookup) => lookup.raw_os_error() == Some(libc::EIO),
         }
-    }
+    })
 }
 
 /// Runs an open of the base VFS again while it fails with `cantopen`, for about two seconds:
@@ -162,12 +151,25 @@ pub fn retry_path_resolution<E: PartialEq>(
 /// `SQLITE_CANTOPEN`. A failed base open leaves its file untouched, so it can be tried again.
 pub fn retry_cantopen<E: PartialEq>(
     cantopen: E,
-    mut open: impl FnMut() -> Result<(), E>,
+    open: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
+    retry_cantopen_while(cantopen, open, || true)
+}
+
+/// Runs `op` again while it fails with `cantopen` and `passing` says the failure may pass,
+/// with doubling pauses for about two seconds in all.
+fn retry_cantopen_while<E: PartialEq>(
+    cantopen: E,
+    mut op: impl FnMut() -> Result<(), E>,
+    mut passing: impl FnMut() -> bool,
 ) -> Result<(), E> {
     let mut pause = Duration::from_millis(2);
     loop {
-        match open() {
+        match op() {
             Err(e) if e == cantopen && pause <= Duration::from_millis(1024) => {
+                if !passing() {
+                    return Err(e);
+                }
                 std::thread::sleep(pause);
                 pause *= 2;
             }

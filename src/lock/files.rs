@@ -465,16 +465,19 @@ impl LockFiles for DirLockFiles {
     }
 
     fn remove(&self, name: LockFileName) -> io::Result<bool> {
-        if name == LockFileName::Table || self.style == TokenStyle::File {
-            return self.remove_path(name, &self.path(name), false);
+        match self.style {
+            _ if name == LockFileName::Table => self.remove_path(name, &self.path(name), false),
+            TokenStyle::File => self.remove_path(name, &self.path(name), false),
+            // Nothing inside to remove first: `rmdir` alone, one request per release.
+            TokenStyle::DirectoryWithAttribute => self.remove_path(name, &self.path(name), true),
+            TokenStyle::Directory => {
+                if !self.token_dir_exists(name)? {
+                    return Ok(false);
+                }
+                self.remove_path(name, &self.path(name).join(TOKEN_OWNER), false)?;
+                self.remove_path(name, &self.path(name), true)
+            }
         }
-        if !self.token_dir_exists(name)? {
-            return Ok(false);
-        }
-        if self.style == TokenStyle::Directory {
-            self.remove_path(name, &self.path(name).join(TOKEN_OWNER), false)?;
-        }
-        self.remove_path(name, &self.path(name), true)
     }
 
     fn describe(&self, name: LockFileName) -> String {

@@ -1,5 +1,5 @@
-//! QEMU guests as hosts with real kernel filesystem clients (NFS, CIFS, 9p), for the tests that
-//! FUSE testbeds cannot stand in for.
+//! QEMU guests as hosts with real kernel filesystem clients (NFS, CIFS, 9p, virtiofs), for the
+//! tests that FUSE testbeds cannot stand in for.
 //!
 //! Each guest boots Debian's kernel (TCG: KVM hangs on these machines) with a busybox
 //! initramfs built at test time from the installed packages. The host's root is shared
@@ -93,6 +93,9 @@ pub enum GuestFs {
     NineP { dir: PathBuf },
     /// The kernel CIFS client (SMB3), to the SMB testbed's Samba on the host.
     Cifs,
+    /// The host directory, shared by a `virtiofsd` per guest (as Docker Desktop and other
+    /// VM-backed containers do); QEMU then needs the guest's memory shared with it.
+    Virtiofs { dir: PathBuf },
 }
 
 /// One QEMU guest.
@@ -243,6 +246,8 @@ pub struct VmTestbed {
     ganesha: Option<Child>,
     /// The SMB testbed whose Samba the guests mount (its own FUSE mounts stay unused).
     samba: Option<super::testbed::TwoHostTestbed>,
+    /// One `virtiofsd` per virtiofs guest.
+    virtiofsd: Vec<Child>,
     /// The control directory; dropped last.
     root: tempfile::TempDir,
 }
@@ -261,6 +266,7 @@ impl VmTestbed {
             server_dir,
             ganesha: Some(ganesha),
             samba: None,
+            virtiofsd: Vec::new(),
             root,
         };
         let export = tb.server_dir.clone();
@@ -288,9 +294,29 @@ impl VmTestbed {
             server_dir: server_dir.clone(),
             ganesha: None,
             samba: None,
+            virtiofsd: Vec::new(),
             root,
         };
         tb.boot(1, &GuestFs::NineP { dir: server_dir })?;
+        Ok(tb)
+    }
+
+    /// `guests` guests that see one host directory through virtiofs, while the host sees it as
+    /// its local disk: the Docker Desktop shape, and with two guests, two VMs sharing it.
+    pub fn virtiofs(guests: usize) -> Result<VmTestbed, String> {
+        let root = control_dir()?;
+        let server_dir = root.path().join("shared");
+        mkdir(&server_dir)?;
+        let mut tb = VmTestbed {
+            kind: "vm-virtiofs",
+            guests: Vec::new(),
+            server_dir: server_dir.clone(),
+            ganesha: None,
+            samba: None,
+            virtiofsd: Vec::new(),
+            root,
+        };
+        tb.boot(guests, &GuestFs::Virtiofs { dir: server_dir })?;
         Ok(tb)
     }
 
@@ -303,6 +329,7 @@ impl VmTestbed {
             server_dir: samba.server_dir().to_owned(),
             ganesha: None,
             samba: Some(samba),
+            virtiofsd: Vec::new(),
             root: control_dir()?,
         };
         tb.boot(guests, &GuestFs::Cifs)?;
@@ -440,6 +467,19 @@ impl VmTestbed {
                         dir.display()
                     ));
                 }
+                GuestFs::Virtiofs { dir: shared } => {
+                    let socket = self.start_virtiofsd(shared, &dir)?;
+                    cmd.args([
+                        "-object",
+                        &format!("memory-backend-memfd,id=mem,size={GUEST_MEMORY_MB}M,share=on"),
+                        "-machine",
+                        "memory-backend=mem",
+                        "-chardev",
+                        &format!("socket,id=vfs,path={}", socket.display()),
+                        "-device",
+                        "vhost-user-fs-pci,chardev=vfs,tag=shared",
+                    ]);
+                }
             }
             cmd.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
                 .stdin(Stdio::null())
@@ -481,10 +521,46 @@ impl VmTestbed {
     }
 }
 
+impl VmTestbed {
+    /// Starts a `virtiofsd` serving `shared` to one guest and returns the socket QEMU
+    /// connects to. No sandbox: the tests run as root, and the daemon's namespaces and
+    /// seccomp filter are not what is under test.
+    fn start_virtiofsd(&mut self, shared: &Path, guest_dir: &Path) -> Result<PathBuf, String> {
+        let virtiofsd = find_bin("virtiofsd").map_err(|e| {
+            format!("{e} (Debian 12 has no package: `cargo install virtiofsd`, see .ci/install-testbed-deps)")
+        })?;
+        let socket = guest_dir.join("virtiofsd.sock");
+        let log = guest_dir.join("virtiofsd.log");
+        let child = Command::new(virtiofsd)
+            .arg("--shared-dir")
+            .arg(shared)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(["--sandbox", "none", "--seccomp", "none", "--xattr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("vm testbed: start virtiofsd: {e}"))?;
+        self.virtiofsd.push(child);
+        wait_until(Duration::from_secs(30), || socket.exists()).map_err(|()| {
+            format!(
+                "vm testbed: virtiofsd made no socket within 30 s:\n{}",
+                tail(&log, 20)
+            )
+        })?;
+        Ok(socket)
+    }
+}
+
 impl Drop for VmTestbed {
     fn drop(&mut self) {
         self.guests.clear();
         self.samba.take();
+        for mut d in self.virtiofsd.drain(..) {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
         if let Some(mut g) = self.ganesha.take() {
             let _ = g.kill();
             let _ = g.wait();
@@ -530,6 +606,9 @@ fn setup_script(fs: &GuestFs) -> String {
             "set -e\nmkdir -p {m}\n\
              mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,access=client shared {m}\n"
         ),
+        GuestFs::Virtiofs { .. } => {
+            format!("set -e\nmodprobe virtiofs\nmkdir -p {m}\nmount -t virtiofs shared {m}\n")
+        }
     }
 }
 

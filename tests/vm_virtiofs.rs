@@ -1,0 +1,37 @@
+//! Two QEMU guests as two hosts with the Linux kernel virtiofs client, each served the same
+//! host directory by its own `virtiofsd` (`common::vm`): two VMs sharing a data dir, as
+//! VM-backed containers do. The acceptance workload through the shim, and native SQLite's
+//! negative control. (A host on its local disk beside one guest: `mixed_views.rs`.)
+
+mod common;
+
+use common::stress;
+use common::testbed::testbed_or_skip;
+use common::vm::VmTestbed;
+
+#[test]
+#[ignore = "worker process entry point, spawned by the tests in this file"]
+fn worker_process() {
+    common::worker::run_from_env()
+}
+
+#[test]
+fn shim_keeps_every_commit_of_two_virtiofs_guests() {
+    let Some(tb) = testbed_or_skip(VmTestbed::virtiofs(2)) else {
+        return;
+    };
+    tb.assert_shim_keeps_every_commit("vm-virtiofs-shim");
+}
+
+#[test]
+fn native_sqlite_in_wal_mode_fails_across_two_virtiofs_guests() {
+    let Some(tb) = testbed_or_skip(VmTestbed::virtiofs(2)) else {
+        return;
+    };
+    let report = stress::expect_broken(tb.stress_plan("vm-virtiofs-native-wal", "unix", 40), 2);
+    assert!(
+        !report.correct(),
+        "native SQLite came through intact: the negative control has lost its teeth: {}",
+        report.summary()
+    );
+}

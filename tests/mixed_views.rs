@@ -282,7 +282,7 @@ fn sshfs_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_
 
 #[test]
 fn vm_9p_a_host_on_its_local_disk_joins_network_mode_when_its_guest_opened_the_database_first() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
         return;
     };
     host_follows_the_guest_into_network_mode(&Views::guest_of(&testbed), "guest-first");
@@ -290,7 +290,7 @@ fn vm_9p_a_host_on_its_local_disk_joins_network_mode_when_its_guest_opened_the_d
 
 #[test]
 fn vm_9p_started_together_host_first_the_guest_is_refused_at_open_and_nothing_is_lost() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
         return;
     };
     host_first_together_the_guest_is_refused_and_nothing_is_lost(
@@ -329,7 +329,7 @@ fn native_sqlite_breaks(views: &Views, label: &str) {
 
 #[test]
 fn vm_9p_native_sqlite_on_a_host_and_its_guest_breaks() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
         return;
     };
     native_sqlite_breaks(&Views::guest_of(&testbed), "vm-9p-native-wal");
@@ -337,7 +337,7 @@ fn vm_9p_native_sqlite_on_a_host_and_its_guest_breaks() {
 
 #[test]
 fn vm_9p_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
         return;
     };
     guest_is_refused_by_name_until_the_host_reopens(&Views::guest_of(&testbed), "host-first");

@@ -73,6 +73,8 @@ pub struct StressReport {
     pub reader_checks: u64,
     pub reader_torn: u64,
     pub killed_workers: u64,
+    /// Workers whose trace says another process judged them dead (they stalled for a lease).
+    pub judged_dead: u64,
     pub wall: Duration,
 }
 
@@ -89,10 +91,25 @@ impl StressReport {
             && self.killed_workers == 0
     }
 
+    /// As [`correct`](Self::correct), except that holders stalled for a whole lease may have
+    /// been judged dead and told so: every error is `SQLITE_IOERR_LOCK` (3850), and only
+    /// where some worker's trace says it was judged dead.
+    pub fn correct_but_for_stalled_holders(&self) -> bool {
+        let only_lease_lost = self
+            .errors
+            .keys()
+            .all(|k| k.trim_start_matches("reader:") == "SystemIoFailure(3850)");
+        let intact = StressReport {
+            errors: BTreeMap::new(),
+            ..self.clone()
+        };
+        intact.correct() && only_lease_lost && (self.errors.is_empty() || self.judged_dead > 0)
+    }
+
     pub fn summary(&self) -> String {
         let tps = self.acknowledged as f64 / self.wall.as_secs_f64().max(1e-9);
         format!(
-            "{}: acknowledged={} rows={:?} counter={:?} lost={} integrity={:?} errors={:?} busy_retries={} reader_checks={} torn={} killed={} wall={:.1}s ({:.0} txn/s) => {}",
+            "{}: acknowledged={} rows={:?} counter={:?} lost={} integrity={:?} errors={:?} busy_retries={} reader_checks={} torn={} killed={} judged_dead={} wall={:.1}s ({:.0} txn/s) => {}",
             self.label,
             self.acknowledged,
             self.rows,
@@ -104,6 +121,7 @@ impl StressReport {
             self.reader_checks,
             self.reader_torn,
             self.killed_workers,
+            self.judged_dead,
             self.wall.as_secs_f64(),
             tps,
             if self.correct() { "CORRECT" } else { "BROKEN" }
@@ -196,6 +214,7 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         }
     }
     report.wall = started.elapsed();
+    report.judged_dead = traces_saying(logs.path(), JUDGED_DEAD);
     std::fs::write(logs.path().join("stop"), b"").unwrap();
     for r in &mut readers {
         if !wait_or_kill(r, Instant::now() + Duration::from_secs(60)) {
@@ -265,6 +284,22 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
 
 /// A directory for one run's worker logs, in `root` (a directory every place sees at one
 /// path) or the system temp dir.
+/// What a worker's trace says when another process removed its lock as stale
+/// (`lock::LockError::LeaseLost`).
+const JUDGED_DEAD: &str = "another process judged this one dead";
+
+/// How many of the workers' traces in `dir` contain `text`.
+fn traces_saying(dir: &Path, text: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "trace"))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(text)))
+        .count() as u64
+}
+
 pub fn log_dir(root: Option<&Path>) -> tempfile::TempDir {
     match root {
         Some(root) => tempfile::tempdir_in(root),

@@ -364,14 +364,6 @@ fn vm_virtiofs_started_together_host_first_the_guest_is_refused_at_open_and_noth
 }
 
 #[test]
-fn vm_virtiofs_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::virtiofs(1)) else {
-        return;
-    };
-    guest_is_refused_by_name_until_the_host_reopens(&Views::guest_of(&testbed), "host-first");
-}
-
-#[test]
 fn vm_virtiofs_native_sqlite_on_a_host_and_its_guest_breaks() {
     let Some(testbed) = testbed_or_skip(VmTestbed::virtiofs(1)) else {
         return;

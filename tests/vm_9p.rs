@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::stress;
 use common::testbed::testbed_or_skip;
 use common::vm::VmTestbed;
@@ -42,7 +44,7 @@ fn workers_killed_inside_9p_guests_never_lose_an_acknowledged_commit() {
     let Some(tb) = testbed_or_skip(VmTestbed::nine_p(2)) else {
         return;
     };
-    vm_faults::kills_lose_nothing(&tb, "vm-9p-sigkill");
+    vm_faults::kills_lose_nothing(&tb, "vm-9p-sigkill", Duration::from_secs(45));
 }
 
 #[test]

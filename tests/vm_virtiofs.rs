@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::stress;
 use common::testbed::testbed_or_skip;
 use common::vm::VmTestbed;
@@ -43,7 +45,7 @@ fn workers_killed_inside_virtiofs_guests_never_lose_an_acknowledged_commit() {
     let Some(tb) = testbed_or_skip(VmTestbed::virtiofs(2)) else {
         return;
     };
-    vm_faults::kills_lose_nothing(&tb, "vm-virtiofs-sigkill");
+    vm_faults::kills_lose_nothing(&tb, "vm-virtiofs-sigkill", Duration::from_secs(45));
 }
 
 #[test]

@@ -19,12 +19,12 @@ fn fault_plan(tb: &VmTestbed, label: &str) -> FaultPlan {
     plan
 }
 
-/// Kills workers in both guests for 90 s (`SQLITE_NETFS_SOAK_SECS` lengthens it) and asserts
-/// that nothing acknowledged was lost, nothing torn, the file intact.
-pub fn kills_lose_nothing(tb: &VmTestbed, label: &str) {
+/// Kills workers in both guests for `window` (`SQLITE_NETFS_SOAK_SECS` lengthens it) and
+/// asserts that nothing acknowledged was lost, nothing torn, the file intact.
+pub fn kills_lose_nothing(tb: &VmTestbed, label: &str, window: Duration) {
     let plan = fault_plan(tb, label);
     let mut kills = KillPlan::sized(
-        Duration::from_secs(90),
+        window,
         (Duration::from_secs(2), Duration::from_secs(6)),
         LEASE,
     );

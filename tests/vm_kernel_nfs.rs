@@ -31,8 +31,6 @@ fn shim_keeps_every_commit_of_two_kernel_nfs_clients() {
 }
 
 #[test]
-#[ignore = "not yet proven clean: every commit kept in all four runs, but in one a reader got \
-            one SQLITE_IOERR_LOCK (not investigated); run it with --ignored"]
 fn shim_keeps_every_commit_of_two_kernel_nfsv3_clients_mounted_nolock() {
     let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "3")) else {
         return;

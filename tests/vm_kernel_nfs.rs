@@ -56,7 +56,7 @@ fn workers_killed_inside_the_guests_never_lose_an_acknowledged_commit() {
     let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "4.1")) else {
         return;
     };
-    vm_faults::kills_lose_nothing(&tb, "vm-nfs41-sigkill", Duration::from_secs(90));
+    vm_faults::kills_lose_nothing(&tb, "vm-nfs41-sigkill", Duration::from_secs(60));
 }
 
 #[test]

@@ -4,14 +4,15 @@
 //! pick native WAL, the other side network mode, and nothing would make them agree.
 //!
 //! Three setups: a QEMU guest that sees the host's directory through virtio-9p (the WSL
-//! shape, with the kernel's 9p client), one that sees it through virtiofs (the Docker Desktop
-//! and VM-backed container shape, with the kernel's virtiofs client), and the sshfs testbed,
+//! shape, with the kernel's 9p client), one that sees it through virtiofs (the VM-backed
+//! container shape: the Rust `virtiofsd` and the kernel's virtiofs client), and the sshfs testbed,
 //! whose server directory is the host's local disk and a mount the guest's view.
 //!
 //! | order        | what must happen |
 //! |--------------|------------------|
 //! | guest first  | its lock files make the host's shim choose network mode: both write, nothing lost |
-//! | host first, in WAL mode | the guest's open is refused with what to do; once the host reopens, both write |
+//! | host first, in WAL mode | the guest's open is refused with what to do; once the host reopens, both write (9p, sshfs) |
+//! | both at once, the host first | the guest's workers are refused at open; the host's commits are all kept (9p, virtiofs) |
 
 mod common;
 
@@ -299,7 +300,7 @@ fn vm_9p_started_together_host_first_the_guest_is_refused_at_open_and_nothing_is
     );
 }
 
-/// How long the native control's host writers wait for the guest's to begin.
+/// How long after the guest's writers the native control's host writers start.
 const NATIVE_HOST_DELAY: Duration = Duration::from_secs(3);
 
 /// The negative control: native SQLite on both sides, in WAL mode, as applications open
@@ -312,9 +313,9 @@ fn native_sqlite_breaks(views: &Views, label: &str) {
         "unix",
     );
     plan.places = vec![Place::Here, views.guest.clone()];
-    // The host's writers start once the guest's are writing: a guest process under TCG takes
-    // seconds to start, and the host's would otherwise be done before it begins (virtiofs:
-    // three runs of nothing but turns, every one intact).
+    // The host's writers start 3 s after the guest's: a guest process under TCG takes seconds
+    // to start, and the host's would otherwise be done before it begins (virtiofs: three runs
+    // of nothing but turns, every one intact).
     plan.start_after = vec![NATIVE_HOST_DELAY, Duration::ZERO];
     plan.log_root = views.log_root.clone();
     plan.journal_mode = "WAL".into();

@@ -7,7 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use common::stress;
 use common::testbed::testbed_or_skip;
 use common::vm::VmTestbed;
 use common::vm_faults::{self, GuestFault};
@@ -31,12 +30,7 @@ fn native_sqlite_in_wal_mode_fails_across_two_9p_guests() {
     let Some(tb) = testbed_or_skip(VmTestbed::nine_p(2)) else {
         return;
     };
-    let report = stress::expect_broken(tb.stress_plan("vm-9p-native-wal", "unix", 40), 2);
-    assert!(
-        !report.correct(),
-        "native SQLite came through intact: the negative control has lost its teeth: {}",
-        report.summary()
-    );
+    tb.assert_native_sqlite_breaks("vm-9p-native-wal");
 }
 
 #[test]

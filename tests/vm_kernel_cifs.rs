@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::stress;
 use common::testbed::testbed_or_skip;
 use common::vm::VmTestbed;
 
@@ -32,10 +31,5 @@ fn native_sqlite_in_wal_mode_fails_across_two_kernel_cifs_clients() {
     let Some(tb) = testbed_or_skip(VmTestbed::cifs(2)) else {
         return;
     };
-    let report = stress::expect_broken(tb.stress_plan("vm-cifs-native-wal", "unix", 40), 2);
-    assert!(
-        !report.correct(),
-        "native SQLite came through intact: the negative control has lost its teeth: {}",
-        report.summary()
-    );
+    tb.assert_native_sqlite_breaks("vm-cifs-native-wal");
 }

@@ -11,7 +11,6 @@ mod common;
 
 use std::time::Duration;
 
-use common::stress;
 use common::testbed::testbed_or_skip;
 use common::vm::VmTestbed;
 use common::vm_faults::{self, GuestFault};
@@ -43,12 +42,7 @@ fn native_sqlite_in_wal_mode_fails_across_two_kernel_nfs_clients() {
     let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "4.1")) else {
         return;
     };
-    let report = stress::expect_broken(tb.stress_plan("vm-nfs41-native-wal", "unix", 40), 2);
-    assert!(
-        !report.correct(),
-        "native SQLite came through intact: the negative control has lost its teeth: {}",
-        report.summary()
-    );
+    tb.assert_native_sqlite_breaks("vm-nfs41-native-wal");
 }
 
 #[test]

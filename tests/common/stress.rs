@@ -75,6 +75,8 @@ pub struct StressReport {
     pub killed_workers: u64,
     /// Workers whose trace says another process judged them dead (they stalled for a lease).
     pub judged_dead: u64,
+    /// Workers that met `SQLITE_IOERR_LOCK` without being judged dead.
+    pub unexplained_lock_errors: u64,
     pub wall: Duration,
 }
 
@@ -92,24 +94,34 @@ impl StressReport {
     }
 
     /// As [`correct`](Self::correct), except that holders stalled for a whole lease may have
-    /// been judged dead and told so: every error is `SQLITE_IOERR_LOCK` (3850), and only
-    /// where some worker's trace says it was judged dead.
+    /// been judged dead and told so: every error is `SQLITE_IOERR_LOCK` (3850), met only by
+    /// workers whose own trace says they were judged dead.
     pub fn correct_but_for_stalled_holders(&self) -> bool {
-        let only_lease_lost = self
+        let only_lock_errors = self
             .errors
             .keys()
-            .all(|k| k.trim_start_matches("reader:") == "SystemIoFailure(3850)");
+            .all(|k| k.trim_start_matches("reader:") == LOCK_ERROR);
         let intact = StressReport {
             errors: BTreeMap::new(),
             ..self.clone()
         };
-        intact.correct() && only_lease_lost && (self.errors.is_empty() || self.judged_dead > 0)
+        intact.correct() && only_lock_errors && self.unexplained_lock_errors == 0
+    }
+
+    fn verdict(&self) -> String {
+        if self.correct() {
+            "CORRECT".into()
+        } else if self.correct_but_for_stalled_holders() {
+            format!("CORRECT BUT FOR {} HOLDERS JUDGED DEAD", self.judged_dead)
+        } else {
+            "BROKEN".into()
+        }
     }
 
     pub fn summary(&self) -> String {
         let tps = self.acknowledged as f64 / self.wall.as_secs_f64().max(1e-9);
         format!(
-            "{}: acknowledged={} rows={:?} counter={:?} lost={} integrity={:?} errors={:?} busy_retries={} reader_checks={} torn={} killed={} judged_dead={} wall={:.1}s ({:.0} txn/s) => {}",
+            "{}: acknowledged={} rows={:?} counter={:?} lost={} integrity={:?} errors={:?} busy_retries={} reader_checks={} torn={} killed={} judged_dead={} unexplained_lock_errors={} wall={:.1}s ({:.0} txn/s) => {}",
             self.label,
             self.acknowledged,
             self.rows,
@@ -122,9 +134,10 @@ impl StressReport {
             self.reader_torn,
             self.killed_workers,
             self.judged_dead,
+            self.unexplained_lock_errors,
             self.wall.as_secs_f64(),
             tps,
-            if self.correct() { "CORRECT" } else { "BROKEN" }
+            self.verdict()
         )
     }
 }
@@ -214,7 +227,6 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         }
     }
     report.wall = started.elapsed();
-    report.judged_dead = traces_saying(logs.path(), JUDGED_DEAD);
     std::fs::write(logs.path().join("stop"), b"").unwrap();
     for r in &mut readers {
         if !wait_or_kill(r, Instant::now() + Duration::from_secs(60)) {
@@ -242,6 +254,19 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         }
     }
     report.acknowledged = acked.len() as u64;
+    let workers = (0..plan.writers)
+        .map(|i| format!("ack-{i}"))
+        .chain((0..plan.readers).map(|i| format!("reader-{i}")));
+    for name in workers {
+        let read = |ext: &str| {
+            std::fs::read_to_string(logs.path().join(format!("{name}{ext}"))).unwrap_or_default()
+        };
+        let judged_dead = read(".trace").contains(JUDGED_DEAD);
+        report.judged_dead += u64::from(judged_dead);
+        if read("").contains(LOCK_ERROR) && !judged_dead {
+            report.unexplained_lock_errors += 1;
+        }
+    }
     for i in 0..plan.readers {
         let log =
             std::fs::read_to_string(logs.path().join(format!("reader-{i}"))).unwrap_or_default();
@@ -282,24 +307,15 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
     report
 }
 
-/// A directory for one run's worker logs, in `root` (a directory every place sees at one
-/// path) or the system temp dir.
 /// What a worker's trace says when another process removed its lock as stale
 /// (`lock::LockError::LeaseLost`).
 const JUDGED_DEAD: &str = "another process judged this one dead";
 
-/// How many of the workers' traces in `dir` contain `text`.
-fn traces_saying(dir: &Path, text: &str) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "trace"))
-        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(text)))
-        .count() as u64
-}
+/// `SQLITE_IOERR_LOCK` as the workers write it in their logs.
+const LOCK_ERROR: &str = "SystemIoFailure(3850)";
 
+/// A directory for one run's worker logs, in `root` (a directory every place sees at one
+/// path) or the system temp dir.
 pub fn log_dir(root: Option<&Path>) -> tempfile::TempDir {
     match root {
         Some(root) => tempfile::tempdir_in(root),

@@ -93,8 +93,8 @@ pub enum GuestFs {
     NineP { dir: PathBuf },
     /// The kernel CIFS client (SMB3), to the SMB testbed's Samba on the host.
     Cifs,
-    /// The host directory, shared by a `virtiofsd` per guest (as Docker Desktop and other
-    /// VM-backed containers do); QEMU then needs the guest's memory shared with it.
+    /// The host directory, shared by a `virtiofsd` per guest (as VM-backed containers share
+    /// a host directory); QEMU then needs the guest's memory shared with it.
     Virtiofs { dir: PathBuf },
 }
 
@@ -286,30 +286,29 @@ impl VmTestbed {
     /// QEMU's server), while the host sees it as its local disk: the WSL `/mnt/c` and
     /// VM-backed container shape.
     pub fn nine_p(guests: usize) -> Result<VmTestbed, String> {
-        let root = control_dir()?;
-        let server_dir = root.path().join("shared");
-        mkdir(&server_dir)?;
-        let mut tb = VmTestbed {
-            kind: "vm-9p",
-            guests: Vec::new(),
-            server_dir: server_dir.clone(),
-            ganesha: None,
-            samba: None,
-            virtiofsd: Vec::new(),
-            root,
-        };
-        tb.boot(guests, &GuestFs::NineP { dir: server_dir })?;
-        Ok(tb)
+        VmTestbed::sharing_a_host_dir("vm-9p", guests, |dir| GuestFs::NineP { dir })
     }
 
-    /// `guests` guests that see one host directory through virtiofs, while the host sees it as
-    /// its local disk: the Docker Desktop shape, and with two guests, two VMs sharing it.
+    /// `guests` guests that see one host directory through virtiofs (each through its own
+    /// `virtiofsd`), while the host sees it as its local disk: the shape of VM-backed
+    /// containers whose data dir is a host directory (measured with the Rust `virtiofsd` under
+    /// QEMU, not Docker Desktop's own servers).
     pub fn virtiofs(guests: usize) -> Result<VmTestbed, String> {
+        VmTestbed::sharing_a_host_dir("vm-virtiofs", guests, |dir| GuestFs::Virtiofs { dir })
+    }
+
+    /// Guests that mount a directory of the control directory, which the host sees as its
+    /// local disk, through the filesystem `fs` makes of its path.
+    fn sharing_a_host_dir(
+        kind: &'static str,
+        guests: usize,
+        fs: impl FnOnce(PathBuf) -> GuestFs,
+    ) -> Result<VmTestbed, String> {
         let root = control_dir()?;
         let server_dir = root.path().join("shared");
         mkdir(&server_dir)?;
         let mut tb = VmTestbed {
-            kind: "vm-virtiofs",
+            kind,
             guests: Vec::new(),
             server_dir: server_dir.clone(),
             ganesha: None,
@@ -317,7 +316,7 @@ impl VmTestbed {
             virtiofsd: Vec::new(),
             root,
         };
-        tb.boot(guests, &GuestFs::Virtiofs { dir: server_dir })?;
+        tb.boot(guests, &fs(server_dir))?;
         Ok(tb)
     }
 
@@ -375,6 +374,18 @@ impl VmTestbed {
         assert!(
             report.correct_but_for_stalled_holders(),
             "{}",
+            report.summary()
+        );
+    }
+
+    /// The negative control: the acceptance workload through native SQLite in WAL mode, as
+    /// applications open their databases, must break (lost commits, corruption, torn reads
+    /// or errors) within two tries.
+    pub fn assert_native_sqlite_breaks(&self, label: &str) {
+        let report = super::stress::expect_broken(self.stress_plan(label, "unix", 40), 2);
+        assert!(
+            !report.correct(),
+            "native SQLite came through intact: the negative control has lost its teeth: {}",
             report.summary()
         );
     }
@@ -542,8 +553,8 @@ impl VmTestbed {
 
 impl VmTestbed {
     /// Starts a `virtiofsd` serving `shared` to one guest and returns the socket QEMU
-    /// connects to. No sandbox: the tests run as root, and the daemon's namespaces and
-    /// seccomp filter are not what is under test.
+    /// connects to. Without its sandbox and seccomp filter: they are not what is under test,
+    /// and its namespaces need privileges a CI container may not grant.
     fn start_virtiofsd(&mut self, shared: &Path, guest_dir: &Path) -> Result<PathBuf, String> {
         let virtiofsd = find_bin("virtiofsd").map_err(|e| {
             format!("{e} (Debian 12 has no package: `cargo install virtiofsd`, see .ci/install-testbed-deps)")
@@ -562,12 +573,22 @@ impl VmTestbed {
             .spawn()
             .map_err(|e| format!("vm testbed: start virtiofsd: {e}"))?;
         self.virtiofsd.push(child);
-        wait_until(Duration::from_secs(30), || socket.exists()).map_err(|()| {
-            format!(
-                "vm testbed: virtiofsd made no socket within 30 s:\n{}",
+        let daemon = self.virtiofsd.last_mut().expect("just pushed");
+        let exited = |d: &mut Child| d.try_wait().ok().flatten().is_some();
+        let _ = wait_until(Duration::from_secs(30), || {
+            socket.exists() || exited(daemon)
+        });
+        if !socket.exists() {
+            return Err(format!(
+                "vm testbed: virtiofsd made no socket ({}):\n{}",
+                if exited(daemon) {
+                    "it exited"
+                } else {
+                    "timed out after 30 s"
+                },
                 tail(&log, 20)
-            )
-        })?;
+            ));
+        }
         Ok(socket)
     }
 }

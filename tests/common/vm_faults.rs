@@ -10,7 +10,7 @@ use super::vm::{GANESHA_LEASE_SECS, VmTestbed};
 /// The shim's lease in the fault runs: how long a dead guest's locks stand.
 pub const LEASE: Duration = Duration::from_secs(5);
 
-/// Fault workers on both guests (even workers on the first), the reader on the second.
+/// Fault workers on both guests (even workers on the first), the reader on the first.
 fn fault_plan(tb: &VmTestbed, label: &str) -> FaultPlan {
     let mut plan = tb.fault_plan(label);
     plan.lease = Some(LEASE);
@@ -19,7 +19,7 @@ fn fault_plan(tb: &VmTestbed, label: &str) -> FaultPlan {
     plan
 }
 
-/// Kills workers in both guests for `window` (`SQLITE_NETFS_SOAK_SECS` lengthens it) and
+/// Kills workers in both guests for `window` (`SQLITE_NETFS_SOAK_SECS` replaces it) and
 /// asserts that nothing acknowledged was lost, nothing torn, the file intact.
 pub fn kills_lose_nothing(tb: &VmTestbed, label: &str, window: Duration) {
     let plan = fault_plan(tb, label);

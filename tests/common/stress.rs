@@ -84,12 +84,16 @@ impl StressReport {
     /// Everything a user could ask of a database: intact, nothing lost, nothing torn, no
     /// error but BUSY.
     pub fn correct(&self) -> bool {
+        self.intact() && self.errors.is_empty()
+    }
+
+    /// Intact, nothing lost, nothing torn, every worker ended: all of `correct` but errors.
+    fn intact(&self) -> bool {
         self.integrity == "ok"
             && self.lost == 0
             && self.rows == Some(self.acknowledged as i64)
             && self.counter == Some(self.acknowledged as i64)
             && self.reader_torn == 0
-            && self.errors.is_empty()
             && self.killed_workers == 0
     }
 
@@ -101,11 +105,7 @@ impl StressReport {
             .errors
             .keys()
             .all(|k| k.trim_start_matches("reader:") == LOCK_ERROR);
-        let intact = StressReport {
-            errors: BTreeMap::new(),
-            ..self.clone()
-        };
-        intact.correct() && only_lock_errors && self.unexplained_lock_errors == 0
+        self.intact() && only_lock_errors && self.unexplained_lock_errors == 0
     }
 
     fn verdict(&self) -> String {
@@ -236,7 +236,9 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
 
     let mut acked: HashSet<(i64, i64)> = HashSet::new();
     for i in 0..plan.writers {
-        let log = std::fs::read_to_string(logs.path().join(format!("ack-{i}"))).unwrap_or_default();
+        let name = format!("ack-{i}");
+        let log = std::fs::read_to_string(logs.path().join(&name)).unwrap_or_default();
+        attribute_lock_errors(&mut report, logs.path(), &name, &log);
         for line in log.lines() {
             if let Some(summary) = line.strip_prefix("# done ") {
                 for field in summary.split(' ') {
@@ -254,22 +256,10 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         }
     }
     report.acknowledged = acked.len() as u64;
-    let workers = (0..plan.writers)
-        .map(|i| format!("ack-{i}"))
-        .chain((0..plan.readers).map(|i| format!("reader-{i}")));
-    for name in workers {
-        let read = |ext: &str| {
-            std::fs::read_to_string(logs.path().join(format!("{name}{ext}"))).unwrap_or_default()
-        };
-        let judged_dead = read(".trace").contains(JUDGED_DEAD);
-        report.judged_dead += u64::from(judged_dead);
-        if read("").contains(LOCK_ERROR) && !judged_dead {
-            report.unexplained_lock_errors += 1;
-        }
-    }
     for i in 0..plan.readers {
-        let log =
-            std::fs::read_to_string(logs.path().join(format!("reader-{i}"))).unwrap_or_default();
+        let name = format!("reader-{i}");
+        let log = std::fs::read_to_string(logs.path().join(&name)).unwrap_or_default();
+        attribute_lock_errors(&mut report, logs.path(), &name, &log);
         for line in log.lines() {
             if let Some(summary) = line.strip_prefix("# reader ") {
                 for field in summary.split(' ') {
@@ -313,6 +303,17 @@ const JUDGED_DEAD: &str = "another process judged this one dead";
 
 /// `SQLITE_IOERR_LOCK` as the workers write it in their logs.
 const LOCK_ERROR: &str = "SystemIoFailure(3850)";
+
+/// Counts worker `name` as judged dead if its trace says so, and its `SQLITE_IOERR_LOCK`
+/// (in `log`) as unexplained if it was not.
+fn attribute_lock_errors(report: &mut StressReport, dir: &Path, name: &str, log: &str) {
+    let trace = std::fs::read_to_string(dir.join(format!("{name}.trace"))).unwrap_or_default();
+    let judged_dead = trace.contains(JUDGED_DEAD);
+    report.judged_dead += u64::from(judged_dead);
+    if log.contains(LOCK_ERROR) && !judged_dead {
+        report.unexplained_lock_errors += 1;
+    }
+}
 
 /// A directory for one run's worker logs, in `root` (a directory every place sees at one
 /// path) or the system temp dir.

@@ -340,6 +340,11 @@ impl VmTestbed {
         self.kind
     }
 
+    /// How long the file server keeps a dead client's state, where it keeps any (ganesha).
+    pub fn server_lease_secs(&self) -> Option<u32> {
+        self.ganesha.as_ref().map(|_| GANESHA_LEASE_SECS)
+    }
+
     pub fn server_dir(&self) -> &Path {
         &self.server_dir
     }
@@ -549,9 +554,7 @@ impl VmTestbed {
         }
         Ok(())
     }
-}
 
-impl VmTestbed {
     /// Starts a `virtiofsd` serving `shared` to one guest and returns the socket QEMU
     /// connects to. Without its sandbox and seccomp filter: they are not what is under test,
     /// and its namespaces need privileges a CI container may not grant.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::faults::{self, FaultPlan, FaultRun, KillPlan};
-use super::vm::{GANESHA_LEASE_SECS, VmTestbed};
+use super::vm::VmTestbed;
 
 /// The shim's lease in the fault runs: how long a dead guest's locks stand.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -99,11 +99,10 @@ pub fn recovery_after(tb: &mut VmTestbed, label: &str, fault: GuestFault) {
     );
     let report = run.finish(Duration::from_secs(180));
     report.print(label);
-    let server_lease = if tb.kind() == "vm-nfs" {
-        format!(" server_lease_s={GANESHA_LEASE_SECS}")
-    } else {
-        String::new()
-    };
+    let server_lease = tb
+        .server_lease_secs()
+        .map(|s| format!(" server_lease_s={s}"))
+        .unwrap_or_default();
     eprintln!(
         "FIGURES fault={label} testbed={} aimed_at_reserved={aimed} recovery_s={:.1} shim_lease_s={}{server_lease}",
         tb.kind(),

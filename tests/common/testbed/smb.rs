@@ -294,6 +294,7 @@ fn listeners_445() -> String {
         .unwrap_or_else(|e| format!("<ss failed: {e}>"))
 }
 
-/// Lines added to the share's `smb.conf` section, `;`-separated (e.g. `oplocks = no; smb2
-/// leases = no`), to try server settings when a failure is being chased.
+/// Lines added to the share's `smb.conf` section, `;`-separated (e.g. `oplocks = no; level2
+/// oplocks = no`; global settings such as `smb2 leases` are ignored there), to try server
+/// settings when a failure is being chased.
 pub const SMB_SHARE_OPTIONS_ENV: &str = "NETFS_TEST_SMB_SHARE_OPTIONS";

@@ -19,12 +19,27 @@
 //! # Lingering releases
 //! | unlock                                   | the table gets                 | published by |
 //! |------------------------------------------|--------------------------------|--------------|
+//! | EXCLUSIVE → SHARED or NONE (a commit), nobody in line | nothing: the lock is kept (see "Kept write locks") | the edit of a request that cannot reuse it; the heartbeat once somebody asks or after [`KEEP_IDLE`] idle; closing |
 //! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
 //! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | any other, and SHARED → NONE after a refused hot-journal rollback (EXCLUSIVE from SHARED) | the release | this edit |
 //!
 //! A lingering SHARED entry serves the next read transaction after a latch-free look at the
 //! table ([`LockTable::shared_reusable_by`]); no writer can pass it meanwhile.
+//!
+//! # Kept write locks
+//! | moment | the table | byte-range locks (network file) |
+//! |---|---|---|
+//! | a commit's unlocks, nobody in line at our last look | nothing: our entry stays EXCLUSIVE, its generation bump owed | stay at EXCLUSIVE |
+//! | the next transaction (read or write) | one latch-free look: our entry still EXCLUSIVE, written less than half a lease ago, no waiter line of another owner ([`LockTable::kept_reusable_by`]) → every level it asks is granted without an edit | unchanged |
+//! | that look finds a waiter, or our entry old or gone | the request's edit publishes the release with the bump, then the request | down to what SQLite holds |
+//! | idle: the heartbeat looks every [`KEEP_POLL`]; a waiter seen, or [`KEEP_IDLE`] idle | one edit: the release with the bump | down to what SQLite holds |
+//! | the heartbeat's renewals | the entry renewed every quarter lease, as any held lock | unchanged |
+//!
+//! A refused SHARED (from NONE) or RESERVED (from SHARED) is recorded as a waiter line; that
+//! is how a waiter asks a keeper to give way. Lines also order the turns: RESERVED waits for
+//! earlier lines, PENDING for refused readers (`protocol`). A waiter rewrites its line every
+//! quarter of [`WAITER_SILENCE`]; a line unchanged that long is dropped by whoever edits.
 //!
 //! # Staleness
 //! | holder                      | judged dead when                                         |

@@ -16,6 +16,20 @@
 //! | any -> SHARED      | always (downgrade)                             |                                   |
 //! | any -> NONE        | always (the entry is removed)                  |                                   |
 //!
+//! Besides holders, the table keeps waiter lines, oldest first: a refused NONE -> SHARED or
+//! SHARED -> RESERVED adds one for its owner (or raises the owner's line in place). A holder
+//! that keeps EXCLUSIVE across transactions (see `DbLock`) gives way when it sees a line of
+//! another owner. Lines also order the turns:
+//!
+//! | request | also refused while | the line afterwards |
+//! |---|---|---|
+//! | SHARED -> RESERVED | another owner's line still asking (SHARED or RESERVED) stands before ours | granted: removed |
+//! | RESERVED -> PENDING (the first step to EXCLUSIVE) | another owner's line asks for SHARED | |
+//! | NONE -> SHARED | | granted: kept in place as served (NONE), for the RESERVED a writer asks next; gone with the owner's NONE |
+//!
+//! A line is dropped by observers once unchanged for a while on their own clock (its owner
+//! rewrites it while it waits), or at once if its owner's process is gone.
+//!
 //! Invariants the table keeps after every transition:
 //! 1. at most one holder is RESERVED, PENDING or EXCLUSIVE ("the writer");
 //! 2. an EXCLUSIVE holder is the only holder;
@@ -23,7 +37,13 @@
 //!    to drain is not starved;
 //! 4. `generation` grows whenever a holder that may have changed the database file leaves
 //!    EXCLUSIVE (or is removed as stale), so a reader that sees an unchanged generation knows
-//!    its cached pages are still the file's pages.
+//!    its cached pages are still the file's pages; a kept EXCLUSIVE leaves it when given up;
+//! 5. a lingering SHARED entry is reused only where a fresh SHARED request would be granted;
+//! 6. a kept EXCLUSIVE is reused only where a fresh SHARED, RESERVED and EXCLUSIVE would all
+//!    be granted, and while no other owner's line asks for anything;
+//! 7. RESERVED is never granted past an earlier line of another owner still asking;
+//! 8. no new PENDING while another owner's line asks for SHARED, so a reader refused by one
+//!    writer gets its turn before the next writer shuts readers out.
 //!
 //! Entries carry a sequence number that the holder changes on every rewrite of its entry
 //! (transition or lease renewal). A holder on another host is judged dead when its entry has

@@ -10,7 +10,10 @@
 //!
 //! Besides the lock files, the file takes the same byte-range locks SQLite's `unix` VFS takes,
 //! as open-file-description locks (Linux). They do nothing across hosts, but they make a
-//! plain SQLite process on the same host (without this shim) wait for us and us for it.
+//! plain SQLite process on the same host (without this shim) wait for us and us for it. They
+//! follow the table, not SQLite: while the lock keeps EXCLUSIVE after a commit, they stay at
+//! EXCLUSIVE, and come down when the kept lock is given up (by the lock's hook, from the
+//! heartbeat thread or the next request), so a plain process cannot write meanwhile.
 //!
 //! May use `crate::lock`, `crate::client_cache`, `crate::sys`, `super::journal` (the permit it
 //! keeps current) and the file contract's errors (`crate::vfs::file`).

@@ -494,11 +494,12 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         Some(table.generation)
     }
 
-    /// Whether the heartbeat should look for waiters now: we keep EXCLUSIVE, SQLite is not
-    /// writing, and the last look is [`KEEP_POLL`] old.
+    /// Whether the heartbeat should look for waiters now: we keep EXCLUSIVE, SQLite holds
+    /// nothing (a waiter's turn comes between transactions), and the last look is
+    /// [`KEEP_POLL`] old.
     fn kept_look_due(&self) -> bool {
         self.keeping
-            && self.level <= Level::Shared
+            && self.level == Level::None
             && !self.asked
             && self.env.now().saturating_sub(self.looked_at) >= KEEP_POLL
     }

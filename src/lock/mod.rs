@@ -34,6 +34,7 @@
 //! | the next transaction (read or write) | one latch-free look: our entry still EXCLUSIVE, written less than half a lease ago, no waiter line of another owner ([`LockTable::kept_reusable_by`]) → every level it asks is granted without an edit | unchanged |
 //! | that look finds a waiter, or our entry old or gone | the request's edit publishes the release with the bump, then the request | down to what SQLite holds |
 //! | idle: the heartbeat looks every [`KEEP_POLL`]; a waiter seen, or [`KEEP_IDLE`] idle | one edit: the release with the bump | down to what SQLite holds |
+//! | inside a transaction that reused it, SQLite at RESERVED or less: the heartbeat looks every 2 × [`KEEP_POLL`]; a waiter seen | one edit: our entry down to SQLite's level (readers may read beside RESERVED, as SQLite promises), with the bump | down to what SQLite holds |
 //! | the heartbeat's renewals | the entry renewed every quarter lease, as any held lock | unchanged |
 //!
 //! A refused SHARED (from NONE) or RESERVED (from SHARED) is recorded as a waiter line; that
@@ -494,14 +495,20 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         Some(table.generation)
     }
 
-    /// Whether the heartbeat should look for waiters now: we keep EXCLUSIVE, SQLite holds
-    /// nothing (a waiter's turn comes between transactions), and the last look is
-    /// [`KEEP_POLL`] old.
+    /// Whether the heartbeat should look for waiters now: we keep EXCLUSIVE, SQLite has not
+    /// written the database file since (it holds RESERVED at most), and the last look is
+    /// [`KEEP_POLL`] old, twice that inside a transaction, which makes its own look at the
+    /// start.
     fn kept_look_due(&self) -> bool {
+        let every = if self.level == Level::None {
+            KEEP_POLL
+        } else {
+            KEEP_POLL * 2
+        };
         self.keeping
-            && self.level == Level::None
+            && self.level <= Level::Reserved
             && !self.asked
-            && self.env.now().saturating_sub(self.looked_at) >= KEEP_POLL
+            && self.env.now().saturating_sub(self.looked_at) >= every
     }
 
     /// Reads the table without the latch to see whether another owner asked for a turn
@@ -676,12 +683,13 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     /// Whether the heartbeat should publish an owed release now: it has lingered long
     /// enough for the connection to count as idle; a kept EXCLUSIVE once somebody asked for
-    /// a turn while SQLite is not writing, or once the connection has been idle for
-    /// [`KEEP_IDLE`].
+    /// a turn while SQLite holds RESERVED at most (it has not written the database file
+    /// since the last commit, whose bump goes out with the release), or once the connection
+    /// has been idle for [`KEEP_IDLE`].
     pub fn settle_due(&self) -> bool {
         let now = self.env.now();
         if self.keeping {
-            return self.level <= Level::Shared
+            return self.level <= Level::Reserved
                 && (self.asked
                     || self
                         .idle_since
@@ -714,6 +722,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// Publishes an owed release (see [`Self::unlock`]), a kept EXCLUSIVE included; `wait`
     /// bounds the wait for the latch.
     pub fn settle(&mut self, wait: Duration) -> Result<(), LockError> {
+        if self.keeping && self.level > Level::Reserved {
+            // SQLite may be writing the database file under it: it is given up at the end of
+            // the transaction.
+            return Ok(());
+        }
         if self.owed_since.is_some() || self.keeping {
             self.keeping = false;
             self.idle_since = None;
@@ -1408,6 +1421,32 @@ pub(crate) mod tests {
             assert!(granted(other.lock(Level::Shared).unwrap()));
             assert!(granted(other.lock(Level::Reserved).unwrap()));
         }
+    }
+
+    #[test]
+    fn a_reader_asking_inside_a_reused_transaction_reads_beside_its_reserved_within_25_ms() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        let released = record_kept_releases(&mut w);
+        assert!(write_transaction(&mut w));
+        // BEGIN IMMEDIATE on the kept lock; a reader elsewhere asks meanwhile.
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        let generation = table_of(&files).generation;
+        let took = heartbeat_for(&env, &mut w, LEASE, |w| !w.keeps());
+        assert!(took <= Duration::from_millis(25), "gave way after {took:?}");
+        assert_eq!(*released.lock(), [Level::Reserved]);
+        let table = table_of(&files);
+        assert_eq!(table.level_of(w.owner()), Level::Reserved);
+        assert!(table.generation > generation, "the kept commits are published");
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        // The commit then waits for the reader, as in SQLite.
+        assert_eq!(w.lock(Level::Exclusive).unwrap(), Acquired::Busy);
+        r.unlock(Level::None, false).unwrap();
+        r.settle(LATCH_WAIT).unwrap();
+        assert!(granted(w.lock(Level::Exclusive).unwrap()));
     }
 
     #[test]

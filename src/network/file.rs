@@ -129,7 +129,13 @@ impl NativeRangeLocks {
         if to >= self.level {
             return Ok(());
         }
-        if to == Level::Shared {
+        if to == Level::Reserved {
+            // A kept write lock given up inside a transaction that has only reserved.
+            if self.level >= Level::Exclusive {
+                self.set(RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
+            }
+            self.set(RangeLock::Unlock, PENDING_BYTE, 1)?;
+        } else if to == Level::Shared {
             if self.level >= Level::Exclusive {
                 self.set(RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
             }
@@ -940,6 +946,21 @@ mod tests {
         );
         a.unlock(Level::Shared).unwrap();
         assert!(c.lock(&fb, Level::Shared).unwrap());
+    }
+
+    #[test]
+    fn a_kept_exclusive_lowered_to_reserved_lets_readers_in_and_keeps_the_reservation() {
+        let (_dir, fa, fb) = two_handles();
+        let (mut a, mut b) = (NativeRangeLocks::new(true), NativeRangeLocks::new(true));
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(a.lock(&fa, level).unwrap());
+        }
+        assert!(!b.lock(&fb, Level::Shared).unwrap(), "a plain reader waits");
+        a.unlock(Level::Reserved).unwrap();
+        assert_eq!(a.level, Level::Reserved);
+        assert!(b.lock(&fb, Level::Shared).unwrap());
+        assert!(b.reserved_elsewhere(&fb).unwrap());
+        assert!(!b.lock(&fb, Level::Reserved).unwrap(), "still one writer");
     }
 
     #[test]

@@ -342,6 +342,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         self.level
     }
 
+    #[cfg(test)]
     pub fn owner(&self) -> &OwnerId {
         &self.me
     }
@@ -369,9 +370,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// Whether the heartbeat should rewrite our entry now.
     pub fn renewal_due(&self) -> bool {
         match self.renewed_at {
-            Some(at) if self.holds_entry() => {
-                self.env.now().saturating_sub(at) >= self.lease / 4
-            }
+            Some(at) if self.holds_entry() => self.env.now().saturating_sub(at) >= self.lease / 4,
             _ => false,
         }
     }
@@ -1381,7 +1380,10 @@ pub(crate) mod tests {
         }
         assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
         env.advance(KEEP_POLL);
-        assert!(!w.beat(), "no look for waiters while the transaction writes");
+        assert!(
+            !w.beat(),
+            "no look for waiters while the transaction writes"
+        );
         // Seen at the next look: the commit's unlocks go the usual way.
         w.look_for_waiters();
         let writes = table_writes(&files);
@@ -1417,7 +1419,10 @@ pub(crate) mod tests {
             assert_eq!(*released.lock(), [Level::None], "byte-range locks follow");
             let table = table_of(&files);
             assert!(table.holders.is_empty());
-            assert!(table.generation > generation, "readers must drop their caches");
+            assert!(
+                table.generation > generation,
+                "readers must drop their caches"
+            );
             assert!(granted(other.lock(Level::Shared).unwrap()));
             assert!(granted(other.lock(Level::Reserved).unwrap()));
         }
@@ -1440,7 +1445,10 @@ pub(crate) mod tests {
         assert_eq!(*released.lock(), [Level::Reserved]);
         let table = table_of(&files);
         assert_eq!(table.level_of(w.owner()), Level::Reserved);
-        assert!(table.generation > generation, "the kept commits are published");
+        assert!(
+            table.generation > generation,
+            "the kept commits are published"
+        );
         assert!(granted(r.lock(Level::Shared).unwrap()));
         // The commit then waits for the reader, as in SQLite.
         assert_eq!(w.lock(Level::Exclusive).unwrap(), Acquired::Busy);
@@ -1472,7 +1480,10 @@ pub(crate) mod tests {
         assert!(write_transaction(&mut w));
         let generation = table_of(&files).generation;
         let took = heartbeat_for(&env, &mut w, LEASE, |w| !w.keeps());
-        assert!(took >= KEEP_IDLE && took <= KEEP_IDLE + KEEP_POLL, "after {took:?}");
+        assert!(
+            took >= KEEP_IDLE && took <= KEEP_IDLE + KEEP_POLL,
+            "after {took:?}"
+        );
         let table = table_of(&files);
         assert!(table.holders.is_empty());
         assert_eq!(

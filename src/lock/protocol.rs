@@ -358,7 +358,12 @@ impl LockTable {
                     w.level = Level::None;
                 }
             }
-            Err(_) if matches!((have, want), (Level::None, Level::Shared) | (Level::Shared, Level::Reserved)) => {
+            Err(_)
+                if matches!(
+                    (have, want),
+                    (Level::None, Level::Shared) | (Level::Shared, Level::Reserved)
+                ) =>
+            {
                 self.wait_in_line(me, want, seq)
             }
             Err(_) => {}
@@ -444,9 +449,11 @@ impl LockTable {
                     }
                     // A reader refused while the last writer held PENDING or EXCLUSIVE gets
                     // its SHARED before the next writer shuts readers out again.
-                    if let Some(w) = self.waiters.iter().find(|w| {
-                        &w.owner != me && w.level == Level::Shared
-                    }) {
+                    if let Some(w) = self
+                        .waiters
+                        .iter()
+                        .find(|w| &w.owner != me && w.level == Level::Shared)
+                    {
                         return Err(Busy {
                             blocker: w.owner.clone(),
                             blocker_level: Level::None,
@@ -857,7 +864,10 @@ mod tests {
         }
         // 4. A writer leaving EXCLUSIVE moves the generation on.
         if before.level_of(o) == Level::Exclusive && t.level_of(o) < Level::Exclusive {
-            assert!(t.generation > before.generation, "no bump: {before:?} -> {t:?}");
+            assert!(
+                t.generation > before.generation,
+                "no bump: {before:?} -> {t:?}"
+            );
         }
         for p in all {
             // 5. A lingering SHARED is reused only where a fresh request would be granted.

@@ -110,9 +110,7 @@ impl NativeRangeLocks {
             Level::Reserved => self.set(RangeLock::Write, RESERVED_BYTE, 1)?,
             Level::Pending => self.set(RangeLock::Write, PENDING_BYTE, 1)?,
             Level::Exclusive => {
-                if self.level < Level::Pending
-                    && !self.set(RangeLock::Write, PENDING_BYTE, 1)?
-                {
+                if self.level < Level::Pending && !self.set(RangeLock::Write, PENDING_BYTE, 1)? {
                     return Ok(false);
                 }
                 self.level = self.level.max(Level::Pending);

@@ -121,6 +121,13 @@ pub const KEEP_IDLE: Duration = Duration::from_millis(500);
 /// EXCLUSIVE: with the heartbeat's own tick and one edit to give way, a waiter gets its turn
 /// within about 20 ms.
 pub const KEEP_POLL: Duration = Duration::from_millis(10);
+/// How long a connection first in line, holding nothing, waits inside a SHARED request for
+/// the holder in its way to leave before answering BUSY. SQLite's busy handler sleeps up to
+/// 100 ms between tries; without this wait, every writer behind the first waited out its
+/// sleep while the lock stood free for it.
+pub const TURN_WAIT: Duration = Duration::from_millis(100);
+/// How often that wait reads the table.
+const TURN_POLL: Duration = Duration::from_millis(2);
 /// A waiter line that stays unchanged this long on an observer's clock is dropped: its owner
 /// gave up or died. A waiting connection rewrites its line every quarter of it.
 pub const WAITER_SILENCE: Duration = Duration::from_secs(1);
@@ -406,6 +413,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         {
             return Ok(Acquired::Granted { generation });
         }
+        if want == Level::Shared && self.waiter_written_at.is_some() {
+            self.wait_for_turn();
+        }
         if self.last_refused == Some(want)
             && !self.waiter_renewal_due()
             && self.refused_at_a_glance(want)
@@ -541,6 +551,24 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             && let Some(hook) = &mut self.kept_released
         {
             hook(self.level);
+        }
+    }
+
+    /// First in line and holding nothing in the table: waits, reading the table without the
+    /// latch every [`TURN_POLL`], for the holder in the way to leave (at most [`TURN_WAIT`]),
+    /// so the turn is taken when it comes. Nothing of ours may be in the table meanwhile: a
+    /// lingering entry would keep that very holder from finishing.
+    fn wait_for_turn(&mut self) {
+        if self.level != Level::None || self.owed_since.is_some() || self.keeping {
+            return;
+        }
+        let start = self.env.now();
+        while self.env.now().saturating_sub(start) < TURN_WAIT {
+            match self.glance_at_table() {
+                Some(table) if table.first_in_line_behind_a_holder(&self.me) => {}
+                _ => return,
+            }
+            self.env.sleep(TURN_POLL);
         }
     }
 
@@ -1543,6 +1571,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_first_in_line_waits_for_its_turn_instead_of_answering_busy() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        assert!(write_transaction(&mut w));
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        // The holder gives way while r's retry waits (here: at once).
+        w.settle(LATCH_WAIT).unwrap();
+        let t0 = env.now();
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        assert!(env.now() - t0 < TURN_POLL, "no wait once the way is free");
+    }
+
+    #[test]
     fn reserved_goes_to_the_first_writer_refused() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let [mut a, mut b, mut c] = [1, 2, 3].map(|pid| client(&files, &env, "h1", pid));
@@ -2056,11 +2098,13 @@ pub(crate) mod tests {
         files
             .create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n")
             .unwrap();
+        // First in line, r waits for its turn reading the table, then answers BUSY.
         let t0 = env.now();
         assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        let waited = env.now() - t0;
         assert!(
-            env.now() - t0 < Duration::from_millis(1),
-            "retry went for the latch"
+            waited >= TURN_WAIT && waited < TURN_WAIT + TURN_POLL,
+            "retry went for the latch: {waited:?}"
         );
         files.remove(LockFileName::Latch).unwrap();
         // The writer dies: the glance suspects it, and the real edit removes it.

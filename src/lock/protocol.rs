@@ -523,6 +523,21 @@ impl LockTable {
             .any(|w| &w.owner != me && w.level > Level::None)
     }
 
+    /// Whether `me` is first in line, still asking, and kept from its turn only by a holder:
+    /// its turn comes as soon as that holder leaves.
+    pub fn first_in_line_behind_a_holder(&self, me: &OwnerId) -> bool {
+        let Some(line) = self.waiters.iter().find(|w| &w.owner == me) else {
+            return false;
+        };
+        let in_the_way = match line.level {
+            Level::None => return false,
+            Level::Shared => Level::Pending,
+            _ => Level::Reserved,
+        };
+        self.waiter_ahead(me, Level::Shared).is_none()
+            && self.first_other_at_least(me, in_the_way).is_some()
+    }
+
     /// Whether `me`'s EXCLUSIVE entry, kept after its last write transaction, may serve the
     /// next one as it is: it is still there and nobody else has asked for a turn. Nobody else
     /// then holds anything, so every request of a fresh transaction would be granted.

@@ -40,7 +40,10 @@
 //! A refused SHARED (from NONE) or RESERVED (from SHARED) is recorded as a waiter line; that
 //! is how a waiter asks a keeper to give way. Lines also order the turns: RESERVED waits for
 //! earlier lines, PENDING for refused readers (`protocol`). A waiter rewrites its line every
-//! quarter of [`WAITER_SILENCE`]; a line unchanged that long is dropped by whoever edits.
+//! quarter of [`WAITER_SILENCE`]; a line unchanged that long is dropped by whoever edits. The
+//! first in line, holding nothing, waits inside its SHARED request (reading the table every
+//! [`TURN_POLL`], at most [`TURN_WAIT`]) for the holder in its way to leave, so its turn is
+//! not spent in SQLite's busy-handler sleep.
 //!
 //! # Staleness
 //! | holder                      | judged dead when                                         |

@@ -1566,9 +1566,10 @@ pub(crate) mod tests {
         }
         let (min, max) = (commits.iter().min().unwrap(), commits.iter().max().unwrap());
         assert!(*min > 0, "a writer starved: {commits:?}");
-        // The writer that tries seven times less often still gets about half as many turns.
+        // The writer that tries seven times less often still gets over a third as many turns
+        // as the one that tries every time (without the order: under a sixth).
         assert!(
-            f64::from(*min) / f64::from(*max) >= 0.4,
+            f64::from(*min) / f64::from(*max) >= 1.0 / 3.0,
             "unfair: {commits:?}"
         );
     }

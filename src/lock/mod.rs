@@ -130,10 +130,11 @@ pub const KEEP_POLL: Duration = Duration::from_millis(10);
 /// 100 ms between tries; without this wait, every writer behind the first waited out its
 /// sleep while the lock stood free for it.
 pub const TURN_WAIT: Duration = Duration::from_millis(100);
-/// How often that wait reads the table, at most: twice as long as a read of it takes (a
-/// fraction of a millisecond on a local disk, about one on sshfs), so the waiting costs the
-/// file server at most half its time, and at least a quarter millisecond.
+/// The longest pause between two reads of the table in such a wait. The pause is twice as
+/// long as a read of the table takes (a fraction of a millisecond on a local disk, about one
+/// on sshfs), so a waiter takes at most a third of the file server's time.
 const TURN_POLL: Duration = Duration::from_millis(2);
+/// The shortest such pause.
 const TURN_POLL_MIN: Duration = Duration::from_micros(250);
 /// A waiter line that stays unchanged this long on an observer's clock is dropped: its owner
 /// gave up or died. A waiting connection rewrites its line every quarter of it.

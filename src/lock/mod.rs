@@ -136,6 +136,12 @@ pub const TURN_WAIT: Duration = Duration::from_millis(100);
 const TURN_POLL: Duration = Duration::from_millis(2);
 /// The shortest such pause.
 const TURN_POLL_MIN: Duration = Duration::from_micros(250);
+/// For this long after its RESERVED was refused, a connection in line is refused SHARED (at a
+/// glance, without an edit) while its RESERVED would still be refused: SQLite's
+/// `BEGIN IMMEDIATE` asks SHARED just before RESERVED, and that SHARED entry would only keep
+/// the writer ahead from EXCLUSIVE. Bounded, so a connection whose write failed can still read
+/// beside a writer's RESERVED, as SQLite promises, after at most this delay.
+const WRITER_IN_LINE: Duration = Duration::from_millis(200);
 /// A waiter line that stays unchanged this long on an observer's clock is dropped: its owner
 /// gave up or died. A waiting connection rewrites its line every quarter of it.
 pub const WAITER_SILENCE: Duration = Duration::from_secs(1);
@@ -250,6 +256,8 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     looked_at: Duration,
     /// Since when SQLite has held nothing while we keep EXCLUSIVE.
     idle_since: Option<Duration>,
+    /// When our last RESERVED request was refused (see [`WRITER_IN_LINE`]).
+    reserved_refused_at: Option<Duration>,
     /// Called with SQLite's level once a kept EXCLUSIVE is no longer in the table, so the
     /// byte-range locks held for it come down to that level.
     kept_released: Option<Box<dyn FnMut(Level) + Send>>,
@@ -322,6 +330,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             asked: false,
             looked_at: Duration::ZERO,
             idle_since: None,
+            reserved_refused_at: None,
             kept_released: None,
         }
     }
@@ -454,11 +463,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         if want == Level::Shared && self.waiter_written_at.is_some() {
             self.wait_for_turn();
+            if self.writer_in_line_refused_shared() {
+                return Ok(Acquired::Busy);
+            }
         }
         if self.last_refused == Some(want)
             && !self.waiter_renewal_due()
             && self.refused_at_a_glance(want)
         {
+            if want == Level::Reserved {
+                self.reserved_refused_at = Some(self.env.now());
+            }
             return Ok(Acquired::Busy);
         }
         let me = self.me.clone();
@@ -481,6 +496,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             Err(busy) => {
                 tracing::trace!(want = %want, blocker = %busy.blocker, blocker_level = %busy.blocker_level, "lock busy");
                 self.last_refused = Some(want);
+                if want == Level::Reserved {
+                    self.reserved_refused_at = Some(self.env.now());
+                }
                 Ok(Acquired::Busy)
             }
         }
@@ -611,6 +629,20 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             let took = self.env.now().saturating_sub(looked);
             self.env.sleep((took * 2).clamp(TURN_POLL_MIN, TURN_POLL));
         }
+    }
+
+    /// The rule of [`WRITER_IN_LINE`]: true if SHARED is to be refused now. Not when our line
+    /// is due for a rewrite, which only an edit makes.
+    fn writer_in_line_refused_shared(&mut self) -> bool {
+        let recent = self
+            .reserved_refused_at
+            .is_some_and(|at| self.env.now().saturating_sub(at) < WRITER_IN_LINE);
+        recent
+            && self.level == Level::None
+            && !self.waiter_renewal_due()
+            && self
+                .glance_at_table()
+                .is_some_and(|table| table.reserved_turn_not_yet(&self.me))
     }
 
     /// Whether our waiter line is due for a rewrite that shows we still wait.
@@ -1623,6 +1655,23 @@ pub(crate) mod tests {
         let t0 = env.now();
         assert!(granted(r.lock(Level::Shared).unwrap()));
         assert!(env.now() - t0 < TURN_POLL, "no wait once the way is free");
+    }
+
+    #[test]
+    fn a_writer_in_line_takes_no_shared_before_its_turn_but_may_read_soon_after() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut b = client(&files, &env, "h2", 2);
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
+        assert!(!sqlite_writer_step(&mut b), "in line behind w");
+        // BEGIN IMMEDIATE again at once: no SHARED entry to hold w's commit up.
+        assert_eq!(b.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert_eq!(table_of(&files).level_of(b.owner()), Level::None);
+        // Its write given up, b reads: beside w's RESERVED, once WRITER_IN_LINE has passed.
+        env.advance(WRITER_IN_LINE);
+        assert!(granted(b.lock(Level::Shared).unwrap()));
+        assert!(granted(w.lock(Level::Shared).unwrap()));
     }
 
     #[test]

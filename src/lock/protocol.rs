@@ -25,7 +25,7 @@
 //! |---|---|---|
 //! | SHARED -> RESERVED | another owner's line still asking (SHARED or RESERVED) stands before ours | granted: removed |
 //! | RESERVED -> PENDING (the first step to EXCLUSIVE) | another owner's line asks for SHARED | |
-//! | NONE -> SHARED | the owner's own line asks RESERVED, and RESERVED would be refused (its SHARED would only hold up the writer ahead) | granted: kept in place as served (NONE), for the RESERVED a writer asks next; gone with the owner's NONE |
+//! | NONE -> SHARED | | granted: kept in place as served (NONE), for the RESERVED a writer asks next; gone with the owner's NONE |
 //!
 //! A line is dropped by observers once unchanged for a while on their own clock (its owner
 //! rewrites it while it waits), or at once if its owner's process is gone.
@@ -510,24 +510,19 @@ impl LockTable {
         self.level_of(me) == Level::Shared && self.shared_blocker(me).is_none()
     }
 
-    /// What keeps `me` from SHARED: a writer at PENDING or above; or, for a writer in line
-    /// (its line asks RESERVED), whatever would refuse it RESERVED. Its SHARED entry would
-    /// only keep the writer ahead of it from EXCLUSIVE, as SQLite's `BEGIN IMMEDIATE` asks
-    /// SHARED just before RESERVED.
+    /// What keeps `me` from SHARED: a writer at PENDING or above.
     fn shared_blocker(&self, me: &OwnerId) -> Option<Busy> {
-        if let Some(busy) = self.first_other_at_least(me, Level::Pending) {
-            return Some(busy);
-        }
-        if self
-            .waiters
+        self.first_other_at_least(me, Level::Pending)
+    }
+
+    /// Whether `me`'s line asks RESERVED and RESERVED would still be refused (a holder at
+    /// RESERVED or above, or an earlier line still asking).
+    pub fn reserved_turn_not_yet(&self, me: &OwnerId) -> bool {
+        self.waiters
             .iter()
             .any(|w| &w.owner == me && w.level >= Level::Reserved)
-        {
-            return self
-                .first_other_at_least(me, Level::Reserved)
-                .or_else(|| self.waiter_ahead(me, Level::Shared));
-        }
-        None
+            && (self.first_other_at_least(me, Level::Reserved).is_some()
+                || self.waiter_ahead(me, Level::Shared).is_some())
     }
 
     /// Whether anybody but `me` holds RESERVED or above.

@@ -44,7 +44,8 @@
 //! first in line, holding nothing, waits inside its SHARED request (reading the table every
 //! [`TURN_POLL`], at most [`TURN_WAIT`]) for the holder in its way to leave, and a writer at
 //! PENDING waits so inside its EXCLUSIVE request for the readers to leave, so turns are not
-//! spent in SQLite's busy-handler sleeps.
+//! spent in SQLite's busy-handler sleeps. For [`WRITER_IN_LINE`] after its RESERVED was
+//! refused, a connection in line is refused SHARED while its RESERVED would still be refused.
 //!
 //! # Staleness
 //! | holder                      | judged dead when                                         |

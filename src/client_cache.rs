@@ -5,7 +5,8 @@
 //! |---|---|
 //! | a cached size (sshfs for up to 20 s, even for a forced `statx`; SMB and NFS for about 1 s) | [`SizeRefresh`]: a fresh open, then a forced `statx` or, on sshfs, an attribute change first; the cached pages are dropped with it |
 //! | a passing EIO under load (smbnetfs, for tens to hundreds of milliseconds) | [`retry_eio`]: idempotent requests again for about 2 s |
-//! | the same EIO on an open, which SQLite's `unix` VFS reports as `SQLITE_CANTOPEN` | [`retry_cantopen`] |
+//! | the same EIO on an open, which SQLite's `unix` VFS reports as `SQLITE_CANTOPEN` | [`retry_cantopen`]: for about 2 s |
+//! | EIO for seconds on a lookup of the database (smbnetfs), which SQLite's path resolution reports as `SQLITE_CANTOPEN` | [`retry_path_resolution`]: while the path answers a lookup or EIO, for up to 8 s |
 //!
 //! Used by the lock files (`crate::lock::files`), the network file, journal and WAL check
 //! (`crate::network`), and the VFS boundary's opens of companion files. May use `crate::sys`
@@ -16,7 +17,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Opens `path` for reading and makes the client refetch its size from the server; `None`
 /// if it does not exist.
@@ -128,8 +129,8 @@ fn warn_once_untouchable(path: &Path, e: &io::Error) {
 }
 
 /// Runs SQLite's path resolution of `path` again while it fails with `cantopen` and the path
-/// itself answers a lookup (or answers EIO), for about two seconds: SQLite's `unix` VFS
-/// reports a passing EIO of `lstat` as `SQLITE_CANTOPEN` before any open ("unable to open
+/// itself answers a lookup (or answers EIO), for up to [`PATH_EIO_PATIENCE`]: SQLite's `unix`
+/// VFS reports a passing EIO of `lstat` as `SQLITE_CANTOPEN` before any open ("unable to open
 /// database file"; smbnetfs answers lookups with EIO for seconds under contention, seen by
 /// every process restarted after a kill on the SMB testbed). A path that is really missing or
 /// forbidden is reported at once.
@@ -138,12 +139,15 @@ pub fn retry_path_resolution<E: PartialEq>(
     path: &Path,
     resolve: impl FnMut() -> Result<(), E>,
 ) -> Result<(), E> {
-    retry_cantopen_while(cantopen, resolve, || {
-        match std::fs::symlink_metadata(path) {
+    retry_cantopen_while(
+        cantopen,
+        PATH_EIO_PATIENCE,
+        resolve,
+        || match std::fs::symlink_metadata(path) {
             Ok(_) => true,
             Err(lookup) => lookup.raw_os_error() == Some(libc::EIO),
-        }
-    })
+        },
+    )
 }
 
 /// Runs an open of the base VFS again while it fails with `cantopen`, for about two seconds:
@@ -153,25 +157,39 @@ pub fn retry_cantopen<E: PartialEq>(
     cantopen: E,
     open: impl FnMut() -> Result<(), E>,
 ) -> Result<(), E> {
-    retry_cantopen_while(cantopen, open, || true)
+    retry_cantopen_while(cantopen, OPEN_PATIENCE, open, || true)
 }
 
+/// How long a failed open is tried again: any open, whether or not the failure can pass, so
+/// a real failure (a missing file, no permission) is not held up much longer.
+const OPEN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long a path resolution is tried again while the path answers a lookup or answers EIO:
+/// as long as a lock request waits through EIO. smbnetfs answered a reader's lookups of the
+/// database with EIO for 2.05 s in a CI run, one pause past two seconds of patience.
+const PATH_EIO_PATIENCE: Duration = Duration::from_secs(8);
+
+/// The longest pause between two tries.
+const MAX_PAUSE: Duration = Duration::from_millis(256);
+
 /// Runs `op` again while it fails with `cantopen` and `passing` says the failure may pass,
-/// with doubling pauses for about two seconds in all.
+/// with doubling pauses (at most [`MAX_PAUSE`]) until `patience` would be passed.
 fn retry_cantopen_while<E: PartialEq>(
     cantopen: E,
+    patience: Duration,
     mut op: impl FnMut() -> Result<(), E>,
     mut passing: impl FnMut() -> bool,
 ) -> Result<(), E> {
+    let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
         match op() {
-            Err(e) if e == cantopen && pause <= Duration::from_millis(1024) => {
+            Err(e) if e == cantopen && started.elapsed() + pause <= patience => {
                 if !passing() {
                     return Err(e);
                 }
                 std::thread::sleep(pause);
-                pause *= 2;
+                pause = (pause * 2).min(MAX_PAUSE);
             }
             result => return result,
         }
@@ -194,6 +212,20 @@ mod tests {
         });
         assert_eq!(result, Ok(()));
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_path_resolution_failing_for_longer_than_two_seconds_is_still_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let result = retry_path_resolution(CANTOPEN, dir.path(), || {
+            if started.elapsed() < Duration::from_millis(2500) {
+                Err(CANTOPEN)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(result, Ok(()));
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //! directory through 9p or virtiofs). Both sides use the shim in auto mode: the host would
 //! pick native WAL, the other side network mode, and nothing would make them agree.
 //!
-//! Two setups: a QEMU guest that sees the host's directory through virtio-9p (the WSL and
-//! VM-backed container shape, with the kernel's 9p client), and the sshfs testbed, whose
-//! server directory is the host's local disk and a mount the guest's view.
+//! Three setups: a QEMU guest that sees the host's directory through virtio-9p (the WSL
+//! shape, with the kernel's 9p client), one that sees it through virtiofs (the VM-backed
+//! container shape: the Rust `virtiofsd` and the kernel's virtiofs client), and the sshfs testbed,
+//! whose server directory is the host's local disk and a mount the guest's view.
 //!
 //! | order        | what must happen |
 //! |--------------|------------------|
 //! | guest first  | its lock files make the host's shim choose network mode: both write, nothing lost |
-//! | host first, in WAL mode | the guest's open is refused with what to do; once the host reopens, both write |
+//! | host first, in WAL mode | the guest's open is refused with what to do; once the host reopens, both write (9p, sshfs) |
+//! | both at once, the host first | the guest's workers are refused at open; the host's commits are all kept (9p, virtiofs) |
 
 mod common;
 
@@ -85,7 +87,8 @@ impl Views {
         }
     }
 
-    fn nine_p(testbed: &VmTestbed) -> Views {
+    /// The host's directory and the first guest's view of it (9p or virtiofs).
+    fn guest_of(testbed: &VmTestbed) -> Views {
         Views {
             host_dir: testbed.server_dir().to_owned(),
             guest_dir: GUEST_MOUNT.into(),
@@ -280,38 +283,40 @@ fn sshfs_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_
 
 #[test]
 fn vm_9p_a_host_on_its_local_disk_joins_network_mode_when_its_guest_opened_the_database_first() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
         return;
     };
-    host_follows_the_guest_into_network_mode(&Views::nine_p(&testbed), "guest-first");
+    host_follows_the_guest_into_network_mode(&Views::guest_of(&testbed), "guest-first");
 }
 
 #[test]
 fn vm_9p_started_together_host_first_the_guest_is_refused_at_open_and_nothing_is_lost() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
         return;
     };
     host_first_together_the_guest_is_refused_and_nothing_is_lost(
-        &Views::nine_p(&testbed),
+        &Views::guest_of(&testbed),
         "together-host-first",
     );
 }
 
+/// How long after the guest's writers the native control's host writers start.
+const NATIVE_HOST_DELAY: Duration = Duration::from_secs(3);
+
 /// The negative control: native SQLite on both sides, in WAL mode, as applications open
 /// their databases, must break (lost commits, corruption, torn reads or errors).
-#[test]
-fn vm_9p_native_sqlite_on_a_host_and_its_guest_breaks() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
-        return;
-    };
-    let views = Views::nine_p(&testbed);
+fn native_sqlite_breaks(views: &Views, label: &str) {
     let mut plan = StressPlan::new(
-        "vm-9p-native-wal",
+        label,
         vec![views.host_dir.clone(), views.guest_dir.clone()],
         views.host_dir.clone(),
         "unix",
     );
     plan.places = vec![Place::Here, views.guest.clone()];
+    // The host's writers start 3 s after the guest's: a guest process under TCG takes seconds
+    // to start, and the host's would otherwise be done before it begins (virtiofs: three runs
+    // of nothing but turns, every one intact).
+    plan.start_after = vec![NATIVE_HOST_DELAY, Duration::ZERO];
     plan.log_root = views.log_root.clone();
     plan.journal_mode = "WAL".into();
     plan.transactions = views.transactions;
@@ -324,11 +329,47 @@ fn vm_9p_native_sqlite_on_a_host_and_its_guest_breaks() {
 }
 
 #[test]
-fn vm_9p_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
-    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p()) else {
+fn vm_9p_native_sqlite_on_a_host_and_its_guest_breaks() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
         return;
     };
-    guest_is_refused_by_name_until_the_host_reopens(&Views::nine_p(&testbed), "host-first");
+    native_sqlite_breaks(&Views::guest_of(&testbed), "vm-9p-native-wal");
+}
+
+#[test]
+fn vm_9p_a_guest_is_refused_by_name_while_the_host_writes_in_wal_mode_and_joins_after() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {
+        return;
+    };
+    guest_is_refused_by_name_until_the_host_reopens(&Views::guest_of(&testbed), "host-first");
+}
+
+#[test]
+fn vm_virtiofs_a_host_on_its_local_disk_joins_network_mode_when_its_guest_opened_the_database_first()
+ {
+    let Some(testbed) = testbed_or_skip(VmTestbed::virtiofs(1)) else {
+        return;
+    };
+    host_follows_the_guest_into_network_mode(&Views::guest_of(&testbed), "guest-first");
+}
+
+#[test]
+fn vm_virtiofs_started_together_host_first_the_guest_is_refused_at_open_and_nothing_is_lost() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::virtiofs(1)) else {
+        return;
+    };
+    host_first_together_the_guest_is_refused_and_nothing_is_lost(
+        &Views::guest_of(&testbed),
+        "together-host-first",
+    );
+}
+
+#[test]
+fn vm_virtiofs_native_sqlite_on_a_host_and_its_guest_breaks() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::virtiofs(1)) else {
+        return;
+    };
+    native_sqlite_breaks(&Views::guest_of(&testbed), "vm-virtiofs-native-wal");
 }
 
 #[test]

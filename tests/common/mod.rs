@@ -6,6 +6,7 @@ pub mod scratch;
 pub mod stress;
 pub mod testbed;
 pub mod vm;
+pub mod vm_faults;
 pub mod worker;
 
 use std::path::Path;

@@ -73,6 +73,10 @@ pub struct StressReport {
     pub reader_checks: u64,
     pub reader_torn: u64,
     pub killed_workers: u64,
+    /// Workers whose trace says another process judged them dead (they stalled for a lease).
+    pub judged_dead: u64,
+    /// Workers that met `SQLITE_IOERR_LOCK` without being judged dead.
+    pub unexplained_lock_errors: u64,
     pub wall: Duration,
 }
 
@@ -80,19 +84,44 @@ impl StressReport {
     /// Everything a user could ask of a database: intact, nothing lost, nothing torn, no
     /// error but BUSY.
     pub fn correct(&self) -> bool {
+        self.intact() && self.errors.is_empty()
+    }
+
+    /// Intact, nothing lost, nothing torn, every worker ended: all of `correct` but errors.
+    fn intact(&self) -> bool {
         self.integrity == "ok"
             && self.lost == 0
             && self.rows == Some(self.acknowledged as i64)
             && self.counter == Some(self.acknowledged as i64)
             && self.reader_torn == 0
-            && self.errors.is_empty()
             && self.killed_workers == 0
+    }
+
+    /// As [`correct`](Self::correct), except that holders stalled for a whole lease may have
+    /// been judged dead and told so: every error is `SQLITE_IOERR_LOCK` (3850), met only by
+    /// workers whose own trace says they were judged dead.
+    pub fn correct_but_for_stalled_holders(&self) -> bool {
+        let only_lock_errors = self
+            .errors
+            .keys()
+            .all(|k| k.trim_start_matches("reader:") == LOCK_ERROR);
+        self.intact() && only_lock_errors && self.unexplained_lock_errors == 0
+    }
+
+    fn verdict(&self) -> String {
+        if self.correct() {
+            "CORRECT".into()
+        } else if self.correct_but_for_stalled_holders() {
+            format!("CORRECT BUT FOR {} HOLDERS JUDGED DEAD", self.judged_dead)
+        } else {
+            "BROKEN".into()
+        }
     }
 
     pub fn summary(&self) -> String {
         let tps = self.acknowledged as f64 / self.wall.as_secs_f64().max(1e-9);
         format!(
-            "{}: acknowledged={} rows={:?} counter={:?} lost={} integrity={:?} errors={:?} busy_retries={} reader_checks={} torn={} killed={} wall={:.1}s ({:.0} txn/s) => {}",
+            "{}: acknowledged={} rows={:?} counter={:?} lost={} integrity={:?} errors={:?} busy_retries={} reader_checks={} torn={} killed={} judged_dead={} unexplained_lock_errors={} wall={:.1}s ({:.0} txn/s) => {}",
             self.label,
             self.acknowledged,
             self.rows,
@@ -104,9 +133,11 @@ impl StressReport {
             self.reader_checks,
             self.reader_torn,
             self.killed_workers,
+            self.judged_dead,
+            self.unexplained_lock_errors,
             self.wall.as_secs_f64(),
             tps,
-            if self.correct() { "CORRECT" } else { "BROKEN" }
+            self.verdict()
         )
     }
 }
@@ -205,7 +236,9 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
 
     let mut acked: HashSet<(i64, i64)> = HashSet::new();
     for i in 0..plan.writers {
-        let log = std::fs::read_to_string(logs.path().join(format!("ack-{i}"))).unwrap_or_default();
+        let name = format!("ack-{i}");
+        let log = std::fs::read_to_string(logs.path().join(&name)).unwrap_or_default();
+        attribute_lock_errors(&mut report, logs.path(), &name, &log);
         for line in log.lines() {
             if let Some(summary) = line.strip_prefix("# done ") {
                 for field in summary.split(' ') {
@@ -224,8 +257,9 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
     }
     report.acknowledged = acked.len() as u64;
     for i in 0..plan.readers {
-        let log =
-            std::fs::read_to_string(logs.path().join(format!("reader-{i}"))).unwrap_or_default();
+        let name = format!("reader-{i}");
+        let log = std::fs::read_to_string(logs.path().join(&name)).unwrap_or_default();
+        attribute_lock_errors(&mut report, logs.path(), &name, &log);
         for line in log.lines() {
             if let Some(summary) = line.strip_prefix("# reader ") {
                 for field in summary.split(' ') {
@@ -261,6 +295,24 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         );
     }
     report
+}
+
+/// What a worker's trace says when another process removed its lock as stale
+/// (`lock::LockError::LeaseLost`).
+const JUDGED_DEAD: &str = "another process judged this one dead";
+
+/// `SQLITE_IOERR_LOCK` as the workers write it in their logs.
+const LOCK_ERROR: &str = "SystemIoFailure(3850)";
+
+/// Counts worker `name` as judged dead if its trace says so, and its `SQLITE_IOERR_LOCK`
+/// (in `log`) as unexplained if it was not.
+fn attribute_lock_errors(report: &mut StressReport, dir: &Path, name: &str, log: &str) {
+    let trace = std::fs::read_to_string(dir.join(format!("{name}.trace"))).unwrap_or_default();
+    let judged_dead = trace.contains(JUDGED_DEAD);
+    report.judged_dead += u64::from(judged_dead);
+    if log.contains(LOCK_ERROR) && !judged_dead {
+        report.unexplained_lock_errors += 1;
+    }
 }
 
 /// A directory for one run's worker logs, in `root` (a directory every place sees at one

@@ -1,5 +1,5 @@
-//! QEMU guests as hosts with real kernel filesystem clients (NFS, CIFS, 9p), for the tests that
-//! FUSE testbeds cannot stand in for.
+//! QEMU guests as hosts with real kernel filesystem clients (NFS, CIFS, 9p, virtiofs), for the
+//! tests that FUSE testbeds cannot stand in for.
 //!
 //! Each guest boots Debian's kernel (TCG: KVM hangs on these machines) with a busybox
 //! initramfs built at test time from the installed packages. The host's root is shared
@@ -93,6 +93,9 @@ pub enum GuestFs {
     NineP { dir: PathBuf },
     /// The kernel CIFS client (SMB3), to the SMB testbed's Samba on the host.
     Cifs,
+    /// The host directory, shared by a `virtiofsd` per guest (as VM-backed containers share
+    /// a host directory); QEMU then needs the guest's memory shared with it.
+    Virtiofs { dir: PathBuf },
 }
 
 /// One QEMU guest.
@@ -243,6 +246,8 @@ pub struct VmTestbed {
     ganesha: Option<Child>,
     /// The SMB testbed whose Samba the guests mount (its own FUSE mounts stay unused).
     samba: Option<super::testbed::TwoHostTestbed>,
+    /// One `virtiofsd` per virtiofs guest.
+    virtiofsd: Vec<Child>,
     /// The control directory; dropped last.
     root: tempfile::TempDir,
 }
@@ -261,6 +266,7 @@ impl VmTestbed {
             server_dir,
             ganesha: Some(ganesha),
             samba: None,
+            virtiofsd: Vec::new(),
             root,
         };
         let export = tb.server_dir.clone();
@@ -276,21 +282,41 @@ impl VmTestbed {
         Ok(tb)
     }
 
-    /// One guest that sees a host directory through virtio-9p, while the host sees it as its
-    /// local disk: the WSL `/mnt/c` and VM-backed container shape.
-    pub fn nine_p() -> Result<VmTestbed, String> {
+    /// `guests` guests that see one host directory through virtio-9p (each through its own
+    /// QEMU's server), while the host sees it as its local disk: the WSL `/mnt/c` and
+    /// VM-backed container shape.
+    pub fn nine_p(guests: usize) -> Result<VmTestbed, String> {
+        VmTestbed::sharing_a_host_dir("vm-9p", guests, |dir| GuestFs::NineP { dir })
+    }
+
+    /// `guests` guests that see one host directory through virtiofs (each through its own
+    /// `virtiofsd`), while the host sees it as its local disk: the shape of VM-backed
+    /// containers whose data dir is a host directory (measured with the Rust `virtiofsd` under
+    /// QEMU, not Docker Desktop's own servers).
+    pub fn virtiofs(guests: usize) -> Result<VmTestbed, String> {
+        VmTestbed::sharing_a_host_dir("vm-virtiofs", guests, |dir| GuestFs::Virtiofs { dir })
+    }
+
+    /// Guests that mount a directory of the control directory, which the host sees as its
+    /// local disk, through the filesystem `fs` makes of its path.
+    fn sharing_a_host_dir(
+        kind: &'static str,
+        guests: usize,
+        fs: impl FnOnce(PathBuf) -> GuestFs,
+    ) -> Result<VmTestbed, String> {
         let root = control_dir()?;
         let server_dir = root.path().join("shared");
         mkdir(&server_dir)?;
         let mut tb = VmTestbed {
-            kind: "vm-9p",
+            kind,
             guests: Vec::new(),
             server_dir: server_dir.clone(),
             ganesha: None,
             samba: None,
+            virtiofsd: Vec::new(),
             root,
         };
-        tb.boot(1, &GuestFs::NineP { dir: server_dir })?;
+        tb.boot(guests, &fs(server_dir))?;
         Ok(tb)
     }
 
@@ -303,6 +329,7 @@ impl VmTestbed {
             server_dir: samba.server_dir().to_owned(),
             ganesha: None,
             samba: Some(samba),
+            virtiofsd: Vec::new(),
             root: control_dir()?,
         };
         tb.boot(guests, &GuestFs::Cifs)?;
@@ -311,6 +338,11 @@ impl VmTestbed {
 
     pub fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    /// How long the file server keeps a dead client's state, where it keeps any (ganesha).
+    pub fn server_lease_secs(&self) -> Option<u32> {
+        self.ganesha.as_ref().map(|_| GANESHA_LEASE_SECS)
     }
 
     pub fn server_dir(&self) -> &Path {
@@ -334,9 +366,38 @@ impl VmTestbed {
     /// writer) and asserts what every kernel client must give: every acknowledged commit
     /// kept, no error but BUSY, a reader that read, and network mode chosen in the guests.
     pub fn assert_shim_keeps_every_commit(&self, label: &str) {
-        let report = super::stress::run(&self.stress_plan(label, "netfs", 40), &[]);
+        let report = self.shim_acceptance(label);
         assert!(report.correct(), "{}", report.summary());
-        assert_eq!(report.acknowledged, 4 * 40);
+    }
+
+    /// As [`assert_shim_keeps_every_commit`](Self::assert_shim_keeps_every_commit), for a
+    /// client whose requests can all stall for longer than a lease: a holder on it may be
+    /// judged dead and get `SQLITE_IOERR_LOCK` (as the design promises), but nothing
+    /// acknowledged is lost, nothing torn, and no other error is seen.
+    pub fn assert_shim_keeps_every_commit_through_stalls(&self, label: &str) {
+        let report = self.shim_acceptance(label);
+        assert!(
+            report.correct_but_for_stalled_holders(),
+            "{}",
+            report.summary()
+        );
+    }
+
+    /// The negative control: the acceptance workload through native SQLite in WAL mode, as
+    /// applications open their databases, must break (lost commits, corruption, torn reads
+    /// or errors) within two tries.
+    pub fn assert_native_sqlite_breaks(&self, label: &str) {
+        let report = super::stress::expect_broken(self.stress_plan(label, "unix", 40), 2);
+        assert!(
+            !report.correct(),
+            "native SQLite came through intact: the negative control has lost its teeth: {}",
+            report.summary()
+        );
+    }
+
+    fn shim_acceptance(&self, label: &str) -> super::stress::StressReport {
+        let report = super::stress::run(&self.stress_plan(label, "netfs", 40), &[]);
+        assert_eq!(report.acknowledged, 4 * 40, "{}", report.summary());
         assert!(report.reader_checks > 0, "{}", report.summary());
         assert!(
             self.server_dir()
@@ -344,6 +405,7 @@ impl VmTestbed {
                 .exists(),
             "auto mode in the guests must have chosen network mode (its lock table is missing)"
         );
+        report
     }
 
     /// The acceptance workload across the guests: two writers per guest (writer `i` on guest
@@ -440,6 +502,19 @@ impl VmTestbed {
                         dir.display()
                     ));
                 }
+                GuestFs::Virtiofs { dir: shared } => {
+                    let socket = self.start_virtiofsd(shared, &dir)?;
+                    cmd.args([
+                        "-object",
+                        &format!("memory-backend-memfd,id=mem,size={GUEST_MEMORY_MB}M,share=on"),
+                        "-machine",
+                        "memory-backend=mem",
+                        "-chardev",
+                        &format!("socket,id=vfs,path={}", socket.display()),
+                        "-device",
+                        "vhost-user-fs-pci,chardev=vfs,tag=shared",
+                    ]);
+                }
             }
             cmd.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
                 .stdin(Stdio::null())
@@ -479,12 +554,56 @@ impl VmTestbed {
         }
         Ok(())
     }
+
+    /// Starts a `virtiofsd` serving `shared` to one guest and returns the socket QEMU
+    /// connects to. Without its sandbox and seccomp filter: they are not what is under test,
+    /// and its namespaces need privileges a CI container may not grant.
+    fn start_virtiofsd(&mut self, shared: &Path, guest_dir: &Path) -> Result<PathBuf, String> {
+        let virtiofsd = find_bin("virtiofsd").map_err(|e| {
+            format!("{e} (Debian 12 has no package: `cargo install virtiofsd`, see .ci/install-testbed-deps)")
+        })?;
+        let socket = guest_dir.join("virtiofsd.sock");
+        let log = guest_dir.join("virtiofsd.log");
+        let child = Command::new(virtiofsd)
+            .arg("--shared-dir")
+            .arg(shared)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(["--sandbox", "none", "--seccomp", "none", "--xattr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("vm testbed: start virtiofsd: {e}"))?;
+        self.virtiofsd.push(child);
+        let daemon = self.virtiofsd.last_mut().expect("just pushed");
+        let exited = |d: &mut Child| d.try_wait().ok().flatten().is_some();
+        let _ = wait_until(Duration::from_secs(30), || {
+            socket.exists() || exited(daemon)
+        });
+        if !socket.exists() {
+            return Err(format!(
+                "vm testbed: virtiofsd made no socket ({}):\n{}",
+                if exited(daemon) {
+                    "it exited"
+                } else {
+                    "timed out after 30 s"
+                },
+                tail(&log, 20)
+            ));
+        }
+        Ok(socket)
+    }
 }
 
 impl Drop for VmTestbed {
     fn drop(&mut self) {
         self.guests.clear();
         self.samba.take();
+        for mut d in self.virtiofsd.drain(..) {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
         if let Some(mut g) = self.ganesha.take() {
             let _ = g.kill();
             let _ = g.wait();
@@ -530,6 +649,9 @@ fn setup_script(fs: &GuestFs) -> String {
             "set -e\nmkdir -p {m}\n\
              mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,access=client shared {m}\n"
         ),
+        GuestFs::Virtiofs { .. } => {
+            format!("set -e\nmodprobe virtiofs\nmkdir -p {m}\nmount -t virtiofs shared {m}\n")
+        }
     }
 }
 

@@ -49,8 +49,11 @@ impl TwoHostTestbed {
              \x20pid directory = {t}/run\n lock directory = {t}/lock\n state directory = {t}/state\n\
              \x20cache directory = {t}/cache\n private dir = {t}/priv\n log file = {t}/smbd.log\n\
              \x20load printers = no\n printcap name = /dev/null\n disable spoolss = yes\n\
-             [share]\n path = {t}/share\n read only = no\n guest ok = yes\n force user = root\n",
-            t = t.display()
+             [share]\n path = {t}/share\n read only = no\n guest ok = yes\n force user = root\n{extra}",
+            t = t.display(),
+            extra = std::env::var(SMB_SHARE_OPTIONS_ENV)
+                .map(|o| o.split(';').map(|l| format!(" {}\n", l.trim())).collect())
+                .unwrap_or_else(|_| String::new()),
         );
         let cfg = t.join("smb.conf");
         write_file(&cfg, conf.as_bytes())?;
@@ -290,3 +293,8 @@ fn listeners_445() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_else(|e| format!("<ss failed: {e}>"))
 }
+
+/// Lines added to the share's `smb.conf` section, `;`-separated (e.g. `oplocks = no; level2
+/// oplocks = no`; global settings such as `smb2 leases` are ignored there), to try server
+/// settings when a failure is being chased.
+pub const SMB_SHARE_OPTIONS_ENV: &str = "NETFS_TEST_SMB_SHARE_OPTIONS";

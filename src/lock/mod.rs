@@ -126,6 +126,12 @@ pub const KEEP_IDLE: Duration = Duration::from_millis(500);
 /// EXCLUSIVE: with the heartbeat's own tick and one edit to give way, a waiter gets its turn
 /// within about 20 ms.
 pub const KEEP_POLL: Duration = Duration::from_millis(10);
+/// For this long after another owner was last seen asking for a turn (or our own request was
+/// refused), a write transaction's end releases its EXCLUSIVE as it did before locks were
+/// kept. Under contention a kept lock only adds a hand-over: the waiter waits for the keeper's
+/// next look instead of finding the lock free at the commit (four local writers fell from
+/// 1124 to 199 transactions a second when every commit kept).
+pub const KEEP_COOLDOWN: Duration = Duration::from_secs(1);
 /// How long a connection first in line, holding nothing, waits inside a SHARED request for
 /// the holder in its way to leave before answering BUSY. SQLite's busy handler sleeps up to
 /// 100 ms between tries; without this wait, every writer behind the first waited out its
@@ -253,6 +259,9 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     held_beyond: bool,
     /// Whether another owner's waiter line was in the table when we last looked.
     asked: bool,
+    /// When another owner was last seen asking, or our own request last refused (see
+    /// [`KEEP_COOLDOWN`]).
+    contended_at: Option<Duration>,
     /// When we last looked at the table (an edit or a glance).
     looked_at: Duration,
     /// Since when SQLite has held nothing while we keep EXCLUSIVE.
@@ -329,6 +338,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             keeping: false,
             held_beyond: false,
             asked: false,
+            contended_at: None,
             looked_at: Duration::ZERO,
             idle_since: None,
             reserved_refused_at: None,
@@ -403,6 +413,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// Asks for `want` (SHARED, RESERVED, PENDING or EXCLUSIVE).
     pub fn lock(&mut self, want: Level) -> Result<Acquired, LockError> {
         let acquired = self.lock_once(want)?;
+        if acquired == Acquired::Busy {
+            self.contended_at = Some(self.env.now());
+        }
         if acquired == Acquired::Busy
             && want == Level::Exclusive
             && self.level == Level::Pending
@@ -598,8 +611,23 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             }
             self.kept_gone();
         }
-        self.asked = table.asked_by_other(&self.me);
+        self.note_waiters(&table);
         Some(table)
+    }
+
+    /// Records whether another owner asks for a turn in `table`.
+    fn note_waiters(&mut self, table: &LockTable) {
+        self.asked = table.asked_by_other(&self.me);
+        if self.asked {
+            self.contended_at = Some(self.env.now());
+        }
+    }
+
+    /// Whether contention was seen within [`KEEP_COOLDOWN`]: a write transaction's end
+    /// releases its lock instead of keeping it.
+    fn contended_recently(&self) -> bool {
+        self.contended_at
+            .is_some_and(|at| self.env.now().saturating_sub(at) < KEEP_COOLDOWN)
     }
 
     /// Our kept EXCLUSIVE is no longer in the table: the byte-range locks held for it come
@@ -696,7 +724,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         let keeps = (self.keeping
             || (self.level == Level::Exclusive && self.entry_written_at.is_some()))
-            && !self.asked;
+            && !self.asked
+            && !self.contended_recently();
         if keeps {
             // The end of a write transaction (or of one that reused a kept lock): the entry
             // stays at EXCLUSIVE, and so do the byte-range locks, until somebody asks or the
@@ -999,7 +1028,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             self.kept_gone();
         }
         self.looked_at = self.env.now();
-        self.asked = table.asked_by_other(&self.me);
+        self.note_waiters(&table);
         self.stale.retain_current(&table);
         self.waiter_stale.retain_current_waiters(&table);
         Ok((result, table.generation))
@@ -1429,6 +1458,21 @@ pub(crate) mod tests {
         true
     }
 
+    /// As [`sqlite_writer_step`], but `BEGIN IMMEDIATE` and `COMMIT` are two steps: the writer
+    /// holds RESERVED in between, as one that does its work inside the transaction.
+    fn writer_step_spanning_two_turns(lock: &mut DbLock<FakeFiles, FakeEnv>) -> bool {
+        if lock.level() < Level::Reserved {
+            for level in [Level::Shared, Level::Reserved] {
+                if !granted(lock.lock(level).unwrap()) {
+                    lock.unlock(Level::None, false).unwrap();
+                    return false;
+                }
+            }
+            return false;
+        }
+        sqlite_writer_step(lock)
+    }
+
     /// What the heartbeat thread does, every `tick` of the fake clock, for `span`.
     fn heartbeat_for(
         env: &FakeEnv,
@@ -1497,6 +1541,31 @@ pub(crate) mod tests {
             !table_of(&files).asked_by_other(w.owner()),
             "served: it asks nothing more"
         );
+    }
+
+    #[test]
+    fn after_a_waiter_commits_release_the_lock_until_nobody_has_asked_for_a_cooldown() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        assert!(write_transaction(&mut w));
+        assert!(w.keeps());
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        heartbeat_for(&env, &mut w, LEASE, |w| !w.keeps());
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        r.unlock(Level::None, false).unwrap();
+        r.settle(LATCH_WAIT).unwrap();
+        // Within the cooldown every commit is published at once: a waiter finds the lock free
+        // instead of waiting for the keeper's next look.
+        for _ in 0..3 {
+            assert!(write_transaction(&mut w));
+            assert!(!w.keeps(), "kept within the cooldown");
+            assert!(table_of(&files).holders.is_empty());
+            env.advance(KEEP_COOLDOWN / 4);
+        }
+        env.advance(KEEP_COOLDOWN / 4);
+        assert!(write_transaction(&mut w));
+        assert!(w.keeps(), "nobody asked for a whole cooldown: kept again");
     }
 
     #[test]
@@ -1616,8 +1685,9 @@ pub(crate) mod tests {
 
     #[test]
     fn writers_get_their_turns_in_the_order_they_were_refused() {
-        // Four writers on two hosts; each retries only now and then, as SQLite's busy handler
-        // sleeps, while the first one writes back to back. None waits for ever.
+        // Four writers on two hosts, each holding RESERVED from one of its steps to the next;
+        // each retries only now and then, as SQLite's busy handler sleeps, while the first one
+        // writes back to back. None waits for ever.
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut writers: Vec<_> = (1..=4)
             .map(|pid| client(&files, &env, if pid % 2 == 0 { "h2" } else { "h1" }, pid))
@@ -1627,7 +1697,7 @@ pub(crate) mod tests {
             for (i, w) in writers.iter_mut().enumerate() {
                 // Writer 0 tries every round, the others every 3rd, 5th, 7th.
                 let every = [1, 3, 5, 7][i];
-                if round % every == 0 && sqlite_writer_step(w) {
+                if round % every == 0 && writer_step_spanning_two_turns(w) {
                     commits[i] += 1;
                 }
                 env.advance(Duration::from_millis(1));
@@ -1636,10 +1706,11 @@ pub(crate) mod tests {
         }
         let (min, max) = (commits.iter().min().unwrap(), commits.iter().max().unwrap());
         assert!(*min > 0, "a writer starved: {commits:?}");
-        // The writer that tries seven times less often still gets over a quarter as many
-        // turns as the one that tries every time (without the order: under a sixth).
+        // The writer that tries seven times less often still gets over half as many turns as
+        // the busiest (measured: 0.65; without the order, whoever retries first when the lock
+        // comes free wins: 0.31).
         assert!(
-            f64::from(*min) / f64::from(*max) >= 0.25,
+            f64::from(*min) / f64::from(*max) >= 0.5,
             "unfair: {commits:?}"
         );
     }

@@ -21,12 +21,16 @@ fn worker_process() {
     common::worker::run_from_env()
 }
 
+/// Stalls are tolerated as on kernel CIFS (`vm_kernel_cifs.rs`): in CI at ac7b5a6 a writer in
+/// an NFSv3 guest made no request for well over its 10 s lease (its own trace: judged dead at
+/// 18:18:49, its next request at 18:19:40 on the same guest's clock, the length of an NFS-over-
+/// TCP retransmission), and met `SQLITE_IOERR_LOCK`, as a holder silent for a lease must.
 #[test]
 fn shim_keeps_every_commit_of_two_kernel_nfs_clients() {
     let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "4.1")) else {
         return;
     };
-    tb.assert_shim_keeps_every_commit("vm-nfs41-shim");
+    tb.assert_shim_keeps_every_commit_through_stalls("vm-nfs41-shim");
 }
 
 #[test]
@@ -34,7 +38,7 @@ fn shim_keeps_every_commit_of_two_kernel_nfsv3_clients_mounted_nolock() {
     let Some(tb) = testbed_or_skip(VmTestbed::nfs(2, "3")) else {
         return;
     };
-    tb.assert_shim_keeps_every_commit("vm-nfs3-nolock-shim");
+    tb.assert_shim_keeps_every_commit_through_stalls("vm-nfs3-nolock-shim");
 }
 
 #[test]

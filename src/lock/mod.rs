@@ -195,6 +195,10 @@ pub enum LockError {
     Corrupt(String),
     /// Our entry was removed by others (we were judged dead): whatever we held is gone.
     LeaseLost,
+    /// An edit held the latch for half a lease (the client or the server stalled) and was
+    /// not written: the latch may have been judged stale and broken meanwhile. The table is
+    /// as it was before the edit.
+    EditAbandoned,
 }
 
 impl std::fmt::Display for LockError {
@@ -204,6 +208,9 @@ impl std::fmt::Display for LockError {
             LockError::Corrupt(m) => f.write_str(m),
             LockError::LeaseLost => {
                 f.write_str("lock lease lost: another process judged this one dead")
+            }
+            LockError::EditAbandoned => {
+                f.write_str("lock table edit took longer than half a lease; abandoned")
             }
         }
     }
@@ -492,10 +499,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         let me = self.me.clone();
         let seq = self.seq + 1;
-        let outcome = self.edit_table(LATCH_WAIT, |table| {
+        let outcome = match self.edit_table(LATCH_WAIT, |table| {
             let result = table.request(&me, want, seq);
             (result, table.level_of(&me))
-        })?;
+        }) {
+            // Nothing was written: we hold what we held, and SQLite asks again.
+            Err(LockError::EditAbandoned) => {
+                tracing::warn!(want = %want, "lock request abandoned after a stall of half a lease; answered BUSY");
+                None
+            }
+            other => other?,
+        };
         let Some(((result, level_after), generation)) = outcome else {
             self.last_refused = Some(want);
             return Ok(Acquired::Busy);
@@ -779,6 +793,12 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 self.lower_owing(to, changed_file);
                 Ok(None)
             }
+            // Nothing was written; the release goes out with the next edit or beat.
+            Err(LockError::EditAbandoned) => {
+                tracing::warn!(to = %to, "release abandoned after a stall of half a lease; owed");
+                self.lower_owing(to, changed_file);
+                Ok(None)
+            }
             Err(e) => {
                 self.lower_owing(to, changed_file);
                 if to == Level::None && matches!(e, LockError::LeaseLost) {
@@ -994,10 +1014,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             // A latch held this long may have been judged stale and broken: writing now could
             // overwrite a table that someone else has since changed.
             if self.env.now().saturating_sub(latch.taken_at) >= self.lease / 2 {
-                return Err(LockError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "lock table edit took longer than half a lease; abandoned",
-                )));
+                return Err(LockError::EditAbandoned);
             }
             file.write_all(&self.table.encode(&table))?;
             if !self.keeping {
@@ -1026,6 +1043,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         if self.held_beyond && table.level_of(&self.me) < Level::Exclusive {
             self.kept_gone();
+        }
+        // Any release we owed is in the table now (`check_own_entry` made it), except a kept
+        // EXCLUSIVE's, owed until it is given up.
+        if !self.keeping {
+            self.owed_since = None;
         }
         self.looked_at = self.env.now();
         self.note_waiters(&table);
@@ -1061,7 +1083,6 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             let bump = recorded >= Level::Reserved && !self.owed_generation_bump;
             table.release(&self.me, self.level, seq, bump);
         }
-        self.owed_since = None;
         Ok(())
     }
 
@@ -1151,6 +1172,8 @@ pub(crate) mod tests {
         writes: Arc<AtomicU64>,
         /// This many next table opens read an empty file until revalidated.
         stale_empty_opens: Arc<AtomicU64>,
+        /// The next table open takes this long on this clock (a stalled client or server).
+        stalled_open: Arc<Mutex<Option<(FakeEnv, Duration)>>>,
     }
 
     impl FakeFiles {
@@ -1167,6 +1190,11 @@ pub(crate) mod tests {
         /// of a table another process on its mount had only just created.
         pub fn serve_next_table_open_as_empty(&self) {
             self.stale_empty_opens.fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// The next table open takes `stall` on `env`'s clock.
+        pub fn stall_next_table_open(&self, env: &FakeEnv, stall: Duration) {
+            *self.stalled_open.lock() = Some((env.clone(), stall));
         }
     }
 
@@ -1210,6 +1238,9 @@ pub(crate) mod tests {
             Ok(self.files.lock().get(&name).cloned())
         }
         fn open_table(&self) -> io::Result<FakeTable> {
+            if let Some((env, stall)) = self.stalled_open.lock().take() {
+                env.advance(stall);
+            }
             let stale_empty = self
                 .stale_empty_opens
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -1367,6 +1398,32 @@ pub(crate) mod tests {
         }
         // The latch is never left behind.
         assert!(files.read(LockFileName::Latch).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_edit_stalled_for_half_a_lease_writes_nothing_a_request_is_busy_a_release_owed() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        let writes = table_writes(&files);
+        files.stall_next_table_open(&env, LEASE / 2);
+        assert_eq!(w.lock(Level::Reserved).unwrap(), Acquired::Busy);
+        assert_eq!(table_writes(&files), writes, "abandoned: nothing written");
+        assert_eq!(table_of(&files).level_of(w.owner()), Level::Shared);
+        assert_eq!(w.level(), Level::Shared);
+        // SQLite's busy handler asks again, and the server answers in time.
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
+        assert_eq!(table_of(&files).level_of(w.owner()), Level::Reserved);
+        // A release that stalls so stays owed, and the heartbeat publishes it.
+        files.stall_next_table_open(&env, LEASE / 2);
+        assert_eq!(w.unlock(Level::None, false).unwrap(), None);
+        assert!(w.release_owed());
+        assert_eq!(table_of(&files).level_of(w.owner()), Level::Reserved);
+        env.advance(RELEASE_LINGER);
+        assert!(w.settle_due());
+        w.settle(LATCH_WAIT).unwrap();
+        assert!(!w.release_owed());
+        assert!(table_of(&files).holders.is_empty());
     }
 
     fn table_of(files: &FakeFiles) -> LockTable {

@@ -19,7 +19,7 @@
 //! # Lingering releases
 //! | unlock                                   | the table gets                 | published by |
 //! |------------------------------------------|--------------------------------|--------------|
-//! | EXCLUSIVE → SHARED or NONE (a commit), nobody in line | nothing: the lock is kept (see "Kept write locks") | the edit of a request that cannot reuse it; the heartbeat once somebody asks or after [`KEEP_IDLE`] idle; closing |
+//! | EXCLUSIVE → SHARED or NONE (a commit), nobody in line or our turn not over | nothing: the lock is kept (see "Kept write locks") | the edit of a request that cannot reuse it; the heartbeat once somebody asks or after [`KEEP_IDLE`] idle; closing |
 //! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
 //! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | any other, and SHARED → NONE after a refused hot-journal rollback (EXCLUSIVE from SHARED) or a refused RESERVED | the release | this edit |
@@ -30,9 +30,9 @@
 //! # Kept write locks
 //! | moment | the table | byte-range locks (network file) |
 //! |---|---|---|
-//! | a commit's unlocks, nobody in line at our last look | nothing: our entry stays EXCLUSIVE, its generation bump owed | stay at EXCLUSIVE |
-//! | the next transaction (read or write) | one latch-free look: our entry still EXCLUSIVE, written less than half a lease ago, no waiter line of another owner ([`LockTable::kept_reusable_by`]) → every level it asks is granted without an edit | unchanged |
-//! | that look finds a waiter, or our entry old or gone | the request's edit publishes the release with the bump, then the request | down to what SQLite holds |
+//! | a commit's unlocks, nobody in line at our last look or our turn ([`KEEP_TURN`]) not over | nothing: our entry stays EXCLUSIVE, its generation bump owed | stay at EXCLUSIVE |
+//! | the next transaction (read or write) | one latch-free look: our entry still EXCLUSIVE, written less than half a lease ago, no waiter line of another owner or our turn not over ([`LockTable::kept_by`]) → every level it asks is granted without an edit | unchanged |
+//! | that look finds a waiter after our turn, or our entry old or gone | the request's edit publishes the release with the bump, then the request | down to what SQLite holds |
 //! | idle: the heartbeat looks every [`KEEP_POLL`]; a waiter seen, or [`KEEP_IDLE`] idle | one edit: the release with the bump | down to what SQLite holds |
 //! | inside a transaction that reused it, SQLite at RESERVED or less: the heartbeat looks every 2 × [`KEEP_POLL`]; a waiter seen | one edit: our entry down to SQLite's level (readers may read beside RESERVED, as SQLite promises), with the bump | down to what SQLite holds |
 //! | the heartbeat's renewals | the entry renewed every quarter lease, as any held lock | unchanged |
@@ -579,7 +579,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             return None;
         }
         let table = self.look_for_waiters()?;
-        if table.level_of(&self.me) != Level::Exclusive || (self.asked && !self.in_turn()) {
+        if !table.kept_by(&self.me) || (self.asked && !self.in_turn()) {
             return None;
         }
         self.level = Level::Shared;

@@ -40,7 +40,8 @@
 //!    its cached pages are still the file's pages; a kept EXCLUSIVE leaves it when given up;
 //! 5. a lingering SHARED entry is reused only where a fresh SHARED request would be granted;
 //! 6. a kept EXCLUSIVE is reused only where a fresh SHARED, RESERVED and EXCLUSIVE would all
-//!    be granted, and while no other owner's line asks for anything;
+//!    be granted but for the waiter lines (nobody else holds anything); whether the lines go
+//!    first is decided by time (the keeper's turn), outside the table;
 //! 7. RESERVED is never granted past an earlier line of another owner still asking;
 //! 8. no new PENDING while another owner's line asks for SHARED, so a reader refused by one
 //!    writer gets its turn before the next writer shuts readers out.
@@ -553,10 +554,11 @@ impl LockTable {
     }
 
     /// Whether `me`'s EXCLUSIVE entry, kept after its last write transaction, may serve the
-    /// next one as it is: it is still there and nobody else has asked for a turn. Nobody else
-    /// then holds anything, so every request of a fresh transaction would be granted.
-    pub fn kept_reusable_by(&self, me: &OwnerId) -> bool {
-        self.level_of(me) == Level::Exclusive && !self.asked_by_other(me)
+    /// next one as it is: it is still there, so nobody else holds anything. Whether others in
+    /// line go first is a matter of time, not of the table: the keeper's turn
+    /// (`super::KEEP_TURN`) or, once it is over, their lines.
+    pub fn kept_by(&self, me: &OwnerId) -> bool {
+        self.level_of(me) == Level::Exclusive
     }
 
     /// Rewrites `me`'s waiter line's sequence number (it still waits); false if it has none.
@@ -829,7 +831,7 @@ mod tests {
             Step::Yield if have != Level::Exclusive => return false,
             Step::Yield => t.release(o, Level::None, seq, true),
             Step::ReuseKept => {
-                if !t.kept_reusable_by(o) {
+                if !t.kept_by(o) {
                     return false;
                 }
                 // Reused: nothing is written.
@@ -900,7 +902,8 @@ mod tests {
         }
         for p in all {
             // 5. A lingering SHARED is reused only where a fresh request would be granted.
-            // 6. A kept EXCLUSIVE is reused only where a whole fresh write transaction would.
+            // 6. A kept EXCLUSIVE is reused only where a whole fresh write transaction would be
+            //    granted but for the waiter lines.
             let mut fresh = t.clone();
             fresh.release(p, Level::None, 99, false);
             if t.shared_reusable_by(p) {
@@ -909,7 +912,9 @@ mod tests {
                     "reused SHARED where a fresh one would wait: {t:?}"
                 );
             }
-            if t.kept_reusable_by(p) {
+            if t.kept_by(p) {
+                // Waiter lines aside: they only order turns, and a turn may outlast them.
+                fresh.waiters.clear();
                 for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
                     assert!(
                         fresh.request(p, level, 99).is_ok(),

@@ -132,6 +132,11 @@ pub const KEEP_POLL: Duration = Duration::from_millis(10);
 /// notice); handing it over at every commit made four local writers fall from 1124 to 232
 /// transactions a second, each turn one transaction.
 pub const KEEP_TURN: Duration = Duration::from_millis(25);
+/// How long a kept lock serves back-to-back transactions at most: the first commit after it
+/// gives the lock up, and the next transaction takes it afresh (a new turn). Plain SQLite
+/// processes on this host wait on the byte-range locks without writing a waiter line; this
+/// lets them in at least as often, at the cost of four edits per span.
+pub const KEEP_SPAN: Duration = Duration::from_millis(500);
 /// How long a connection first in line, holding nothing, waits inside a SHARED request for
 /// the holder in its way to leave before answering BUSY. SQLite's busy handler sleeps up to
 /// 100 ms between tries; without this wait, every writer behind the first waited out its
@@ -633,6 +638,12 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         self.asked = table.asked_by_other(&self.me);
     }
 
+    /// Whether our lock has served for [`KEEP_SPAN`] since it was taken afresh.
+    fn span_over(&self) -> bool {
+        self.turn_started_at
+            .is_some_and(|at| self.env.now().saturating_sub(at) >= KEEP_SPAN)
+    }
+
     /// Whether our turn ([`KEEP_TURN`]) lasts: a kept lock serves the next transaction even
     /// if somebody asked.
     fn in_turn(&self) -> bool {
@@ -734,7 +745,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         let keeps = (self.keeping
             || (self.level == Level::Exclusive && self.entry_written_at.is_some()))
-            && (!self.asked || self.in_turn());
+            && (!self.asked || self.in_turn())
+            && !self.span_over();
         if keeps {
             // The end of a write transaction (or of one that reused a kept lock): the entry
             // stays at EXCLUSIVE, and so do the byte-range locks, until somebody asks or the
@@ -907,9 +919,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         // Not counting ourselves: an entry of ours above SQLite's level is a kept lock or an
         // owed release, and the journal it wrote is complete.
         let me = self.me.clone();
-        Ok(self
-            .edit_table(LATCH_WAIT, |table| table.reserved_held_by_other(&me))?
-            .map(|(held, _)| held))
+        match self.edit_table(LATCH_WAIT, |table| table.reserved_held_by_other(&me)) {
+            // Stalled for half a lease: nothing was written, and nobody knows either.
+            Err(LockError::EditAbandoned) => Ok(None),
+            edited => Ok(edited?.map(|(held, _)| held)),
+        }
     }
 
     /// Rewrites our entry with a new sequence number, proving we are alive.
@@ -1026,15 +1040,24 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             if let Some(w) = &my_line {
                 self.seq = self.seq.max(w.seq);
             }
-            // The lease runs from the write that others observe.
-            match table.holders.iter().find(|h| h.owner == self.me) {
-                Some(h) => {
-                    self.seq = h.seq.max(self.seq);
-                    self.entry_written_at = Some(latch.taken_at);
+            // The lease runs from the write that others observe: a change of our entry's
+            // sequence number (they time silence by it). A write that leaves our entry as it
+            // was (a waiter line renewed, another holder removed) renews nothing.
+            let seq_of =
+                |t: &LockTable| t.holders.iter().find(|h| h.owner == self.me).map(|h| h.seq);
+            match seq_of(&table) {
+                Some(seq) => {
+                    self.seq = seq.max(self.seq);
+                    if seq_of(&before) != Some(seq) {
+                        self.entry_written_at = Some(latch.taken_at);
+                        self.set_renewed_at(self.entry_written_at);
+                    }
                 }
-                None => self.entry_written_at = None,
+                None => {
+                    self.entry_written_at = None;
+                    self.set_renewed_at(None);
+                }
             }
-            self.set_renewed_at(self.entry_written_at);
         }
         if self.held_beyond && table.level_of(&self.me) < Level::Exclusive {
             self.kept_gone();
@@ -1733,6 +1756,55 @@ pub(crate) mod tests {
         // An observer on another host that has watched all along does not judge it dead.
         let (removed, _) = observer.sweep_stale();
         assert!(removed.is_empty(), "{removed:?}");
+    }
+
+    #[test]
+    fn a_kept_lock_is_given_up_at_the_first_commit_after_its_span_and_taken_afresh() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let released = record_kept_releases(&mut w);
+        assert!(write_transaction(&mut w));
+        let mut kept_for = Duration::ZERO;
+        while w.keeps() {
+            env.advance(Duration::from_millis(5));
+            kept_for += Duration::from_millis(5);
+            assert!(write_transaction(&mut w));
+        }
+        assert!(
+            kept_for >= KEEP_SPAN - Duration::from_millis(5) && kept_for <= KEEP_SPAN,
+            "kept for {kept_for:?}"
+        );
+        // Given up in the table, and the byte-range locks are no longer held beyond what
+        // SQLite holds (nothing, after its commit): a plain SQLite process here, which asks
+        // in neither, may take its turn now.
+        assert!(table_of(&files).holders.is_empty());
+        assert_eq!(released.lock().len(), 1, "byte-range locks follow");
+        assert!(write_transaction(&mut w));
+        assert!(w.keeps(), "a new span");
+    }
+
+    #[test]
+    fn edits_that_leave_our_entry_as_it_was_do_not_count_as_renewals() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut reader = client(&files, &env, "h1", 1);
+        let mut writer = client(&files, &env, "h2", 2);
+        let mut observer = client(&files, &env, "h3", 3);
+        assert!(granted(reader.lock(Level::Shared).unwrap()));
+        assert!(granted(writer.lock(Level::Shared).unwrap()));
+        assert!(granted(writer.lock(Level::Reserved).unwrap()));
+        // Inside its read transaction the reader retries a write for two leases: refused, its
+        // waiter line rewritten every quarter second. Those edits leave its SHARED entry as it
+        // was, so only a real renewal keeps an observer from judging it dead.
+        let start = env.now();
+        while env.now() - start < LEASE * 2 {
+            assert_eq!(reader.lock(Level::Reserved).unwrap(), Acquired::Busy);
+            env.advance(Duration::from_millis(50));
+            reader.beat();
+            writer.beat();
+            let (removed, _) = observer.sweep_stale();
+            assert!(removed.is_empty(), "{removed:?}");
+        }
+        assert_eq!(table_of(&files).level_of(reader.owner()), Level::Shared);
     }
 
     #[test]

@@ -40,8 +40,10 @@
 //!    its cached pages are still the file's pages; a kept EXCLUSIVE leaves it when given up;
 //! 5. a lingering SHARED entry is reused only where a fresh SHARED request would be granted;
 //! 6. a kept EXCLUSIVE is reused only where a fresh SHARED, RESERVED and EXCLUSIVE would all
-//!    be granted but for the waiter lines (nobody else holds anything); whether the lines go
-//!    first is decided by time (the keeper's turn), outside the table;
+//!    be granted but for the waiter lines; given 2 this holds wherever our entry is
+//!    EXCLUSIVE, and the model checks it as a cross-check of `request` against 2. When the
+//!    lines go first (the keeper's turn and span) is a matter of time, outside the table:
+//!    `DbLock`'s tests check it;
 //! 7. RESERVED is never granted past an earlier line of another owner still asking;
 //! 8. no new PENDING while another owner's line asks for SHARED, so a reader refused by one
 //!    writer gets its turn before the next writer shuts readers out.

@@ -898,13 +898,20 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// Publishes whatever is owed before the connection goes away, and takes its place in
     /// the waiters' queue out: nobody would later.
     pub fn settle_before_close(&mut self) -> Result<(), LockError> {
-        if self.waiter_written_at.is_some() {
+        let published = if self.waiter_written_at.is_some() {
             let me = self.me.clone();
             self.keeping = false;
-            self.edit_table(UNLOCK_LATCH_WAIT, |table| table.stop_waiting(&me))?;
-            return Ok(());
+            self.edit_table(UNLOCK_LATCH_WAIT, |table| table.stop_waiting(&me))?
+                .is_some()
+        } else {
+            self.settle(UNLOCK_LATCH_WAIT)?;
+            !self.release_owed()
+        };
+        if !published {
+            // Nobody will publish it now: others wait until our entry goes stale (a lease).
+            tracing::warn!(owner = %self.me, level = %self.level, "lock table not updated at close: latch busy; others wait a lease for our entry");
         }
-        self.settle(UNLOCK_LATCH_WAIT)
+        Ok(())
     }
 
     /// SQLite's `xCheckReservedLock`: does anybody hold RESERVED or above? `None`: the latch

@@ -41,8 +41,8 @@
 //! is how a waiter asks a keeper to give way. Lines also order the turns: RESERVED waits for
 //! earlier lines, PENDING for refused readers (`protocol`). A waiter rewrites its line every
 //! quarter of [`WAITER_SILENCE`]; a line unchanged that long is dropped by whoever edits. The
-//! first in line, holding nothing, waits inside its SHARED request (reading the table every
-//! [`TURN_POLL`], at most [`TURN_WAIT`]) for the holder in its way to leave, and a writer at
+//! first in line, holding nothing, waits inside its SHARED request (reading the table, pausing
+//! at most [`TURN_POLL`] between reads, at most [`TURN_WAIT`] in all) for the holder in its way to leave, and a writer at
 //! PENDING waits so inside its EXCLUSIVE request for the readers to leave, so turns are not
 //! spent in SQLite's busy-handler sleeps. For [`WRITER_IN_LINE`] after its RESERVED was
 //! refused, a connection in line is refused SHARED while its RESERVED would still be refused.
@@ -144,8 +144,10 @@ pub const KEEP_SPAN: Duration = Duration::from_millis(500);
 pub const TURN_WAIT: Duration = Duration::from_millis(100);
 /// The longest pause between two reads of the table in such a wait. The pause is twice as
 /// long as a read of the table takes (a fraction of a millisecond on a local disk, about one
-/// on sshfs), so a waiter takes at most a third of the file server's time.
-const TURN_POLL: Duration = Duration::from_millis(2);
+/// on sshfs, 5-15 on the SMB testbed), so a waiter takes at most a third of the file server's
+/// time. (Capped at 2 ms, the waiters' reads took most of smbnetfs's time, and the SMB
+/// acceptance ran at half its speed.)
+const TURN_POLL: Duration = Duration::from_millis(30);
 /// The shortest such pause.
 const TURN_POLL_MIN: Duration = Duration::from_micros(250);
 /// For this long after its RESERVED was refused, a connection in line is refused SHARED (at a
@@ -434,8 +436,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         Ok(acquired)
     }
 
-    /// At PENDING, no new reader gets in: waits, reading the table without the latch every
-    /// [`TURN_POLL`], for the readers still there to leave (at most [`TURN_WAIT`]), rather
+    /// At PENDING, no new reader gets in: waits, reading the table without the latch (pausing
+    /// at most [`TURN_POLL`]), for the readers still there to leave (at most [`TURN_WAIT`]), rather
     /// than leaving the commit to SQLite's busy-handler sleeps. True if they left.
     fn wait_for_readers_to_leave(&mut self) -> bool {
         let start = self.env.now();
@@ -662,7 +664,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 
     /// First in line and holding nothing in the table: waits, reading the table without the
-    /// latch every [`TURN_POLL`], for the holder in the way to leave (at most [`TURN_WAIT`]),
+    /// latch (pausing at most [`TURN_POLL`]), for the holder in the way to leave (at most [`TURN_WAIT`]),
     /// so the turn is taken when it comes. Nothing of ours may be in the table meanwhile: a
     /// lingering entry would keep that very holder from finishing.
     fn wait_for_turn(&mut self) {

@@ -118,20 +118,6 @@ impl HolderReport {
     }
 }
 
-/// A connection in line for a turn: refused SHARED or RESERVED, it asks the holders to give
-/// way (DESIGN.md, "Kept write locks"). Lines grant nothing; one whose owner stopped asking
-/// is dropped by the next edit after a second.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaiterReport {
-    pub host: String,
-    pub pid: u32,
-    pub connection: u64,
-    /// What it was refused (`SHARED` or `RESERVED`); `NONE` once a refused SHARED was
-    /// granted and the line only keeps its place for the RESERVED that follows.
-    pub level: String,
-    pub this_host: bool,
-}
-
 /// A latch or break token that exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenReport {
@@ -200,8 +186,6 @@ pub struct Report {
     pub detection: Detection,
     pub table: TableState,
     pub holders: Vec<HolderReport>,
-    /// The waiter lines, in the order they are served.
-    pub waiters: Vec<WaiterReport>,
     pub latch: Option<TokenReport>,
     pub break_token: Option<TokenReport>,
     pub journal: JournalState,
@@ -335,24 +319,6 @@ pub fn examine(
                 .collect()
         })
         .unwrap_or_default();
-    let waiters: Vec<WaiterReport> = snapshot
-        .table
-        .as_ref()
-        .ok()
-        .and_then(Option::as_ref)
-        .map(|t| {
-            t.waiters
-                .iter()
-                .map(|w| WaiterReport {
-                    host: w.owner.host.clone(),
-                    pid: w.owner.pid,
-                    connection: w.owner.conn,
-                    level: w.level.to_string(),
-                    this_host: w.owner.host == me,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let token = |name: LockFileName, read: &Result<Option<Vec<u8>>, String>| {
         let contents = read.as_ref().ok()?.as_ref()?;
         let owner = parse_owner(contents);
@@ -402,7 +368,6 @@ pub fn examine(
         detection,
         table,
         holders,
-        waiters,
         latch,
         break_token,
         journal,
@@ -1235,21 +1200,6 @@ pub fn to_json(report: &Report, check: Option<&CheckJson<'_>>) -> String {
         })
         .collect();
     field(&mut out, "holders", &format!("[{}]", holders.join(",")));
-    let waiters: Vec<String> = report
-        .waiters
-        .iter()
-        .map(|w| {
-            format!(
-                r#"{{"host":{},"pid":{},"connection":{},"level":{},"this_host":{}}}"#,
-                json_str(&w.host),
-                w.pid,
-                w.connection,
-                json_str(&w.level),
-                w.this_host
-            )
-        })
-        .collect();
-    field(&mut out, "waiters", &format!("[{}]", waiters.join(",")));
     for (key, token) in [("latch", &report.latch), ("break", &report.break_token)] {
         let value = token.as_ref().map_or("null".to_owned(), |t| {
             format!(

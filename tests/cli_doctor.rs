@@ -94,36 +94,6 @@ fn live_holders_here_and_on_another_host_are_alive_and_healthy() {
 }
 
 #[test]
-fn a_connection_refused_by_a_writer_is_shown_in_line() {
-    let (_dir, db) = cli_support::network_database(50);
-    let writer = Holder::start(&db, Hold::Write, None);
-    let waiter = cli_support::open(&db);
-    waiter.busy_timeout(std::time::Duration::ZERO).unwrap();
-    let refused = waiter.execute_batch("BEGIN IMMEDIATE").unwrap_err();
-    assert_eq!(
-        refused.sqlite_error_code(),
-        Some(sqlite_netfs::rusqlite::ErrorCode::DatabaseBusy),
-        "{refused}"
-    );
-    let me = std::process::id();
-    let out = run(&["doctor", path(&db), "--json", "--lease", LEASE_ARG]);
-    let json = out.stdout.trim();
-    let waiters = &json[json.find(r#""waiters":["#).expect(json)..];
-    assert!(
-        waiters.contains(&format!(r#""pid":{me},"#)) && waiters.contains(r#""this_host":true"#),
-        "{json}"
-    );
-    let out = run(&["doctor", path(&db), "--lease", LEASE_ARG]);
-    assert!(
-        out.stdout
-            .contains(&format!("in line   this host pid {me} connection ")),
-        "{out:?}"
-    );
-    drop(waiter);
-    assert!(writer.commit());
-}
-
-#[test]
 fn a_killed_holder_of_this_host_is_dead_at_once() {
     // Alone: any live holder's next edit (its heartbeat) would remove the entry itself.
     let (_dir, db) = cli_support::network_database(50);

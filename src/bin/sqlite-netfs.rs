@@ -255,18 +255,6 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
             h.liveness
         );
     }
-    for w in &r.waiters {
-        let host = if w.this_host { "this host" } else { &w.host };
-        let asks = if w.level == "NONE" {
-            "SHARED granted, keeps its place for RESERVED".to_owned()
-        } else {
-            format!("asks {}", w.level)
-        };
-        println!(
-            "  in line   {host} pid {} connection {}: {asks}",
-            w.pid, w.connection
-        );
-    }
     for (label, token) in [("latch", &r.latch), ("break", &r.break_token)] {
         match token {
             None => println!("{label:<11} none"),

@@ -1,9 +1,7 @@
 //! The lease heartbeat: one background thread per process that rewrites the table entry of
 //! every lock held longer than a quarter lease, so other hosts can tell a long transaction
 //! from a dead one, and publishes releases still owed to the table: those that linger while
-//! their connection is idle, those that found the latch busy, and kept write locks once
-//! somebody asks for a turn (it looks for waiters every [`crate::lock::KEEP_POLL`]) or their
-//! connection has been idle for [`crate::lock::KEEP_IDLE`].
+//! their connection is idle, and those that found the latch busy.
 //!
 //! May use `super` (the connection's lock and its handle) only.
 
@@ -68,5 +66,15 @@ fn beat(lock: &LockHandle) -> bool {
     let Some(mut lock) = lock.try_lock() else {
         return false;
     };
-    lock.beat()
+    if lock.renewal_due()
+        && let Err(e) = lock.renew()
+    {
+        tracing::warn!(owner = %lock.owner(), error = %e, "lease renewal failed");
+    }
+    if lock.settle_due()
+        && let Err(e) = lock.settle(crate::lock::LATCH_WAIT)
+    {
+        tracing::warn!(owner = %lock.owner(), error = %e, "deferred lock release failed");
+    }
+    lock.release_owed()
 }

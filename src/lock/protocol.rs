@@ -16,20 +16,6 @@
 //! | any -> SHARED      | always (downgrade)                             |                                   |
 //! | any -> NONE        | always (the entry is removed)                  |                                   |
 //!
-//! Besides holders, the table keeps waiter lines, oldest first: a refused NONE -> SHARED or
-//! SHARED -> RESERVED adds one for its owner (or raises the owner's line in place). A holder
-//! that keeps EXCLUSIVE across transactions (see `DbLock`) gives way when it sees a line of
-//! another owner. Lines also order the turns:
-//!
-//! | request | also refused while | the line afterwards |
-//! |---|---|---|
-//! | SHARED -> RESERVED | another owner's line still asking (SHARED or RESERVED) stands before ours | granted: removed |
-//! | RESERVED -> PENDING (the first step to EXCLUSIVE) | another owner's line asks for SHARED | |
-//! | NONE -> SHARED | | granted: kept in place as served (NONE), for the RESERVED a writer asks next; gone with the owner's NONE |
-//!
-//! A line is dropped by observers once unchanged for a while on their own clock (its owner
-//! rewrites it while it waits), or at once if its owner's process is gone.
-//!
 //! Invariants the table keeps after every transition:
 //! 1. at most one holder is RESERVED, PENDING or EXCLUSIVE ("the writer");
 //! 2. an EXCLUSIVE holder is the only holder;
@@ -37,16 +23,7 @@
 //!    to drain is not starved;
 //! 4. `generation` grows whenever a holder that may have changed the database file leaves
 //!    EXCLUSIVE (or is removed as stale), so a reader that sees an unchanged generation knows
-//!    its cached pages are still the file's pages; a kept EXCLUSIVE leaves it when given up;
-//! 5. a lingering SHARED entry is reused only where a fresh SHARED request would be granted;
-//! 6. a kept EXCLUSIVE is reused only where a fresh SHARED, RESERVED and EXCLUSIVE would all
-//!    be granted but for the waiter lines; given 2 this holds wherever our entry is
-//!    EXCLUSIVE, and the model checks it as a cross-check of `request` against 2. When the
-//!    lines go first (the keeper's turn and span) is a matter of time, outside the table:
-//!    `DbLock`'s tests check it;
-//! 7. RESERVED is never granted past an earlier line of another owner still asking;
-//! 8. no new PENDING while another owner's line asks for SHARED, so a reader refused by one
-//!    writer gets its turn before the next writer shuts readers out.
+//!    its cached pages are still the file's pages.
 //!
 //! Entries carry a sequence number that the holder changes on every rewrite of its entry
 //! (transition or lease renewal). A holder on another host is judged dead when its entry has
@@ -154,26 +131,11 @@ pub struct Holder {
     pub seq: u64,
 }
 
-/// A refused request waiting for its turn: a `waiter` line of the table. Lines keep the order
-/// in which requests were first refused, which is the order writers get RESERVED in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Waiter {
-    pub owner: OwnerId,
-    /// What was refused: SHARED (from NONE) or RESERVED (from SHARED). NONE once a refused
-    /// SHARED was granted: the line keeps its place for the RESERVED a writer asks next, but
-    /// no longer asks anything of anyone.
-    pub level: Level,
-    /// Changed by the waiter when it shows it still waits (see `DbLock`); a line that stays
-    /// unchanged too long is dropped.
-    pub seq: u64,
-}
-
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
     /// The holder that stands in the way (the first one found).
     pub blocker: OwnerId,
-    /// Its level; NONE for a waiter whose turn comes first.
     pub blocker_level: Level,
 }
 
@@ -185,8 +147,6 @@ pub struct LockTable {
     /// renew, so silence before a break is not held against anyone ([`StaleTracker`]).
     pub latch_breaks: u64,
     pub holders: Vec<Holder>,
-    /// Refused requests, oldest first. A table written before waiters existed has none.
-    pub waiters: Vec<Waiter>,
 }
 
 /// The table file could not be understood.
@@ -224,9 +184,6 @@ impl LockTable {
         );
         for h in &self.holders {
             body.push_str(&format!("holder {} {} {}\n", h.owner, h.level, h.seq));
-        }
-        for w in &self.waiters {
-            body.push_str(&format!("waiter {} {} {}\n", w.owner, w.level, w.seq));
         }
         let sum = fnv1a(body.as_bytes());
         body.push_str(&format!("end {sum:016x}\n"));
@@ -279,32 +236,21 @@ impl LockTable {
             None => 0,
         };
         let mut holders = Vec::new();
-        let mut waiters = Vec::new();
         for line in lines {
             let bad = || ParseError::Malformed(format!("bad lock table line: {line:?}"));
             let mut fields = line.split(' ');
-            let kind = fields.next();
-            if kind != Some("holder") && kind != Some("waiter") {
+            if fields.next() != Some("holder") {
                 return Err(bad());
             }
             let owner = OwnerId::parse_fields(&mut fields).ok_or_else(bad)?;
-            let level = match fields.next() {
-                Some("NONE") if kind == Some("waiter") => Some(Level::None),
-                level => level.and_then(Level::parse),
-            }
-            .ok_or_else(bad)?;
+            let level = fields.next().and_then(Level::parse).ok_or_else(bad)?;
             let seq = fields.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-            if kind == Some("holder") {
-                holders.push(Holder { owner, level, seq });
-            } else {
-                waiters.push(Waiter { owner, level, seq });
-            }
+            holders.push(Holder { owner, level, seq });
         }
         Ok(LockTable {
             generation,
             latch_breaks,
             holders,
-            waiters,
         })
     }
 
@@ -344,72 +290,15 @@ impl LockTable {
     /// Applies a lock request from `me`, writing `seq` into its entry when the table changes.
     /// Returns the level `me` holds afterwards, or `Busy` (the table may still have changed:
     /// a refused EXCLUSIVE leaves `me` at PENDING, as SQLite expects).
-    ///
-    /// A refused SHARED (from NONE) or RESERVED (from SHARED) is recorded as a waiter line
-    /// (see [`Self::wait_in_line`]). A granted SHARED leaves the line in place as served; a
-    /// granted RESERVED or more removes it.
     pub fn request(&mut self, me: &OwnerId, want: Level, seq: u64) -> Result<Level, Busy> {
         let have = self.level_of(me);
         if want <= have {
             return Ok(have);
         }
-        let result = self.decide(me, have, want, seq);
-        match &result {
-            Ok(got) if *got >= Level::Reserved => self.stop_waiting(me),
-            Ok(_) => {
-                if let Some(w) = self.waiters.iter_mut().find(|w| &w.owner == me) {
-                    w.level = Level::None;
-                }
-            }
-            Err(_)
-                if matches!(
-                    (have, want),
-                    (Level::None, Level::Shared) | (Level::Shared, Level::Reserved)
-                ) =>
-            {
-                self.wait_in_line(me, want, seq)
-            }
-            Err(_) => {}
-        }
-        result
-    }
-
-    /// Records that `me` was refused `want`: a new line at the end, or its old line (kept in
-    /// place) raised to `want`.
-    fn wait_in_line(&mut self, me: &OwnerId, want: Level, seq: u64) {
-        match self.waiters.iter_mut().find(|w| &w.owner == me) {
-            Some(w) if w.level >= want => {}
-            Some(w) => {
-                w.level = want;
-                w.seq = seq;
-            }
-            None => self.waiters.push(Waiter {
-                owner: me.clone(),
-                level: want,
-                seq,
-            }),
-        }
-    }
-
-    /// The first waiter of another owner still wanting `level` or more that stands before
-    /// `me`'s own line (before every line if `me` has none).
-    fn waiter_ahead(&self, me: &OwnerId, level: Level) -> Option<Busy> {
-        self.waiters
-            .iter()
-            .take_while(|w| &w.owner != me)
-            .find(|w| w.level >= level)
-            .map(|w| Busy {
-                blocker: w.owner.clone(),
-                blocker_level: Level::None,
-            })
-    }
-
-    /// The transition table, once `want > have`.
-    fn decide(&mut self, me: &OwnerId, have: Level, want: Level, seq: u64) -> Result<Level, Busy> {
         match want {
             Level::None => Ok(have),
             Level::Shared => {
-                if let Some(busy) = self.shared_blocker(me) {
+                if let Some(busy) = self.first_other_at_least(me, Level::Pending) {
                     return Err(busy);
                 }
                 self.set_level(me, Level::Shared, seq);
@@ -421,11 +310,6 @@ impl LockTable {
                     "RESERVED is only requested from SHARED"
                 );
                 if let Some(busy) = self.first_other_at_least(me, Level::Reserved) {
-                    return Err(busy);
-                }
-                // Writers take turns in the order they were refused. A refused SHARED ahead
-                // counts too: it may be a writer's first step, and a reader's costs one retry.
-                if let Some(busy) = self.waiter_ahead(me, Level::Shared) {
                     return Err(busy);
                 }
                 self.set_level(me, Level::Reserved, seq);
@@ -449,18 +333,6 @@ impl LockTable {
                     // is ours and new readers are held off from here on.
                     if let Some(busy) = self.first_other_at_least(me, Level::Reserved) {
                         return Err(busy);
-                    }
-                    // A reader refused while the last writer held PENDING or EXCLUSIVE gets
-                    // its SHARED before the next writer shuts readers out again.
-                    if let Some(w) = self
-                        .waiters
-                        .iter()
-                        .find(|w| &w.owner != me && w.level == Level::Shared)
-                    {
-                        return Err(Busy {
-                            blocker: w.owner.clone(),
-                            blocker_level: Level::None,
-                        });
                     }
                     self.set_level(me, Level::Pending, seq);
                 }
@@ -487,9 +359,6 @@ impl LockTable {
         }
         if to == Level::None {
             self.holders.retain(|h| &h.owner != me);
-            // A reader's served place in the queue goes with it; a refused RESERVED stays.
-            self.waiters
-                .retain(|w| &w.owner != me || w.level != Level::None);
         } else if self.level_of(me) > to {
             self.set_level(me, to, seq);
         }
@@ -510,87 +379,13 @@ impl LockTable {
     /// the next one as it is: exactly what a fresh SHARED request would be granted, with the
     /// table unchanged.
     pub fn shared_reusable_by(&self, me: &OwnerId) -> bool {
-        self.level_of(me) == Level::Shared && self.shared_blocker(me).is_none()
+        self.level_of(me) == Level::Shared
+            && self.first_other_at_least(me, Level::Pending).is_none()
     }
 
-    /// What keeps `me` from SHARED: a writer at PENDING or above.
-    fn shared_blocker(&self, me: &OwnerId) -> Option<Busy> {
-        self.first_other_at_least(me, Level::Pending)
-    }
-
-    /// Whether `me`'s line asks RESERVED and RESERVED would still be refused (a holder at
-    /// RESERVED or above, or an earlier line still asking).
-    pub fn reserved_turn_not_yet(&self, me: &OwnerId) -> bool {
-        self.waiters
-            .iter()
-            .any(|w| &w.owner == me && w.level >= Level::Reserved)
-            && (self.first_other_at_least(me, Level::Reserved).is_some()
-                || self.waiter_ahead(me, Level::Shared).is_some())
-    }
-
-    /// Whether anybody but `me` holds RESERVED or above.
-    pub fn reserved_held_by_other(&self, me: &OwnerId) -> bool {
-        self.first_other_at_least(me, Level::Reserved).is_some()
-    }
-
-    /// Whether another owner waits for a turn: a holder keeping its lock gives way.
-    pub fn asked_by_other(&self, me: &OwnerId) -> bool {
-        self.waiters
-            .iter()
-            .any(|w| &w.owner != me && w.level > Level::None)
-    }
-
-    /// Whether `me` is first in line, still asking, and kept from its turn only by a holder:
-    /// its turn comes as soon as that holder leaves.
-    pub fn first_in_line_behind_a_holder(&self, me: &OwnerId) -> bool {
-        let Some(line) = self.waiters.iter().find(|w| &w.owner == me) else {
-            return false;
-        };
-        let in_the_way = match line.level {
-            Level::None => return false,
-            Level::Shared => Level::Pending,
-            _ => Level::Reserved,
-        };
-        self.waiter_ahead(me, Level::Shared).is_none()
-            && self.first_other_at_least(me, in_the_way).is_some()
-    }
-
-    /// Whether `me`'s EXCLUSIVE entry, kept after its last write transaction, may serve the
-    /// next one as it is: it is still there, so nobody else holds anything. Whether others in
-    /// line go first is a matter of time, not of the table: the keeper's turn
-    /// (`super::KEEP_TURN`) or, once it is over, their lines.
-    pub fn kept_by(&self, me: &OwnerId) -> bool {
-        self.level_of(me) == Level::Exclusive
-    }
-
-    /// Rewrites `me`'s waiter line's sequence number (it still waits); false if it has none.
-    pub fn renew_waiter(&mut self, me: &OwnerId, seq: u64) -> bool {
-        match self.waiters.iter_mut().find(|w| &w.owner == me) {
-            Some(w) => {
-                w.seq = seq;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Removes `me`'s waiter line (its connection goes away).
-    pub fn stop_waiting(&mut self, me: &OwnerId) {
-        self.waiters.retain(|w| &w.owner != me);
-    }
-
-    /// Removes the waiter lines `is_stale` condemns (never `me`'s) and returns them. A waiter
-    /// is only a place in the queue: removing one changes no data and no generation.
-    pub fn remove_stale_waiters(
-        &mut self,
-        me: &OwnerId,
-        mut is_stale: impl FnMut(&Waiter) -> bool,
-    ) -> Vec<Waiter> {
-        let (stale, live): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|w| &w.owner != me && is_stale(w));
-        self.waiters = live;
-        stale
+    /// Whether anybody (including `me`) holds RESERVED or above.
+    pub fn reserved_held(&self) -> bool {
+        self.holders.iter().any(|h| h.level >= Level::Reserved)
     }
 
     /// Removes the holders `is_stale` condemns (never `me`) and returns them. A removed holder
@@ -654,16 +449,6 @@ impl StaleTracker {
         });
     }
 
-    /// Forgets observations of waiter lines that are no longer in the table.
-    pub fn retain_current_waiters(&mut self, table: &LockTable) {
-        self.first_seen.retain(|(owner, seq), _| {
-            table
-                .waiters
-                .iter()
-                .any(|w| &w.owner == owner && w.seq == *seq)
-        });
-    }
-
     /// Observation count.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -694,7 +479,7 @@ mod tests {
             );
         }
         assert_eq!(t.holders.len(), 5);
-        assert!(!t.reserved_held_by_other(&owner("z", 99)));
+        assert!(!t.reserved_held());
     }
 
     #[test]
@@ -713,7 +498,7 @@ mod tests {
             t.request(&owner("c", 9), Level::Shared, 1),
             Ok(Level::Shared)
         );
-        assert!(t.reserved_held_by_other(&owner("z", 99)));
+        assert!(t.reserved_held());
     }
 
     #[test]
@@ -766,7 +551,7 @@ mod tests {
         assert_eq!(t.request(&x, Level::Exclusive, 2).unwrap_err().blocker, y);
         assert_eq!(t.level_of(&x), Level::Shared);
         assert!(
-            !t.reserved_held_by_other(&owner("z", 99)),
+            !t.reserved_held(),
             "a reader waiting to roll back must not pass for the journal's live writer"
         );
         // Once alone, the rollback gets EXCLUSIVE.
@@ -790,177 +575,65 @@ mod tests {
         assert!(t.holders.is_empty());
     }
 
-    /// The steps of the exhaustive test: what one owner may do next.
-    #[derive(Debug, Clone, Copy)]
-    enum Step {
-        /// A lock request, as SQLite makes them (RESERVED only from SHARED, EXCLUSIVE only
-        /// with a lock held).
-        Request(Level),
-        /// An unlock published at once: to NONE, SHARED or (an owed release) RESERVED.
-        Release(Level),
-        /// A kept EXCLUSIVE given up (the holder yields or was idle): published with the
-        /// generation bump its transactions owe.
-        Yield,
-        /// A kept EXCLUSIVE serving the next write transaction without an edit, if allowed.
-        ReuseKept,
-        /// A waiter line dropped after standing unchanged too long.
-        WaiterGone,
-    }
-
-    const STEPS: [Step; 9] = [
-        Step::Request(Level::Shared),
-        Step::Request(Level::Reserved),
-        Step::Request(Level::Exclusive),
-        Step::Release(Level::None),
-        Step::Release(Level::Shared),
-        Step::Release(Level::Reserved),
-        Step::Yield,
-        Step::ReuseKept,
-        Step::WaiterGone,
-    ];
-
-    /// Applies `step` by `o`; false if SQLite would never ask it in that state.
-    fn apply(t: &mut LockTable, o: &OwnerId, step: Step, seq: u64) -> bool {
-        let have = t.level_of(o);
-        match step {
-            Step::Request(Level::Reserved) if have != Level::Shared => return false,
-            Step::Request(Level::Exclusive) if have == Level::None => return false,
-            Step::Request(want) => {
-                let _ = t.request(o, want, seq);
-            }
-            // A writer's release moves the generation on (it may have written).
-            Step::Release(to) => t.release(o, to.min(have), seq, have >= Level::Reserved),
-            Step::Yield if have != Level::Exclusive => return false,
-            Step::Yield => t.release(o, Level::None, seq, true),
-            Step::ReuseKept => {
-                if !t.kept_by(o) {
-                    return false;
-                }
-                // Reused: nothing is written.
-            }
-            Step::WaiterGone => {
-                if t.remove_stale_waiters(&owner("observer", 0), |w| &w.owner == o)
-                    .is_empty()
-                {
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
     #[test]
     fn invariants_hold_under_every_request_sequence() {
-        // Exhaustive over short sequences of (owner, step) from three owners.
+        // Exhaustive over short sequences of (owner, action) from three owners.
         let owners = [owner("a", 1), owner("a", 2), owner("b", 3)];
-        let n = owners.len() * STEPS.len();
+        let actions = [
+            Level::None,
+            Level::Shared,
+            Level::Reserved,
+            Level::Exclusive,
+        ];
+        // Each action, plus a release to SHARED and a lowering to RESERVED.
+        let n = owners.len() * (actions.len() + 2);
         let mut count = 0;
         for code in 0..n.pow(5) {
             let mut t = LockTable::default();
             let mut c = code;
-            for step in 0..5u64 {
+            for step in 0..5 {
                 let pick = c % n;
                 c /= n;
-                let o = &owners[pick / STEPS.len()];
-                let action = STEPS[pick % STEPS.len()];
-                let before = t.clone();
-                if !apply(&mut t, o, action, step) {
-                    break;
+                let o = &owners[pick / (actions.len() + 2)];
+                let a = pick % (actions.len() + 2);
+                let have = t.level_of(o);
+                if a == actions.len() {
+                    t.release(o, Level::Shared.min(have), step, false);
+                } else if a == actions.len() + 1 {
+                    t.release(o, Level::Reserved.min(have), step, have >= Level::Reserved);
+                } else if actions[a] == Level::None {
+                    t.release(o, Level::None, step, false);
+                } else if actions[a] == Level::Reserved && have != Level::Shared {
+                    continue; // SQLite asks RESERVED only from SHARED
+                } else if actions[a] == Level::Exclusive && have == Level::None {
+                    continue; // and EXCLUSIVE only with a lock held
+                } else {
+                    let _ = t.request(o, actions[a], step);
                 }
-                check_step(&before, &t, o, action, &owners);
+                let writers = t
+                    .holders
+                    .iter()
+                    .filter(|h| h.level >= Level::Reserved)
+                    .count();
+                assert!(writers <= 1, "two writers: {t:?}");
+                if t.holders.iter().any(|h| h.level == Level::Exclusive) {
+                    assert_eq!(t.holders.len(), 1, "EXCLUSIVE not alone: {t:?}");
+                }
+                // A lingering SHARED is reused only where a fresh request would be granted.
+                for o in &owners {
+                    if t.shared_reusable_by(o) {
+                        let mut fresh = t.clone();
+                        fresh.release(o, Level::None, 99, false);
+                        assert!(
+                            fresh.request(o, Level::Shared, 99).is_ok(),
+                            "reused SHARED where a fresh one would wait: {t:?}"
+                        );
+                    }
+                }
                 count += 1;
             }
         }
-        assert!(count > 1_000_000);
-    }
-
-    /// The invariants of the module documentation, checked after `o` made `step`.
-    fn check_step(before: &LockTable, t: &LockTable, o: &OwnerId, step: Step, all: &[OwnerId]) {
-        // 1. At most one writer.
-        let writers = t
-            .holders
-            .iter()
-            .filter(|h| h.level >= Level::Reserved)
-            .count();
-        assert!(writers <= 1, "two writers: {t:?}");
-        // 2. EXCLUSIVE alone.
-        if t.holders.iter().any(|h| h.level == Level::Exclusive) {
-            assert_eq!(t.holders.len(), 1, "EXCLUSIVE not alone: {t:?}");
-        }
-        // 3. No new SHARED entry while another holder is PENDING.
-        let pending_other = before
-            .holders
-            .iter()
-            .any(|h| &h.owner != o && h.level == Level::Pending);
-        if pending_other && before.level_of(o) == Level::None {
-            assert_eq!(t.level_of(o), Level::None, "reader passed PENDING: {t:?}");
-        }
-        // 4. A writer leaving EXCLUSIVE moves the generation on.
-        if before.level_of(o) == Level::Exclusive && t.level_of(o) < Level::Exclusive {
-            assert!(
-                t.generation > before.generation,
-                "no bump: {before:?} -> {t:?}"
-            );
-        }
-        for p in all {
-            // 5. A lingering SHARED is reused only where a fresh request would be granted.
-            // 6. A kept EXCLUSIVE is reused only where a whole fresh write transaction would be
-            //    granted but for the waiter lines.
-            let mut fresh = t.clone();
-            fresh.release(p, Level::None, 99, false);
-            if t.shared_reusable_by(p) {
-                assert!(
-                    fresh.request(p, Level::Shared, 99).is_ok(),
-                    "reused SHARED where a fresh one would wait: {t:?}"
-                );
-            }
-            if t.kept_by(p) {
-                // Waiter lines aside: they only order turns, and a turn may outlast them.
-                fresh.waiters.clear();
-                for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-                    assert!(
-                        fresh.request(p, level, 99).is_ok(),
-                        "reused a kept EXCLUSIVE where a fresh {level} would wait: {t:?}"
-                    );
-                }
-            }
-            // Waiter lines: one per owner, none for a level already held.
-            let lines: Vec<&Waiter> = t.waiters.iter().filter(|w| &w.owner == p).collect();
-            assert!(lines.len() <= 1, "two lines: {t:?}");
-            if let Some(w) = lines.first().filter(|w| w.level > Level::None) {
-                assert!(t.level_of(p) < w.level, "waits for what it holds: {t:?}");
-            }
-        }
-        // 7. RESERVED goes to writers in the order they were refused (a hot-journal rollback,
-        // SHARED to EXCLUSIVE with nobody else holding anything, is not a turn).
-        if matches!(step, Step::Request(Level::Reserved)) && t.level_of(o) >= Level::Reserved {
-            let ahead = before
-                .waiters
-                .iter()
-                .take_while(|w| &w.owner != o)
-                .any(|w| w.level >= Level::Shared);
-            assert!(!ahead, "jumped the queue: {before:?} -> {t:?}");
-        }
-        // 8. No new PENDING while a reader refused by the last writer waits.
-        if before.level_of(o) < Level::Pending && t.level_of(o) >= Level::Pending {
-            let reader_waits = before
-                .waiters
-                .iter()
-                .any(|w| &w.owner != o && w.level == Level::Shared);
-            assert!(
-                !reader_waits || before.level_of(o) == Level::Shared,
-                "PENDING before a waiting reader's turn: {before:?} -> {t:?}"
-            );
-        }
-        // A refused request is in line: SHARED from NONE, RESERVED from SHARED.
-        if let Step::Request(want @ (Level::Shared | Level::Reserved)) = step
-            && t.level_of(o) < want
-        {
-            assert!(
-                t.waiters.iter().any(|w| &w.owner == o && w.level >= want),
-                "refused {want} not in line: {t:?}"
-            );
-        }
+        assert!(count > 100_000);
     }
 
     #[test]
@@ -969,7 +642,6 @@ mod tests {
             generation: 42,
             latch_breaks: 3,
             holders: vec![],
-            waiters: vec![],
         };
         t.request(&owner("host-a/1f2e", 1), Level::Shared, 9)
             .unwrap();

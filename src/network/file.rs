@@ -10,10 +10,7 @@
 //!
 //! Besides the lock files, the file takes the same byte-range locks SQLite's `unix` VFS takes,
 //! as open-file-description locks (Linux). They do nothing across hosts, but they make a
-//! plain SQLite process on the same host (without this shim) wait for us and us for it. They
-//! follow the table, not SQLite: while the lock keeps EXCLUSIVE after a commit, they stay at
-//! EXCLUSIVE, and come down when the kept lock is given up (by the lock's hook, from the
-//! heartbeat thread or the next request), so a plain process cannot write meanwhile.
+//! plain SQLite process on the same host (without this shim) wait for us and us for it.
 //!
 //! May use `crate::lock`, `crate::client_cache`, `crate::sys`, `super::journal` (the permit it
 //! keeps current) and the file contract's errors (`crate::vfs::file`).
@@ -41,35 +38,24 @@ const SHARED_SIZE: u64 = 510;
 
 /// SQLite's byte-range locks, mirrored for same-host interoperability (table in os.h and
 /// `unixLock`). Disabled for the file on the first "not supported" answer.
-///
-/// They are taken on a duplicate of the database descriptor of their own, which shares its
-/// open file description (OFD locks belong to the description): a kept write lock holds them
-/// while SQLite holds nothing, across a coherency reopen of the file's own descriptor, and
-/// the heartbeat thread lowers them when it gives that lock up.
 #[derive(Debug)]
 struct NativeRangeLocks {
     enabled: bool,
     level: Level,
-    /// The description the locks are on, while any is held.
-    held_on: Option<File>,
 }
-
-/// The network file's and the heartbeat's shared handle on the byte-range locks.
-type SharedRangeLocks = Arc<parking_lot::Mutex<NativeRangeLocks>>;
 
 impl NativeRangeLocks {
     fn new(wanted: bool) -> Self {
         NativeRangeLocks {
             enabled: wanted && cfg!(target_os = "linux"),
             level: Level::None,
-            held_on: None,
         }
     }
 
-    fn set(&mut self, kind: RangeLock, start: u64, len: u64) -> io::Result<bool> {
-        let Some(file) = self.held_on.as_ref().filter(|_| self.enabled) else {
+    fn set(&mut self, file: &File, kind: RangeLock, start: u64, len: u64) -> io::Result<bool> {
+        if !self.enabled {
             return Ok(true);
-        };
+        }
         match sys::set_range_lock(file.as_fd(), kind, start, len) {
             Ok(got) => Ok(got),
             Err(e)
@@ -86,35 +72,33 @@ impl NativeRangeLocks {
         }
     }
 
-    /// Raises to `want`, taking the locks on `file`'s description if none are held;
-    /// `Ok(false)` if a same-host process holds a conflicting lock.
+    /// Raises to `want`; `Ok(false)` if a same-host process holds a conflicting lock.
     fn lock(&mut self, file: &File, want: Level) -> io::Result<bool> {
         if want <= self.level {
             return Ok(true);
-        }
-        if self.enabled && self.held_on.is_none() {
-            self.held_on = Some(file.try_clone()?);
         }
         let got = match want {
             Level::None => true,
             Level::Shared => {
                 // As unixLock: the PENDING byte is read-locked while the range is taken, so a
                 // writer holding PENDING keeps new readers out.
-                if !self.set(RangeLock::Read, PENDING_BYTE, 1)? {
+                if !self.set(file, RangeLock::Read, PENDING_BYTE, 1)? {
                     return Ok(false);
                 }
-                let got = self.set(RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
-                self.set(RangeLock::Unlock, PENDING_BYTE, 1)?;
+                let got = self.set(file, RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
+                self.set(file, RangeLock::Unlock, PENDING_BYTE, 1)?;
                 got
             }
-            Level::Reserved => self.set(RangeLock::Write, RESERVED_BYTE, 1)?,
-            Level::Pending => self.set(RangeLock::Write, PENDING_BYTE, 1)?,
+            Level::Reserved => self.set(file, RangeLock::Write, RESERVED_BYTE, 1)?,
+            Level::Pending => self.set(file, RangeLock::Write, PENDING_BYTE, 1)?,
             Level::Exclusive => {
-                if self.level < Level::Pending && !self.set(RangeLock::Write, PENDING_BYTE, 1)? {
+                if self.level < Level::Pending
+                    && !self.set(file, RangeLock::Write, PENDING_BYTE, 1)?
+                {
                     return Ok(false);
                 }
                 self.level = self.level.max(Level::Pending);
-                self.set(RangeLock::Write, SHARED_FIRST, SHARED_SIZE)?
+                self.set(file, RangeLock::Write, SHARED_FIRST, SHARED_SIZE)?
             }
         };
         if got {
@@ -123,24 +107,17 @@ impl NativeRangeLocks {
         Ok(got)
     }
 
-    fn unlock(&mut self, to: Level) -> io::Result<()> {
+    fn unlock(&mut self, file: &File, to: Level) -> io::Result<()> {
         if to >= self.level {
             return Ok(());
         }
-        if to == Level::Reserved {
-            // A kept write lock given up inside a transaction that has only reserved.
+        if to == Level::Shared {
             if self.level >= Level::Exclusive {
-                self.set(RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
+                self.set(file, RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
             }
-            self.set(RangeLock::Unlock, PENDING_BYTE, 1)?;
-        } else if to == Level::Shared {
-            if self.level >= Level::Exclusive {
-                self.set(RangeLock::Read, SHARED_FIRST, SHARED_SIZE)?;
-            }
-            self.set(RangeLock::Unlock, PENDING_BYTE, 2)?;
+            self.set(file, RangeLock::Unlock, PENDING_BYTE, 2)?;
         } else {
-            self.set(RangeLock::Unlock, PENDING_BYTE, 2 + SHARED_SIZE)?;
-            self.held_on = None;
+            self.set(file, RangeLock::Unlock, PENDING_BYTE, 2 + SHARED_SIZE)?;
         }
         self.level = to;
         Ok(())
@@ -148,25 +125,19 @@ impl NativeRangeLocks {
 
     /// Gives back a PENDING taken on the way to an EXCLUSIVE that was refused, keeping the
     /// level held before it.
-    fn release_pending(&mut self, back_to: Level) -> io::Result<()> {
+    fn release_pending(&mut self, file: &File, back_to: Level) -> io::Result<()> {
         if self.level == Level::Pending {
-            self.set(RangeLock::Unlock, PENDING_BYTE, 1)?;
+            self.set(file, RangeLock::Unlock, PENDING_BYTE, 1)?;
             self.level = back_to;
-            if back_to == Level::None {
-                self.held_on = None;
-            }
         }
         Ok(())
     }
 
-    /// Whether another description (a plain SQLite process) holds RESERVED; asked through
-    /// our own locks' description, so they do not count.
     fn reserved_elsewhere(&self, file: &File) -> io::Result<bool> {
         if !self.enabled {
             return Ok(false);
         }
-        let ours = self.held_on.as_ref().unwrap_or(file);
-        sys::range_is_locked(ours.as_fd(), RESERVED_BYTE, 1)
+        sys::range_is_locked(file.as_fd(), RESERVED_BYTE, 1)
     }
 }
 
@@ -200,7 +171,7 @@ pub struct NetworkFile {
     writable: bool,
     lock: LockHandle,
     lease: LeaseView,
-    native: SharedRangeLocks,
+    native: NativeRangeLocks,
     /// The level SQLite believes it holds (change it with `set_level`).
     level: Level,
     /// That level and the lease, for the journal's fence.
@@ -270,22 +241,7 @@ impl NetworkFile {
         mirror_native_locks: bool,
     ) -> io::Result<NetworkFile> {
         let file = Self::open_file(path, writable, create)?;
-        let native = Arc::new(parking_lot::Mutex::new(NativeRangeLocks::new(
-            mirror_native_locks,
-        )));
-        let lease = {
-            let mut lock = lock.lock();
-            // A kept write lock given up while SQLite holds less: its byte-range locks follow
-            // the table down (the heartbeat thread calls this, holding the lock's mutex; the
-            // file never holds the range locks' mutex while it waits for the lock's).
-            let follow = native.clone();
-            lock.on_kept_release(Box::new(move |to| {
-                if let Err(e) = follow.lock().unlock(to) {
-                    tracing::warn!(error = %e, "byte-range locks of a kept write lock not released");
-                }
-            }));
-            lock.lease_view()
-        };
+        let lease = lock.lock().lease_view();
         let confirm_lock = Arc::downgrade(&lock);
         let confirm_held = Box::new(move || {
             confirm_lock
@@ -299,7 +255,7 @@ impl NetworkFile {
             lock,
             journal_permit: Arc::new(JournalPermit::new(lease.clone(), confirm_held)),
             lease,
-            native,
+            native: NativeRangeLocks::new(mirror_native_locks),
             level: Level::None,
             synced_generation: None,
             unsynced: false,
@@ -576,7 +532,6 @@ impl NetworkFile {
         self.set_level(Level::Shared);
         let native = self.refresh_if_changed(generation).and_then(|()| {
             self.native
-                .lock()
                 .lock(&self.file, Level::Shared)
                 .map_err(|e| FileError::io(IoOp::Lock, e))
         });
@@ -599,7 +554,6 @@ impl NetworkFile {
         }
         let got = self
             .native
-            .lock()
             .lock(&self.file, Level::Reserved)
             .map_err(|e| FileError::io(IoOp::Lock, e));
         if got.as_ref().is_ok_and(|&g| g) {
@@ -614,10 +568,9 @@ impl NetworkFile {
     }
 
     fn lock_exclusive(&mut self, want: Level) -> Result<(), FileError> {
-        let had_native_pending = self.native.lock().level >= Level::Pending;
+        let had_native_pending = self.native.level >= Level::Pending;
         if !self
             .native
-            .lock()
             .lock(&self.file, Level::Pending)
             .map_err(|e| FileError::io(IoOp::Lock, e))?
         {
@@ -631,8 +584,7 @@ impl NetworkFile {
             } else if !had_native_pending {
                 // We never got PENDING in the table: do not keep same-host readers out.
                 self.native
-                    .lock()
-                    .release_pending(self.level)
+                    .release_pending(&self.file, self.level)
                     .map_err(|e| FileError::io(IoOp::Unlock, e))?;
             }
             return Err(FileError::Busy);
@@ -643,7 +595,6 @@ impl NetworkFile {
         }
         if !self
             .native
-            .lock()
             .lock(&self.file, Level::Exclusive)
             .map_err(|e| FileError::io(IoOp::Lock, e))?
         {
@@ -660,8 +611,8 @@ impl NetworkFile {
             return Ok(());
         }
         // A new descriptor: the client drops (FUSE, SMB) or revalidates (NFS) cached pages.
-        // Byte-range locks still held for a kept write lock stay on their own duplicate of
-        // the old one's description (`NativeRangeLocks`), so closing it loses nothing.
+        // No byte-range lock is held at this point, so closing the old one loses nothing.
+        debug_assert_eq!(self.native.level, Level::None);
         let reopen = || Self::open_file(&self.path, self.writable, false);
         let reopened = crate::client_cache::retry_eio(reopen).and_then(|f| {
             // The size from the server refreshes the kernel's: SQLite is about to ask it.
@@ -701,25 +652,15 @@ impl NetworkFile {
         } else {
             Ok(())
         };
+        let native = self
+            .native
+            .unlock(&self.file, to)
+            .map_err(|e| FileError::io(IoOp::Unlock, e));
         // A change is published even if the flush failed: whatever reached the server,
         // readers must not trust their caches. (If the lock table cannot be updated, `DbLock`
         // owes the generation bump to its next edit.)
         let changed = self.changed;
-        let (published, kept) = {
-            let mut lock = self.lock.lock();
-            let published = lock.unlock(to, changed);
-            (published, lock.keeps())
-        };
-        // A kept write lock keeps its byte-range locks too, so a plain SQLite process on this
-        // host cannot write while the table says we may; they come down when it is given up.
-        let native = if kept {
-            Ok(())
-        } else {
-            self.native
-                .lock()
-                .unlock(to)
-                .map_err(|e| FileError::io(IoOp::Unlock, e))
-        };
+        let published = self.lock.lock().unlock(to, changed);
         tracing::trace!(path = %self.path.display(), from = %self.level, to = %to, changed, flushed = flushed.is_ok(), published = ?published, "unlocked");
         self.set_level(to);
         self.changed = false;
@@ -756,7 +697,6 @@ impl NetworkFile {
     pub fn reserved_held(&mut self) -> Result<bool, FileError> {
         if self
             .native
-            .lock()
             .reserved_elsewhere(&self.file)
             .map_err(|e| FileError::io(IoOp::CheckReserved, e))?
         {
@@ -936,29 +876,14 @@ mod tests {
         assert!(!a.lock(&fa, Level::Exclusive).unwrap());
         assert_eq!(a.level, Level::Pending);
         let mut c = NativeRangeLocks::new(true);
-        b.unlock(Level::None).unwrap();
+        b.unlock(&fb, Level::None).unwrap();
         assert!(a.lock(&fa, Level::Exclusive).unwrap());
         assert!(
             !c.lock(&fb, Level::Shared).unwrap(),
             "EXCLUSIVE keeps readers out"
         );
-        a.unlock(Level::Shared).unwrap();
+        a.unlock(&fa, Level::Shared).unwrap();
         assert!(c.lock(&fb, Level::Shared).unwrap());
-    }
-
-    #[test]
-    fn a_kept_exclusive_lowered_to_reserved_lets_readers_in_and_keeps_the_reservation() {
-        let (_dir, fa, fb) = two_handles();
-        let (mut a, mut b) = (NativeRangeLocks::new(true), NativeRangeLocks::new(true));
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(a.lock(&fa, level).unwrap());
-        }
-        assert!(!b.lock(&fb, Level::Shared).unwrap(), "a plain reader waits");
-        a.unlock(Level::Reserved).unwrap();
-        assert_eq!(a.level, Level::Reserved);
-        assert!(b.lock(&fb, Level::Shared).unwrap());
-        assert!(b.reserved_elsewhere(&fb).unwrap());
-        assert!(!b.lock(&fb, Level::Reserved).unwrap(), "still one writer");
     }
 
     #[test]
@@ -968,7 +893,7 @@ mod tests {
         assert!(a.lock(&fa, Level::Shared).unwrap());
         assert!(a.lock(&fa, Level::Reserved).unwrap());
         assert!(a.lock(&fa, Level::Pending).unwrap());
-        a.release_pending(Level::Reserved).unwrap();
+        a.release_pending(&fa, Level::Reserved).unwrap();
         assert_eq!(a.level, Level::Reserved);
         // Still RESERVED and SHARED: b sees the reservation and can read.
         assert!(b.reserved_elsewhere(&fb).unwrap());

@@ -132,13 +132,7 @@ pub fn convert_under_lock(
         Ok(false) => Ok(false), // another process converted it while we waited
         Err(e) => Err(format!("cannot read {}: {e}", db.display())),
     };
-    // Released at once, not kept (see "Kept write locks" in `crate::lock`): the processes
-    // waiting to open the database wait for this lock, and this connection has not begun.
-    let released = {
-        let mut lock = lock.lock();
-        lock.unlock(Level::None, converted == Ok(true))
-            .and_then(|_| lock.settle(crate::lock::LATCH_WAIT))
-    };
+    let released = lock.lock().unlock(Level::None, converted == Ok(true));
     if let Err(e) = released {
         tracing::warn!(path = %db.display(), error = %e, "lock release after WAL conversion failed");
     }

@@ -64,12 +64,6 @@ pub fn uri(db: &Path) -> String {
     format!("file:{}?vfs={VFS}&netfs=on", db.display())
 }
 
-/// A connection to `db` in network mode with the holders' lease.
-pub fn open(db: &Path) -> Connection {
-    register();
-    Connection::open(uri(db)).unwrap()
-}
-
 /// A database `app.db` in a new directory, made in network mode (so its lock table exists)
 /// with `rows` rows in `t(id INTEGER PRIMARY KEY, x)`.
 pub fn network_database(rows: u32) -> (tempfile::TempDir, PathBuf) {

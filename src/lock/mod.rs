@@ -140,10 +140,6 @@ pub enum LockError {
     Corrupt(String),
     /// Our entry was removed by others (we were judged dead): whatever we held is gone.
     LeaseLost,
-    /// An edit held the latch for half a lease (the client or the server stalled) and was
-    /// not written: the latch may have been judged stale and broken meanwhile. The table is
-    /// as it was before the edit.
-    EditAbandoned,
 }
 
 impl std::fmt::Display for LockError {
@@ -153,9 +149,6 @@ impl std::fmt::Display for LockError {
             LockError::Corrupt(m) => f.write_str(m),
             LockError::LeaseLost => {
                 f.write_str("lock lease lost: another process judged this one dead")
-            }
-            LockError::EditAbandoned => {
-                f.write_str("lock table edit took longer than half a lease; abandoned")
             }
         }
     }
@@ -333,17 +326,10 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         let me = self.me.clone();
         let seq = self.seq + 1;
-        let outcome = match self.edit_table(LATCH_WAIT, |table| {
+        let outcome = self.edit_table(LATCH_WAIT, |table| {
             let result = table.request(&me, want, seq);
             (result, table.level_of(&me))
-        }) {
-            // Nothing was written: we hold what we held, and SQLite asks again.
-            Err(LockError::EditAbandoned) => {
-                tracing::warn!(want = %want, "lock request abandoned after a stall of half a lease; answered BUSY");
-                None
-            }
-            other => other?,
-        };
+        })?;
         let Some(((result, level_after), generation)) = outcome else {
             self.last_refused = Some(want);
             return Ok(Acquired::Busy);
@@ -473,13 +459,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             }
             // Whatever happened, we no longer act on the higher level.
             Ok(None) => {
-                tracing::debug!(latch = %self.files.describe(LockFileName::Latch), "release deferred: latch busy");
-                self.lower_owing(to, changed_file);
-                Ok(None)
-            }
-            // Nothing was written; the release goes out with the next edit or beat.
-            Err(LockError::EditAbandoned) => {
-                tracing::warn!(to = %to, "release abandoned after a stall of half a lease; owed");
+                tracing::debug!(latch = %self.files.describe(LockFileName::Latch), "release deferred: latch busy or edit abandoned");
                 self.lower_owing(to, changed_file);
                 Ok(None)
             }
@@ -547,11 +527,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if self.level >= Level::Reserved {
             return Ok(Some(true));
         }
-        match self.edit_table(LATCH_WAIT, |table| table.reserved_held()) {
-            // Stalled for half a lease: nothing was written, and nobody knows either.
-            Err(LockError::EditAbandoned) => Ok(None),
-            edited => Ok(edited?.map(|(held, _)| held)),
-        }
+        Ok(self
+            .edit_table(LATCH_WAIT, |table| table.reserved_held())?
+            .map(|(held, _)| held))
     }
 
     /// Rewrites our entry with a new sequence number, proving we are alive.
@@ -593,7 +571,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 
     /// Runs `change` on the current table under the latch and writes the result back if it
-    /// changed. `Ok(None)`: the latch could not be had within `wait`.
+    /// changed. `Ok(None)`: the latch could not be had within `wait`, or the edit was
+    /// abandoned after holding it for half a lease (nothing written).
     fn edit_table<R>(
         &mut self,
         wait: Duration,
@@ -607,14 +586,15 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let released = self.latches.release(&mut parties!(self), &latch);
         let edited = result?;
         released?;
-        Ok(Some(edited))
+        Ok(edited)
     }
 
+    /// `Ok(None)`: the edit was abandoned, nothing written (see below).
     fn edit_under_latch<R>(
         &mut self,
         latch: &Latch,
         change: impl FnOnce(&mut LockTable) -> R,
-    ) -> Result<(R, u64), LockError> {
+    ) -> Result<Option<(R, u64)>, LockError> {
         let mut file = self.files.open_table()?;
         let (mut table, replaced) = self.table.read(&mut file, &self.env, self.lease, || {
             self.files.describe(LockFileName::Table)
@@ -647,8 +627,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if table != before {
             // A latch held this long may have been judged stale and broken: writing now could
             // overwrite a table that someone else has since changed.
+            // Nothing is written then, so the table is as before: answered as a latch that
+            // could not be had (a request is BUSY, a release stays owed).
             if self.env.now().saturating_sub(latch.taken_at) >= self.lease / 2 {
-                return Err(LockError::EditAbandoned);
+                tracing::warn!(owner = %self.me, "lock table edit took longer than half a lease; abandoned");
+                return Ok(None);
             }
             file.write_all(&self.table.encode(&table))?;
             self.owed_generation_bump = false;
@@ -666,7 +649,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         // Any release we owed is in the table now (`check_own_entry` made it).
         self.owed_since = None;
         self.stale.retain_current(&table);
-        Ok((result, table.generation))
+        Ok(Some((result, table.generation)))
     }
 
     /// Our entry must say what we believe we hold. If it is gone while we hold a lock, others

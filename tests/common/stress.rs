@@ -33,6 +33,8 @@ pub struct StressPlan {
     pub readers: usize,
     pub busy_timeout_ms: u64,
     pub payload: Payload,
+    /// A writer stops after this many failed transactions in a row (`None`: the worker's 50).
+    pub give_up_after: Option<u32>,
     /// Give up on a worker after this long (it is killed and counted).
     pub deadline: Duration,
 }
@@ -54,6 +56,7 @@ impl StressPlan {
             readers: 1,
             busy_timeout_ms: 30_000,
             payload: Payload::Growing { largest: 3000 },
+            give_up_after: None,
             deadline: Duration::from_secs(600),
         }
     }
@@ -190,6 +193,7 @@ pub fn run_on(plan: &StressPlan, db_name: &str, extra_env: &[(&str, &str)]) -> S
         stop_file: logs.path().join("stop"),
         busy_timeout_ms: plan.busy_timeout_ms,
         payload: plan.payload,
+        give_up_after: plan.give_up_after,
     };
     let place = |i: usize| match plan.places.len() {
         0 => (Place::Here, Duration::ZERO),

@@ -45,6 +45,8 @@ pub struct Job {
     pub busy_timeout_ms: u64,
     /// The payload of each row the writer inserts (fault roles read `Payload::largest`).
     pub payload: Payload,
+    /// Writer: stop after this many failed transactions in a row (`None`: 50).
+    pub give_up_after: Option<u32>,
 }
 
 /// How large each inserted row's payload is.
@@ -99,8 +101,12 @@ impl Payload {
 
 impl Job {
     fn encode(&self) -> String {
+        let give_up_after = match self.give_up_after {
+            Some(n) => format!("give_up_after={n}\n"),
+            None => String::new(),
+        };
         format!(
-            "role={}\ndb={}\nvfs={}\nuri_params={}\njournal_mode={}\nworker_id={}\ntransactions={}\nout={}\nstop_file={}\nbusy_timeout_ms={}\npayload={}\n",
+            "role={}\ndb={}\nvfs={}\nuri_params={}\njournal_mode={}\nworker_id={}\ntransactions={}\nout={}\nstop_file={}\nbusy_timeout_ms={}\npayload={}\n{}",
             self.role,
             self.db.display(),
             self.vfs,
@@ -111,7 +117,8 @@ impl Job {
             self.out.display(),
             self.stop_file.display(),
             self.busy_timeout_ms,
-            self.payload.encode()
+            self.payload.encode(),
+            give_up_after
         )
     }
 
@@ -131,6 +138,7 @@ impl Job {
                 "stop_file" => job.stop_file = v.into(),
                 "busy_timeout_ms" => job.busy_timeout_ms = v.parse().unwrap(),
                 "payload" => job.payload = Payload::decode(v),
+                "give_up_after" => job.give_up_after = Some(v.parse().unwrap()),
                 _ => panic!("unknown job key {k}"),
             }
         }
@@ -387,9 +395,10 @@ fn writer(job: &Job) {
             return;
         }
     };
+    let give_up_after = job.give_up_after.unwrap_or(50);
     let mut failures_in_a_row = 0;
     let mut seq = 0;
-    while seq < job.transactions && failures_in_a_row < 50 {
+    while seq < job.transactions && failures_in_a_row < give_up_after {
         let result = (|| -> rusqlite::Result<()> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let body = (|| {

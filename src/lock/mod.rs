@@ -636,15 +636,24 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             file.write_all(&self.table.encode(&table))?;
             self.owed_generation_bump = false;
             self.latches.break_recorded();
-            // The lease runs from the write that others observe.
-            match table.holders.iter().find(|h| h.owner == self.me) {
-                Some(h) => {
-                    self.seq = h.seq.max(self.seq);
-                    self.entry_written_at = Some(latch.taken_at);
+            // The lease runs from the write that others observe: a new sequence number in our
+            // entry (observers time silence by it). A write that leaves our entry as it was
+            // (a dead holder removed, a latch break counted) renews nothing.
+            let seq_of =
+                |t: &LockTable| t.holders.iter().find(|h| h.owner == self.me).map(|h| h.seq);
+            match seq_of(&table) {
+                Some(seq) => {
+                    self.seq = seq.max(self.seq);
+                    if seq_of(&before) != Some(seq) {
+                        self.entry_written_at = Some(latch.taken_at);
+                        self.set_renewed_at(self.entry_written_at);
+                    }
                 }
-                None => self.entry_written_at = None,
+                None => {
+                    self.entry_written_at = None;
+                    self.set_renewed_at(None);
+                }
             }
-            self.set_renewed_at(self.entry_written_at);
         }
         // Any release we owed is in the table now (`check_own_entry` made it).
         self.owed_since = None;
@@ -1201,6 +1210,39 @@ pub(crate) mod tests {
         w.settle(LATCH_WAIT).unwrap();
         let table = table_of(&files);
         assert!(table.holders.is_empty());
+    }
+
+    #[test]
+    fn edits_that_leave_our_entry_as_it_was_do_not_count_as_renewals() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut reader = client(&files, &env, "h1", 1);
+        let mut observer = client(&files, &env, "h3", 3);
+        assert!(granted(reader.lock(Level::Shared).unwrap()));
+        // For two leases, processes of the reader's host take SHARED and die; each time the
+        // reader's next edit (an xCheckReservedLock) removes the dead entry. Those edits
+        // leave the reader's own entry as it was: observers time its silence by its sequence
+        // number, so only a real renewal may keep them from judging it dead.
+        let start = env.now();
+        let mut pid = 100;
+        while env.now() - start < LEASE * 2 {
+            let mut doomed = client(&files, &env, "h1", pid);
+            assert!(granted(doomed.lock(Level::Shared).unwrap()));
+            env.kill(pid);
+            pid += 1;
+            assert_eq!(reader.reserved_held().unwrap(), Some(false));
+            env.advance(Duration::from_millis(50));
+            if reader.renewal_due() {
+                reader.renew().unwrap();
+            }
+            let (removed, _) = observer.sweep_stale();
+            assert!(
+                !removed.iter().any(
+                    |r| matches!(r, Removed::Holder { holder, .. } if holder.owner == *reader.owner())
+                ),
+                "a live reader judged dead: {removed:?}"
+            );
+        }
+        assert_eq!(table_of(&files).level_of(reader.owner()), Level::Shared);
     }
 
     #[test]

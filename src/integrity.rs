@@ -31,6 +31,10 @@
 //!      one bad page costs only the rows on it;
 //!    - where an index of the table still reads through, every rowid it lists that was not
 //!      copied is looked up on its own, which reaches rows behind a damaged interior page;
+//!    - where such an index is on plain columns, every row is checked against its entry: a
+//!      row whose values disagree (or whose rowid it does not list) is left out and counted
+//!      as doubtful. A damaged page can decode into a row nobody wrote (seen on what native
+//!      SQLite left on sshfs); the damaged file keeps it for whoever wants to look;
 //! 4. indexes, views and triggers are created last (triggers so they do not fire on the copy);
 //!    any that fail are reported;
 //! 5. the new file passes `integrity_check` before it is moved into place, so a half-made
@@ -43,7 +47,9 @@
 //! leaves only a lower bound.
 
 use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -234,6 +240,12 @@ pub struct TableRecovery {
     /// Rows kept with their unreadable values set to NULL (only with `partial`), among
     /// `recovered`.
     pub partial: u64,
+    /// Rows read whole but left out: their values disagree with the entry an intact index
+    /// holds for their rowid (or it holds none), so they are damage that decoded, not rows
+    /// anybody wrote. Named by the index (`checked_against`).
+    pub doubtful: u64,
+    /// The index every copied row was checked against, if one could be read whole.
+    pub checked_against: Option<String>,
     /// Rowid ranges that could not be read, inclusive (`i64::MIN`/`i64::MAX`: open ends).
     pub damaged: Vec<(i64, i64)>,
     /// Why the table could not be (fully) copied, beyond damaged pages.
@@ -589,6 +601,8 @@ impl TableRecovery {
             lost_basis: "unknown".into(),
             lost_at_least: 0,
             partial: 0,
+            doubtful: 0,
+            checked_against: None,
             damaged: Vec::new(),
             error: None,
         }
@@ -1094,7 +1108,23 @@ fn salvage_table(
     };
     let recovered = Cell::new(0u64);
     let refused = Cell::new(0u64);
+    let index_view = if without_rowid {
+        None
+    } else {
+        indexes
+            .iter()
+            .find_map(|&index| IndexView::read(old, &t.name, index, &columns))
+    };
+    let mut doubtful: HashSet<i64> = HashSet::new();
     let mut take = |row: &[Value]| {
+        if let Some(view) = &index_view
+            && !view.agrees_with(row)
+        {
+            if let Value::Integer(rowid) = row[0] {
+                doubtful.insert(rowid);
+            }
+            return Ok(false);
+        }
         match insert.execute(rusqlite::params_from_iter(&row[first_value..])) {
             Ok(_) => {
                 recovered.set(recovered.get() + 1);
@@ -1153,6 +1183,8 @@ fn salvage_table(
     // not: behind a damaged interior page, or in a stretch the seeks past damage jumped.
     let listed = if without_rowid {
         None
+    } else if let Some(view) = &index_view {
+        Some((view.index, view.rowids()))
     } else {
         indexes
             .iter()
@@ -1162,10 +1194,14 @@ fn salvage_table(
         && result.error.is_some()
         && !stopped
     {
-        let missing = copy_by_rowid(old, out, &t.name, &list, rowids, &mut take);
+        let mut missing = copy_by_rowid(old, out, &t.name, &list, rowids, &mut take);
+        // Read, but left out: not unreadable.
+        missing.retain(|rowid| !doubtful.contains(rowid));
         damaged = ranges(&missing);
         open_ended = false;
     }
+    result.doubtful = doubtful.len() as u64;
+    result.checked_against = index_view.map(|v| v.index.to_owned());
     let recovered = recovered.get();
     progress(recovered);
     result.recovered = recovered;
@@ -1280,6 +1316,104 @@ fn from_index_alone(conn: &Connection, table: &str, index: &str, what: &str) -> 
 
 /// The rowids of every entry of `index`, read from the index alone (see
 /// [`from_index_alone`]); `None` if it does not read through.
+/// What an intact index on plain columns says each row of its table holds: for every rowid,
+/// a hash of each key value (a few bytes a row, whatever the values' size), read from the
+/// index alone (see [`from_index_alone`]).
+struct IndexView<'a> {
+    index: &'a str,
+    /// Where each key column is among a row's values (the rowid first, then the columns).
+    positions: Vec<usize>,
+    keys: HashMap<i64, Vec<u64>>,
+}
+
+/// A hash of one value, its type included (1 and 1.0 and '1' differ, as in a record).
+fn value_hash(value: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match value {
+        Value::Null => 0u8.hash(&mut h),
+        Value::Integer(i) => (1u8, i).hash(&mut h),
+        Value::Real(r) => (2u8, r.to_bits()).hash(&mut h),
+        Value::Text(t) => (3u8, t).hash(&mut h),
+        Value::Blob(b) => (4u8, b).hash(&mut h),
+    }
+    h.finish()
+}
+
+impl<'a> IndexView<'a> {
+    /// `None` if the index cannot be read whole, or one of its keys is an expression or a
+    /// column the copy does not insert (a generated one).
+    fn read(
+        conn: &Connection,
+        table: &str,
+        index: &'a str,
+        columns: &[String],
+    ) -> Option<IndexView<'a>> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT cid, name FROM pragma_index_xinfo({}) WHERE key = 1 ORDER BY seqno",
+                quote_literal(index)
+            ))
+            .ok()?;
+        let key_columns = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .ok()?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ok()?;
+        let mut names = Vec::new();
+        let mut positions = Vec::new();
+        for (cid, name) in key_columns {
+            let name = name.filter(|_| cid >= 0)?;
+            positions.push(1 + columns.iter().position(|c| *c == name)?);
+            names.push(quote(&name));
+        }
+        if names.is_empty() {
+            return None;
+        }
+        let what = format!("rowid, {}", names.join(", "));
+        let sql = from_index_alone(conn, table, index, &what)?;
+        let mut stmt = conn.prepare(&sql).ok()?;
+        let width = names.len();
+        let keys = stmt
+            .query_map([], |r| {
+                let key = (1..=width)
+                    .map(|i| r.get::<_, Value>(i).map(|v| value_hash(&v)))
+                    .collect::<rusqlite::Result<Vec<u64>>>()?;
+                Ok((r.get::<_, i64>(0)?, key))
+            })
+            .ok()?
+            .collect::<rusqlite::Result<HashMap<i64, Vec<u64>>>>()
+            .ok()?;
+        Some(IndexView {
+            index,
+            positions,
+            keys,
+        })
+    }
+
+    /// Whether the index lists `row`'s rowid with `row`'s values. A NULL in the row is not
+    /// compared: `--partial` puts it where a value could not be read.
+    fn agrees_with(&self, row: &[Value]) -> bool {
+        let Value::Integer(rowid) = row[0] else {
+            return false;
+        };
+        self.keys.get(&rowid).is_some_and(|key| {
+            self.positions
+                .iter()
+                .zip(key)
+                .all(|(&at, &indexed)| row[at] == Value::Null || value_hash(&row[at]) == indexed)
+        })
+    }
+
+    /// Every rowid the index lists, sorted.
+    fn rowids(&self) -> Vec<i64> {
+        let mut rowids: Vec<i64> = self.keys.keys().copied().collect();
+        rowids.sort_unstable();
+        rowids
+    }
+}
+
 fn index_rowids(conn: &Connection, table: &str, index: &str) -> Option<Vec<i64>> {
     let sql = from_index_alone(conn, table, index, "rowid")?;
     let mut stmt = conn.prepare(&sql).ok()?;
@@ -1350,6 +1484,14 @@ impl fmt::Display for TableRecovery {
                 self.lost_at_least
             )?,
             None => f.write_str(", rows lost unknown")?,
+        }
+        if self.doubtful > 0 {
+            write!(
+                f,
+                "; {} left out: read whole, but their values disagree with index {}",
+                self.doubtful,
+                self.checked_against.as_deref().unwrap_or("?")
+            )?;
         }
         for &(from, to) in &self.damaged {
             match (from, to) {

@@ -31,10 +31,12 @@
 //!      one bad page costs only the rows on it;
 //!    - where an index of the table still reads through, every rowid it lists that was not
 //!      copied is looked up on its own, which reaches rows behind a damaged interior page;
-//!    - where such an index is on plain columns, every row is checked against its entry: a
-//!      row whose values disagree (or whose rowid it does not list) is left out and counted
-//!      as doubtful. A damaged page can decode into a row nobody wrote (seen on what native
-//!      SQLite left on sshfs); the damaged file keeps it for whoever wants to look;
+//!    - where such an index is on plain columns, every row is checked against its entries:
+//!      a row whose values disagree with all of them (or whose rowid it does not list) is
+//!      counted as doubtful, and left out with `strict`. A damaged page can decode into a
+//!      row nobody wrote (seen on what native SQLite left on sshfs); but writers without
+//!      working locks also leave real rows their index lost track of, often hundreds, so
+//!      leaving them out is the user's choice;
 //! 4. indexes, views and triggers are created last (triggers so they do not fire on the copy);
 //!    any that fail are reported;
 //! 5. the new file passes `integrity_check` before it is moved into place, so a half-made
@@ -240,10 +242,13 @@ pub struct TableRecovery {
     /// Rows kept with their unreadable values set to NULL (only with `partial`), among
     /// `recovered`.
     pub partial: u64,
-    /// Rows read whole but left out: their values disagree with the entry an intact index
-    /// holds for their rowid (or it holds none), so they are damage that decoded, not rows
-    /// anybody wrote. Named by the index (`checked_against`).
+    /// Rows read whole whose values disagree with every entry an intact index holds for their
+    /// rowid (or it holds none): damage that decoded into a row nobody wrote, or a real row
+    /// the index lost track of (writers without working locks leave both). Kept, among
+    /// `recovered`, unless `doubtful_left_out`.
     pub doubtful: u64,
+    /// `RecoverOptions::strict`: the doubtful rows were left out (and count among the lost).
+    pub doubtful_left_out: bool,
     /// The index every copied row was checked against, if one could be read whole.
     pub checked_against: Option<String>,
     /// Rowid ranges that could not be read, inclusive (`i64::MIN`/`i64::MAX`: open ends).
@@ -394,6 +399,9 @@ pub struct RecoverOptions {
     /// Keep rows whose values cannot all be read, with NULL for the unreadable ones.
     /// Off: such rows count as lost.
     pub partial: bool,
+    /// Leave out rows whose values disagree with an intact index of their table. Off: they
+    /// are kept and counted (`TableRecovery::doubtful`).
+    pub strict: bool,
 }
 
 /// Removes the work directory however `recover` ends.
@@ -419,7 +427,11 @@ pub fn recover(
     options: RecoverOptions,
     progress: ProgressFn<'_>,
 ) -> Result<Recovery, String> {
-    let RecoverOptions { lease, partial } = options;
+    let RecoverOptions {
+        lease,
+        partial,
+        strict,
+    } = options;
     for (which, path) in [("BROKEN", broken), ("NEW", new)] {
         if path.as_os_str().is_empty() {
             return Err(format!("{which} is empty: an empty path names no file"));
@@ -528,6 +540,7 @@ pub fn recover(
             t,
             exists,
             partial,
+            strict,
             &indexes,
             &mut report,
         ));
@@ -602,6 +615,7 @@ impl TableRecovery {
             lost_at_least: 0,
             partial: 0,
             doubtful: 0,
+            doubtful_left_out: false,
             checked_against: None,
             damaged: Vec::new(),
             error: None,
@@ -1061,6 +1075,7 @@ fn salvage_table(
     t: &SchemaEntry,
     replace: bool,
     partial: bool,
+    strict: bool,
     indexes: &[&str],
     progress: &mut dyn FnMut(u64),
 ) -> TableRecovery {
@@ -1123,7 +1138,9 @@ fn salvage_table(
             if let Value::Integer(rowid) = row[0] {
                 doubtful.insert(rowid);
             }
-            return Ok(false);
+            if strict {
+                return Ok(false);
+            }
         }
         match insert.execute(rusqlite::params_from_iter(&row[first_value..])) {
             Ok(_) => {
@@ -1195,12 +1212,13 @@ fn salvage_table(
         && !stopped
     {
         let mut missing = copy_by_rowid(old, out, &t.name, &list, rowids, &mut take);
-        // Read, but left out: not unreadable.
+        // Read, but left out (`strict`): not unreadable.
         missing.retain(|rowid| !doubtful.contains(rowid));
         damaged = ranges(&missing);
         open_ended = false;
     }
     result.doubtful = doubtful.len() as u64;
+    result.doubtful_left_out = strict;
     result.checked_against = index_view.map(|v| v.index.to_owned());
     let recovered = recovered.get();
     progress(recovered);
@@ -1323,7 +1341,9 @@ struct IndexView<'a> {
     index: &'a str,
     /// Where each key column is among a row's values (the rowid first, then the columns).
     positions: Vec<usize>,
-    keys: HashMap<i64, Vec<u64>>,
+    /// Every entry the index holds for a rowid: more than one where writers without working
+    /// locks gave one rowid to two rows, and the index kept both.
+    keys: HashMap<i64, Vec<Vec<u64>>>,
 }
 
 /// A hash of one value, its type included (1 and 1.0 and '1' differ, as in a record).
@@ -1375,7 +1395,7 @@ impl<'a> IndexView<'a> {
         let sql = from_index_alone(conn, table, index, &what)?;
         let mut stmt = conn.prepare(&sql).ok()?;
         let width = names.len();
-        let keys = stmt
+        let entries = stmt
             .query_map([], |r| {
                 let key = (1..=width)
                     .map(|i| r.get::<_, Value>(i).map(|v| value_hash(&v)))
@@ -1383,8 +1403,12 @@ impl<'a> IndexView<'a> {
                 Ok((r.get::<_, i64>(0)?, key))
             })
             .ok()?
-            .collect::<rusqlite::Result<HashMap<i64, Vec<u64>>>>()
+            .collect::<rusqlite::Result<Vec<(i64, Vec<u64>)>>>()
             .ok()?;
+        let mut keys: HashMap<i64, Vec<Vec<u64>>> = HashMap::new();
+        for (rowid, key) in entries {
+            keys.entry(rowid).or_default().push(key);
+        }
         Some(IndexView {
             index,
             positions,
@@ -1398,11 +1422,12 @@ impl<'a> IndexView<'a> {
         let Value::Integer(rowid) = row[0] else {
             return false;
         };
-        self.keys.get(&rowid).is_some_and(|key| {
-            self.positions
-                .iter()
-                .zip(key)
-                .all(|(&at, &indexed)| row[at] == Value::Null || value_hash(&row[at]) == indexed)
+        self.keys.get(&rowid).is_some_and(|entries| {
+            entries.iter().any(|key| {
+                self.positions.iter().zip(key).all(|(&at, &indexed)| {
+                    row[at] == Value::Null || value_hash(&row[at]) == indexed
+                })
+            })
         })
     }
 
@@ -1486,12 +1511,20 @@ impl fmt::Display for TableRecovery {
             None => f.write_str(", rows lost unknown")?,
         }
         if self.doubtful > 0 {
-            write!(
-                f,
-                "; {} left out: read whole, but their values disagree with index {}",
-                self.doubtful,
-                self.checked_against.as_deref().unwrap_or("?")
-            )?;
+            let index = self.checked_against.as_deref().unwrap_or("?");
+            if self.doubtful_left_out {
+                write!(
+                    f,
+                    "; {} left out: read whole, but their values disagree with index {index}",
+                    self.doubtful
+                )?;
+            } else {
+                write!(
+                    f,
+                    "; {} kept whose values disagree with index {index} (--strict leaves them out)",
+                    self.doubtful
+                )?;
+            }
         }
         for &(from, to) in &self.damaged {
             match (from, to) {

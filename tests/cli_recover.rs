@@ -231,12 +231,17 @@ fn a_file_native_sqlite_corrupted_without_working_locks_is_salvaged_into_real_ro
     assert_eq!(doctor.code, 2, "{doctor:?}");
     assert!(doctor.stdout.contains("[integrity]"), "{}", doctor.stdout);
 
+    // --strict: a row that decoded from damage, which its index contradicts, stays out.
     let new = dir.path().join("salvaged.db");
-    let out = run(&["recover", path(&db), path(&new)]);
+    let out = run(&["recover", path(&db), path(&new), "--strict"]);
     assert!(out.code == 0 || out.code == 1, "{out:?}");
     println!("{}", out.stdout);
     let (recovered, lost, line) = figures(&out.stdout, "t");
-    assert_eq!(out.code == 1, lost != Some(0), "{line}");
+    assert_eq!(
+        out.code == 1,
+        lost != Some(0) || line.contains("left out"),
+        "{line}"
+    );
     assert!(recovered > 0, "{line}");
     let new = Connection::open(&new).unwrap();
     let check: String = new
@@ -259,7 +264,7 @@ fn a_file_native_sqlite_corrupted_without_working_locks_is_salvaged_into_real_ro
 }
 
 #[test]
-fn a_row_whose_values_disagree_with_an_intact_index_is_left_out_and_counted() {
+fn a_row_whose_values_disagree_with_an_intact_index_is_counted_and_with_strict_left_out() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.db");
     let conn = Connection::open(&broken).unwrap();
@@ -299,9 +304,37 @@ fn a_row_whose_values_disagree_with_an_intact_index_is_left_out_and_counted() {
     )
     .unwrap();
     drop(conn);
+    let rows_of = |db: &Path| -> Vec<(i64, i64, String)> {
+        Connection::open(db)
+            .unwrap()
+            .prepare("SELECT id, worker, x FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
 
-    let new = dir.path().join("new.db");
-    let out = run(&["recover", path(&broken), path(&new)]);
+    // By default the row is kept, and named as in doubt.
+    let kept = dir.path().join("kept.db");
+    let out = run(&["recover", path(&broken), path(&kept)]);
+    println!("{}", out.stdout);
+    assert_eq!(out.code, 1, "a row is in doubt: {out:?}");
+    let (recovered, lost, line) = figures(&out.stdout, "t");
+    assert_eq!((recovered, lost), (100, Some(0)), "{line}");
+    assert!(
+        line.contains(
+            "1 kept whose values disagree with index t_worker (--strict leaves them out)"
+        ),
+        "{line}"
+    );
+    let rows = rows_of(&kept);
+    assert_eq!(rows.len(), 100);
+    assert!(rows.contains(&(50, 99, payload(50))));
+
+    // --strict leaves it out, counted among the lost, not as unreadable.
+    let strict = dir.path().join("strict.db");
+    let out = run(&["recover", path(&broken), path(&strict), "--strict"]);
     println!("{}", out.stdout);
     assert_eq!(out.code, 1, "a row was left out: {out:?}");
     let (recovered, lost, line) = figures(&out.stdout, "t");
@@ -311,14 +344,7 @@ fn a_row_whose_values_disagree_with_an_intact_index_is_left_out_and_counted() {
         "{line}"
     );
     assert!(!line.contains("unreadable"), "it was read: {line}");
-    let new = Connection::open(&new).unwrap();
-    let rows: Vec<(i64, i64, String)> = new
-        .prepare("SELECT id, worker, x FROM t ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows = rows_of(&strict);
     assert_eq!(rows.len(), 99);
     assert!(
         rows.iter()

@@ -17,7 +17,7 @@ const USAGE: &str = "\
 usage:
   sqlite-netfs doctor PATH [--json] [--check [--full]] [--lease SECS] [--no-wait]
   sqlite-netfs unlock PATH --stale [--lease SECS]
-  sqlite-netfs recover BROKEN NEW [--partial] [--lease SECS]
+  sqlite-netfs recover BROKEN NEW [--partial] [--strict] [--lease SECS]
 
 doctor   shows the mode this host picks for the database and why, who holds its locks and
          whether they are alive, the journal, and hazards (WAL files in network mode, bad
@@ -31,8 +31,9 @@ unlock   --stale removes lock-table entries and tokens of dead holders: at once 
 recover  copies every readable row of a damaged database into the new file NEW and reports
          rows recovered and lost per table. BROKEN is only read (under network mode's read
          lock when it has a lock table). --partial also keeps rows some of whose values
-         cannot be read, with NULL in their place. Exit status: 0 nothing lost, 1 rows or
-         schema objects lost (or kept partly), 2 could not run.
+         cannot be read, with NULL in their place. Rows whose values disagree with an
+         intact index are counted; --strict leaves them out. Exit status: 0 nothing lost,
+         1 rows or schema objects lost (or kept partly, or in doubt), 2 could not run.
 
 --lease SECS   the lease the applications use (default 10, as sqlite_netfs::DEFAULT_LEASE)";
 
@@ -316,7 +317,7 @@ fn unlock(args: &[OsString]) -> Result<u8, String> {
 }
 
 fn recover(args: &[OsString]) -> Result<u8, String> {
-    let a = parse(args, &["--lease", "--partial"])?;
+    let a = parse(args, &["--lease", "--partial", "--strict"])?;
     let [broken, new] = &a.paths[..] else {
         return Err(format!("recover takes two paths: BROKEN NEW\n\n{USAGE}"));
     };
@@ -340,6 +341,7 @@ fn recover(args: &[OsString]) -> Result<u8, String> {
         RecoverOptions {
             lease: a.lease,
             partial: a.flags.iter().any(|f| f == "--partial"),
+            strict: a.flags.iter().any(|f| f == "--strict"),
         },
         &mut progress,
     );
@@ -369,7 +371,10 @@ fn recover(args: &[OsString]) -> Result<u8, String> {
         }
     );
     // 1: the new file holds all that could be read, but not all there was.
-    let partly = recovery.tables.iter().any(|t| t.partial > 0);
+    let partly = recovery
+        .tables
+        .iter()
+        .any(|t| t.partial > 0 || t.doubtful > 0);
     let incomplete = lost > 0 || unknown > 0 || partly || !recovery.schema_errors.is_empty();
     Ok(u8::from(incomplete))
 }

@@ -427,11 +427,7 @@ pub fn recover(
     options: RecoverOptions,
     progress: ProgressFn<'_>,
 ) -> Result<Recovery, String> {
-    let RecoverOptions {
-        lease,
-        partial,
-        strict,
-    } = options;
+    let lease = options.lease;
     for (which, path) in [("BROKEN", broken), ("NEW", new)] {
         if path.as_os_str().is_empty() {
             return Err(format!("{which} is empty: an empty path names no file"));
@@ -539,8 +535,7 @@ pub fn recover(
             &out,
             t,
             exists,
-            partial,
-            strict,
+            &options,
             &indexes,
             &mut report,
         ));
@@ -1074,11 +1069,13 @@ fn salvage_table(
     out: &Connection,
     t: &SchemaEntry,
     replace: bool,
-    partial: bool,
-    strict: bool,
+    options: &RecoverOptions,
     indexes: &[&str],
     progress: &mut dyn FnMut(u64),
 ) -> TableRecovery {
+    let RecoverOptions {
+        partial, strict, ..
+    } = *options;
     let mut result = TableRecovery::default_for(&t.name);
     let columns = match insertable_columns(out, &t.name) {
         Ok(c) => c,

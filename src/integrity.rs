@@ -1329,8 +1329,6 @@ fn from_index_alone(conn: &Connection, table: &str, index: &str, what: &str) -> 
     })
 }
 
-/// The rowids of every entry of `index`, read from the index alone (see
-/// [`from_index_alone`]); `None` if it does not read through.
 /// What an intact index on plain columns says each row of its table holds: for every rowid,
 /// a hash of each key value (a few bytes a row, whatever the values' size), read from the
 /// index alone (see [`from_index_alone`]).
@@ -1436,6 +1434,8 @@ impl<'a> IndexView<'a> {
     }
 }
 
+/// The rowids of every entry of `index`, read from the index alone (see
+/// [`from_index_alone`]); `None` if it does not read through.
 fn index_rowids(conn: &Connection, table: &str, index: &str) -> Option<Vec<i64>> {
     let sql = from_index_alone(conn, table, index, "rowid")?;
     let mut stmt = conn.prepare(&sql).ok()?;

@@ -33,7 +33,8 @@ pub struct StressPlan {
     pub readers: usize,
     pub busy_timeout_ms: u64,
     pub payload: Payload,
-    /// A writer stops after this many failed transactions in a row (`None`: the worker's 50).
+    /// A writer stops after this many failed transactions in a row (`None`:
+    /// `worker::GIVE_UP_AFTER`).
     pub give_up_after: Option<u32>,
     /// Give up on a worker after this long (it is killed and counted).
     pub deadline: Duration,

@@ -22,6 +22,9 @@ use super::vm::{GuestAgent, GuestProcess};
 
 const JOB_ENV: &str = "SQLITE_NETFS_TEST_JOB";
 
+/// A writer stops after this many failed transactions in a row, unless its job says otherwise.
+pub const GIVE_UP_AFTER: u32 = 50;
+
 /// What a worker process does. Encoded as `key=value` lines.
 #[derive(Debug, Clone, Default)]
 pub struct Job {
@@ -45,7 +48,8 @@ pub struct Job {
     pub busy_timeout_ms: u64,
     /// The payload of each row the writer inserts (fault roles read `Payload::largest`).
     pub payload: Payload,
-    /// Writer: stop after this many failed transactions in a row (`None`: 50).
+    /// Writer: stop after this many failed transactions in a row (`None`:
+    /// [`GIVE_UP_AFTER`]).
     pub give_up_after: Option<u32>,
 }
 
@@ -395,7 +399,7 @@ fn writer(job: &Job) {
             return;
         }
     };
-    let give_up_after = job.give_up_after.unwrap_or(50);
+    let give_up_after = job.give_up_after.unwrap_or(GIVE_UP_AFTER);
     let mut failures_in_a_row = 0;
     let mut seq = 0;
     while seq < job.transactions && failures_in_a_row < give_up_after {

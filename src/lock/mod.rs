@@ -761,6 +761,10 @@ pub(crate) mod tests {
         stale_empty_opens: Arc<AtomicU64>,
         /// The next table open takes this long on this clock (a stalled client or server).
         stalled_open: Arc<Mutex<Option<(FakeEnv, Duration)>>>,
+        /// Every read of a whole file takes this long on this clock (a slow file server).
+        read_cost: Arc<Mutex<Option<(FakeEnv, Duration)>>>,
+        /// Reads of whole files so far, by name.
+        reads: Arc<Mutex<HashMap<LockFileName, u64>>>,
     }
 
     impl FakeFiles {
@@ -782,6 +786,16 @@ pub(crate) mod tests {
         /// The next table open takes `stall` on `env`'s clock.
         pub fn stall_next_table_open(&self, env: &FakeEnv, stall: Duration) {
             *self.stalled_open.lock() = Some((env.clone(), stall));
+        }
+
+        /// From now on every read of a whole file takes `cost`.
+        pub fn slow_reads(&self, env: &FakeEnv, cost: Duration) {
+            *self.read_cost.lock() = Some((env.clone(), cost));
+        }
+
+        /// Reads of the file `name` so far.
+        pub fn reads_of(&self, name: LockFileName) -> u64 {
+            self.reads.lock().get(&name).copied().unwrap_or(0)
         }
     }
 
@@ -822,6 +836,10 @@ pub(crate) mod tests {
             Ok(true)
         }
         fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+            *self.reads.lock().entry(name).or_default() += 1;
+            if let Some((env, cost)) = &*self.read_cost.lock() {
+                env.advance(*cost);
+            }
             Ok(self.files.lock().get(&name).cloned())
         }
         fn open_table(&self) -> io::Result<FakeTable> {
@@ -1353,6 +1371,28 @@ pub(crate) mod tests {
         env.kill(1);
         assert!(granted(next.lock(Level::Shared).unwrap()));
         assert!(files.read(LockFileName::Break).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_waiter_looks_at_a_live_latch_at_a_pace_set_by_what_a_look_costs() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut waiter = client(&files, &env, "h1", 2);
+        files
+            .create_exclusive(LockFileName::Latch, b"h2 1 1 1 7\n")
+            .unwrap();
+        // A fast server: a look every 20 ms of the 500 ms wait.
+        assert_eq!(waiter.lock(Level::Shared).unwrap(), Acquired::Busy);
+        let fast = files.reads_of(LockFileName::Latch);
+        assert!((20..=25).contains(&fast), "{fast} looks on a fast server");
+        // A slow one (10 ms a look): eight looks' cost between looks.
+        let mut waiter = client(&files, &env, "h1", 3);
+        files.slow_reads(&env, Duration::from_millis(10));
+        assert_eq!(waiter.lock(Level::Shared).unwrap(), Acquired::Busy);
+        let slow = files.reads_of(LockFileName::Latch) - fast;
+        assert!((4..=12).contains(&slow), "{slow} looks on a slow server");
+        // The holder, on another host, is still judged dead after a lease of silence.
+        env.advance(LEASE);
+        assert!(granted(waiter.lock(Level::Shared).unwrap()));
     }
 
     #[test]

@@ -61,7 +61,16 @@ impl TwoHostTestbed {
         write_file(&auth, b"auth \"guest\" \"\"\n")?;
         fs::set_permissions(&auth, fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("chmod smbnetfs.auth: {e}"))?;
-        write_file(&home.join(".smb/smbnetfs.conf"), b"")?;
+        // smbnetfs serves each SMB connection from a child process that exits on any errno
+        // outside that call's expected list. A `stat` meeting the other mount's `rmdir` of a
+        // token directory (between its delete-on-close and its close) gets "delete pending",
+        // which libsmbclient turns into EINVAL: the child exits, its session ends, the call
+        // fails with EIO, and the parent caches that failure for the whole host (`127.0.0.1`),
+        // so every call on the mount failed with EIO for `neg_cache_timeout` (3000 ms by
+        // default; smbd's log at level 3 showed one "Server exit" per collision). At 1 ms a
+        // collision costs one EIO and a reconnect. (`neg_cache "false"` hangs smbnetfs 0.6.3:
+        // it flushes the cache under the cache's own mutex.)
+        write_file(&home.join(".smb/smbnetfs.conf"), b"neg_cache_timeout 1\n")?;
 
         let pid_file = t.join("run/smbd.pid");
         tb.pid_files.push(pid_file.clone());

@@ -45,7 +45,7 @@ pub fn kills_lose_nothing(tb: &VmTestbed, label: &str, window: Duration) {
             && v.partial == 0
             && v.counter.is_some()
             && v.counter == v.rows
-            && v.unacked_present <= report.kills + report.unknown_outcomes
+            && v.unacked_present <= report.kills + report.stuck_workers + report.unknown_outcomes
             && report.torn_reads == 0,
         "{}",
         report.figures("sigkill")

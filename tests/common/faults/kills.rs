@@ -36,6 +36,9 @@ impl KillPlan {
     }
 }
 
+/// How long everyone may take to stop once a writer was found stalled.
+const STUCK_FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Phases the driver aims at in turn (any worker, any moment for `any`).
 const AIMS: [&str; 6] = ["read", "reserved", "pages", "commit", "acked", "any"];
 
@@ -84,7 +87,15 @@ pub fn run_mixed(
     }
     stalled += run.wait_for_progress(kills.progress_timeout).len() as u64;
     run.stalled_writers = stalled;
-    let mut report = run.finish(kills.finish_timeout);
+    // A writer that made no progress in all that time is stuck below us (a guest kernel's
+    // "task blocked for more than 600 s" on virtiofs): waiting the full finish timeout again
+    // only lengthens the run, and it is killed and counted as stuck either way.
+    let finish_timeout = if stalled > 0 {
+        kills.finish_timeout.min(STUCK_FINISH_TIMEOUT)
+    } else {
+        kills.finish_timeout
+    };
+    let mut report = run.finish(finish_timeout);
     report.outages = made;
     report
 }

@@ -421,6 +421,30 @@ pub fn exists_for_sqlite(name: &str) -> Option<Result<bool, FileError>> {
     })
 }
 
+/// Opens a network-mode database's journal for SQLite with `open` (the base VFS's open, given
+/// the flags to use), answering with its result code.
+///
+/// The journal is never deleted here, so after a database's first transaction it always
+/// exists: the open is tried without `SQLITE_OPEN_CREATE` first, and with it only if that
+/// fails. SQLite's unix VFS marks a journal opened with `SQLITE_OPEN_CREATE` as new, and its
+/// first sync then opens and syncs the directory: one more open at the file server in every
+/// write transaction (traced on NFS), for a name that was made durable when the journal was
+/// first created. A failed open with `SQLITE_OPEN_CREATE` is tried again as any other open is
+/// ([`crate::client_cache::retry_cantopen`]: smbnetfs fails opens with a passing EIO).
+pub fn open_for_sqlite(flags: c_int, mut open: impl FnMut(c_int) -> c_int) -> c_int {
+    if flags & ffi::SQLITE_OPEN_CREATE != 0 {
+        let existing = open(flags & !ffi::SQLITE_OPEN_CREATE);
+        if existing != ffi::SQLITE_CANTOPEN {
+            return existing;
+        }
+    }
+    let outcome = crate::client_cache::retry_cantopen(ffi::SQLITE_CANTOPEN, || match open(flags) {
+        ffi::SQLITE_OK => Ok(()),
+        rc => Err(rc),
+    });
+    outcome.err().unwrap_or(ffi::SQLITE_OK)
+}
+
 /// Returned by `PRAGMA journal_mode=<anything else>` in network mode: the pinned mode.
 const PINNED_JOURNAL_MODE: &str = "delete";
 
@@ -465,23 +489,28 @@ fn with_access_patience<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<
 }
 
 /// "Delete" for SQLite: truncate to zero bytes (and sync if asked), keeping the file.
-/// `O_TRUNC` rather than `ftruncate`: smbnetfs fails `ftruncate` with EIO but honours both
-/// `O_TRUNC` and `truncate(path)`.
+///
+/// Without a sync, by path: `truncate(2)` is one request at an NFS server (SETATTR) where an
+/// `O_TRUNC` open is three (OPEN, SETATTR, CLOSE), once per write transaction. The path is
+/// not checked for a symlink, as the `O_NOFOLLOW` open would: SQLite opened this journal with
+/// `O_NOFOLLOW` in the transaction that now deletes it. With a sync (`synchronous=EXTRA`),
+/// through an `O_TRUNC` open, to have a descriptor to sync. Never `ftruncate`: smbnetfs fails
+/// it with EIO but honours both `O_TRUNC` and `truncate(path)`.
 fn discard(path: &Path, sync: bool) -> io::Result<()> {
-    let file = match OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let emptied = if sync {
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .and_then(|file| file.sync_all())
+    } else {
+        crate::sys::truncate_path(path, 0)
     };
-    if sync {
-        file.sync_all()?;
+    match emptied {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -625,12 +654,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = dir.path().join("a.db-journal");
         assert!(!has_content(&j, SizeRefresh::ForcedStat).unwrap());
-        discard(&j, true).unwrap(); // absent: nothing to do
-        std::fs::write(&j, b"journal bytes").unwrap();
-        assert!(has_content(&j, SizeRefresh::ForcedStat).unwrap());
-        discard(&j, true).unwrap();
-        assert!(j.exists());
-        assert!(!has_content(&j, SizeRefresh::ForcedStat).unwrap());
+        for sync in [false, true] {
+            discard(&j, sync).unwrap(); // absent: nothing to do
+            assert!(!j.exists());
+            std::fs::write(&j, b"journal bytes").unwrap();
+            assert!(has_content(&j, SizeRefresh::ForcedStat).unwrap());
+            discard(&j, sync).unwrap();
+            assert!(j.exists());
+            assert!(!has_content(&j, SizeRefresh::ForcedStat).unwrap());
+            std::fs::remove_file(&j).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_existing_journal_is_opened_without_create_so_no_directory_sync_follows() {
+        let rw_create =
+            ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE | ffi::SQLITE_OPEN_MAIN_JOURNAL;
+        let opens_with = |answers: &[c_int], flags: c_int| {
+            let mut asked = Vec::new();
+            let rc = open_for_sqlite(flags, |f| {
+                asked.push(f);
+                answers[(asked.len() - 1).min(answers.len() - 1)]
+            });
+            (rc, asked)
+        };
+        // The journal exists: one open, without CREATE.
+        let (rc, asked) = opens_with(&[ffi::SQLITE_OK], rw_create);
+        assert_eq!(rc, ffi::SQLITE_OK);
+        assert_eq!(asked, [rw_create & !ffi::SQLITE_OPEN_CREATE]);
+        // It does not (a new database): then with CREATE, as SQLite asked.
+        let (rc, asked) = opens_with(&[ffi::SQLITE_CANTOPEN, ffi::SQLITE_OK], rw_create);
+        assert_eq!(rc, ffi::SQLITE_OK);
+        assert_eq!(asked, [rw_create & !ffi::SQLITE_OPEN_CREATE, rw_create]);
+        // Any other failure of the first open is SQLite's answer.
+        let (rc, asked) = opens_with(&[ffi::SQLITE_IOERR], rw_create);
+        assert_eq!((rc, asked.len()), (ffi::SQLITE_IOERR, 1));
+        // A read-only open (the hot-journal check) is made as asked.
+        let read_only = ffi::SQLITE_OPEN_READONLY | ffi::SQLITE_OPEN_MAIN_JOURNAL;
+        let (rc, asked) = opens_with(&[ffi::SQLITE_OK], read_only);
+        assert_eq!((rc, asked), (ffi::SQLITE_OK, vec![read_only]));
     }
 
     #[test]

@@ -420,8 +420,9 @@ unsafe fn open_journal(
 ) -> c_int {
     // SAFETY: as required, the slot lies inside the allocation, with room for the base file.
     let native = unsafe { shim::base_slot(file) };
-    let rc = retry_cantopen(|| {
-        // SAFETY: SQLite's own arguments, with the base file object placed inside ours.
+    let rc = crate::network::journal::open_for_sqlite(flags, |flags| {
+        // SAFETY: SQLite's own arguments (the flags perhaps without CREATE), with the base file
+        // object placed inside ours; a failed open leaves it untouched.
         unsafe { (*base).xOpen.expect("unix VFS has xOpen")(base, name, native, flags, out_flags) }
     });
     if rc != ffi::SQLITE_OK {

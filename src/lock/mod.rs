@@ -19,13 +19,12 @@
 //! # Lingering releases
 //! | unlock                                   | the table gets                 | published by |
 //! |------------------------------------------|--------------------------------|--------------|
-//! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows; else the heartbeat |
-//! | SHARED → NONE after a write transaction  | SHARED and the generation bump, in one edit: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
-//! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | as above |
+//! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
+//! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | any other, and SHARED → NONE after a refused hot-journal rollback (EXCLUSIVE from SHARED) | the release | this edit |
 //!
-//! A lingering SHARED entry serves the connection's next transaction after a latch-free look
-//! at the table ([`LockTable::shared_reusable_by`]); no writer can pass it meanwhile.
+//! A lingering SHARED entry serves the next read transaction after a latch-free look at the
+//! table ([`LockTable::shared_reusable_by`]); no writer can pass it meanwhile.
 //!
 //! # Staleness
 //! | holder                      | judged dead when                                         |
@@ -448,28 +447,14 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             self.lower_owing(to, changed_file);
             return Ok(None);
         }
-        // The end of a write transaction: its downgrade to SHARED, owed since the commit, is
-        // published now with the generation bump, and the SHARED entry then lingers as a
-        // reader's does, so that the connection's next transaction begins without an edit
-        // (one edit of four per write transaction while it writes back to back).
-        let write_ends = (self.level, to) == (Level::Shared, Level::None)
-            && self.owed_since.is_some()
-            && !changed_file
-            && self.last_refused != Some(Level::Exclusive)
-            && self.entry_written_at.is_some();
-        let published = if write_ends { Level::Shared } else { to };
         let me = self.me.clone();
         let seq = self.seq + 1;
         let outcome = self.edit_table(UNLOCK_LATCH_WAIT, |table| {
-            table.release(&me, published, seq, changed_file);
+            table.release(&me, to, seq, changed_file);
         });
         match outcome {
             Ok(Some(((), generation))) => {
-                if write_ends {
-                    self.lower_owing(to, false);
-                } else {
-                    self.lower_to(to);
-                }
+                self.lower_to(to);
                 Ok(Some(generation))
             }
             // Whatever happened, we no longer act on the higher level.
@@ -1111,7 +1096,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn end_of_a_write_transaction_is_one_edit_that_leaves_shared_lingering() {
+    fn end_of_a_write_transaction_is_one_edit() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut w = client(&files, &env, "h1", 1);
         for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
@@ -1122,27 +1107,6 @@ pub(crate) mod tests {
         assert_eq!(w.level(), Level::Shared);
         assert_eq!(w.unlock(Level::None, false).unwrap(), Some(1));
         assert_eq!(table_writes(&files), writes + 1);
-        assert_eq!(w.level(), Level::None);
-        let table = table_of(&files);
-        assert_eq!(table.level_of(w.owner()), Level::Shared, "lingers");
-        assert_eq!(table.generation, 1, "the bump is published");
-        // The next transaction begins without an edit; its end is again one.
-        assert_eq!(
-            w.lock(Level::Shared).unwrap(),
-            Acquired::Granted { generation: 1 }
-        );
-        assert_eq!(table_writes(&files), writes + 1, "no edit");
-        for level in [Level::Reserved, Level::Exclusive] {
-            assert!(granted(w.lock(level).unwrap()));
-        }
-        w.unlock(Level::Shared, true).unwrap();
-        assert_eq!(w.unlock(Level::None, false).unwrap(), Some(2));
-        assert_eq!(table_writes(&files), writes + 4, "three edits");
-        // Idle, the heartbeat publishes the NONE.
-        assert!(w.release_owed());
-        env.advance(RELEASE_LINGER);
-        assert!(w.settle_due());
-        w.settle(LATCH_WAIT).unwrap();
         assert!(!w.release_owed());
         let table = table_of(&files);
         assert!(table.holders.is_empty());
@@ -1156,47 +1120,7 @@ pub(crate) mod tests {
         w.settle(LATCH_WAIT).unwrap();
         let table = table_of(&files);
         assert_eq!(table.level_of(w.owner()), Level::Shared);
-        assert_eq!(table.generation, 3);
-    }
-
-    #[test]
-    fn a_writers_lingering_shared_gives_way_to_another_hosts_writer() {
-        let (files, env) = (FakeFiles::default(), FakeEnv::default());
-        let mut a = client(&files, &env, "h1", 1);
-        let mut b = client(&files, &env, "h2", 2);
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(a.lock(level).unwrap()));
-        }
-        a.unlock(Level::Shared, true).unwrap();
-        a.unlock(Level::None, false).unwrap();
-        // b may write its journal beside a's lingering entry, not the database.
-        for level in [Level::Shared, Level::Reserved] {
-            assert!(granted(b.lock(level).unwrap()));
-        }
-        assert_eq!(b.lock(Level::Exclusive).unwrap(), Acquired::Busy);
-        assert_eq!(b.level(), Level::Pending);
-        // a comes back: the PENDING is in the way, so its entry goes instead of serving.
-        assert_eq!(a.lock(Level::Shared).unwrap(), Acquired::Busy);
-        assert!(granted(b.lock(Level::Exclusive).unwrap()));
-        b.unlock(Level::Shared, true).unwrap();
-        b.unlock(Level::None, false).unwrap();
-        env.advance(RELEASE_LINGER);
-        b.settle(LATCH_WAIT).unwrap();
-        // Or a stays idle: its heartbeat publishes the NONE, and b's retry is granted.
-        assert!(granted(a.lock(Level::Shared).unwrap()));
-        for level in [Level::Reserved, Level::Exclusive] {
-            assert!(granted(a.lock(level).unwrap()));
-        }
-        a.unlock(Level::Shared, true).unwrap();
-        a.unlock(Level::None, false).unwrap();
-        for level in [Level::Shared, Level::Reserved] {
-            assert!(granted(b.lock(level).unwrap()));
-        }
-        assert_eq!(b.lock(Level::Exclusive).unwrap(), Acquired::Busy);
-        env.advance(RELEASE_LINGER);
-        assert!(a.settle_due());
-        a.settle(LATCH_WAIT).unwrap();
-        assert!(granted(b.lock(Level::Exclusive).unwrap()));
+        assert_eq!(table.generation, 2);
     }
 
     #[test]

@@ -438,7 +438,13 @@ pub fn open_for_sqlite(flags: c_int, mut open: impl FnMut(c_int) -> c_int) -> c_
             return existing;
         }
     }
-    let outcome = crate::client_cache::retry_cantopen(ffi::SQLITE_CANTOPEN, || match open(flags) {
+    open_with_patience(|| open(flags))
+}
+
+/// A base VFS `open` of a companion file (journal or WAL), tried again while it fails with
+/// `SQLITE_CANTOPEN` ([`crate::client_cache::retry_cantopen`]); its result code.
+pub fn open_with_patience(mut open: impl FnMut() -> c_int) -> c_int {
+    let outcome = crate::client_cache::retry_cantopen(ffi::SQLITE_CANTOPEN, || match open() {
         ffi::SQLITE_OK => Ok(()),
         rc => Err(rc),
     });

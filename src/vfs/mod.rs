@@ -332,7 +332,9 @@ unsafe extern "C" fn x_open(
                 // SAFETY: `file` has szOsFile bytes, `shim::allocation_size` of the base's.
                 unsafe { open_journal(base, name, text, refresh, file, flags, out_flags) }
             }
-            Ok(Some((Companion::Wal, _))) => retry_cantopen(pass_through),
+            Ok(Some((Companion::Wal, _))) => {
+                crate::network::journal::open_with_patience(pass_through)
+            }
             Ok(None) => pass_through(),
             Err(()) => {
                 // SAFETY: a null method table tells SQLite there is nothing to close.
@@ -391,16 +393,6 @@ unsafe extern "C" fn x_open(
             ffi::SQLITE_CANTOPEN
         }
     }
-}
-
-/// `open` (of the base VFS) under the client-cache workaround for passing open failures
-/// (`crate::client_cache::retry_cantopen`).
-fn retry_cantopen(mut open: impl FnMut() -> c_int) -> c_int {
-    let outcome = crate::client_cache::retry_cantopen(ffi::SQLITE_CANTOPEN, || match open() {
-        ffi::SQLITE_OK => Ok(()),
-        rc => Err(rc),
-    });
-    outcome.err().unwrap_or(ffi::SQLITE_OK)
 }
 
 /// Opens the journal of a network-mode database through the base VFS, into the base slot of

@@ -105,6 +105,9 @@ pub trait Environment: Send + Sync {
     fn sleep(&self, d: Duration);
     /// Whether `owner`, recorded on this host, still runs.
     fn process_alive(&self, owner: &OwnerId) -> bool;
+    /// The generation a new or replaced table starts at: one no client can have seen before,
+    /// with room to count up from.
+    fn fresh_generation(&self) -> u64;
 }
 
 /// The real environment.
@@ -120,6 +123,13 @@ impl Environment for SystemEnvironment {
     }
     fn process_alive(&self, owner: &OwnerId) -> bool {
         crate::lock::owner::same_host_process_alive(owner)
+    }
+    /// 62 random bits (std's randomly keyed hasher, over the clock and the pid): below
+    /// 2^62, so counting up never overflows.
+    fn fresh_generation(&self) -> u64 {
+        use std::hash::BuildHasher;
+        let seed = (crate::sys::boot_time().as_nanos(), std::process::id());
+        std::collections::hash_map::RandomState::new().hash_one(seed) >> 2
     }
 }
 
@@ -868,6 +878,7 @@ pub(crate) mod tests {
     pub struct FakeEnv {
         now: Arc<Mutex<Duration>>,
         dead: Arc<Mutex<HashSet<u32>>>,
+        fresh: Arc<Mutex<u64>>,
     }
 
     impl FakeEnv {
@@ -888,6 +899,13 @@ pub(crate) mod tests {
         }
         fn process_alive(&self, owner: &OwnerId) -> bool {
             !self.dead.lock().contains(&owner.pid)
+        }
+        /// 0 for the first new table, so tests can name generations; 1000 more each time.
+        fn fresh_generation(&self) -> u64 {
+            let mut fresh = self.fresh.lock();
+            let generation = *fresh;
+            *fresh += 1000;
+            generation
         }
     }
 
@@ -910,6 +928,30 @@ pub(crate) mod tests {
 
     fn granted(a: Acquired) -> bool {
         matches!(a, Acquired::Granted { .. })
+    }
+
+    #[test]
+    fn a_table_made_anew_never_counts_through_generations_already_used() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut writer = client(&files, &env, "h1", 1);
+        let mut reader = client(&files, &env, "h2", 2);
+        for _ in 0..3 {
+            assert!(granted(writer.lock(Level::Exclusive).unwrap()));
+            writer.unlock(Level::None, true).unwrap();
+        }
+        let used = table_of(&files).generation;
+        assert_eq!(used, 3);
+        // Someone deletes the table; the next writer makes a new one.
+        files.remove(LockFileName::Table).unwrap();
+        assert!(granted(writer.lock(Level::Exclusive).unwrap()));
+        writer.unlock(Level::None, true).unwrap();
+        let Acquired::Granted { generation } = reader.lock(Level::Shared).unwrap() else {
+            panic!("busy with no holder");
+        };
+        assert!(
+            generation > used + 1,
+            "a reader that cached pages at {used} must not see that number again: {generation}"
+        );
     }
 
     #[test]

@@ -193,9 +193,14 @@ impl LockTable {
         bytes
     }
 
-    /// Parses a file image. An empty or all-padding file is a new, empty table.
+    /// Whether a file image is a new table: empty or all padding.
+    pub fn is_new(bytes: &[u8]) -> bool {
+        bytes.iter().all(|&b| b == b'\n' || b == 0)
+    }
+
+    /// Parses a file image. A new file ([`Self::is_new`]) is an empty table at generation 0.
     pub fn decode(bytes: &[u8]) -> Result<LockTable, ParseError> {
-        if bytes.iter().all(|&b| b == b'\n' || b == 0) {
+        if Self::is_new(bytes) {
             return Ok(LockTable::default());
         }
         let text = std::str::from_utf8(bytes)

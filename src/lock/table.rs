@@ -7,6 +7,7 @@
 //! |---|---|
 //! | a table whose checksum holds | the table |
 //! | empty, before the size was asked of the server | asked again after revalidating: sshfs has served a just-created table's size as 0 |
+//! | empty, confirmed by the server | a new table, at a fresh random generation |
 //! | torn or short | read again after revalidating, up to three times |
 //! | still torn, or malformed | an error, until the same bytes have stood for a lease: then an empty table with a new generation |
 //!
@@ -53,7 +54,14 @@ impl TableReader {
             let suspicious_empty = bytes.is_empty() && !revalidated;
             match LockTable::decode(&bytes) {
                 Ok(_) if suspicious_empty => {}
-                Ok(table) => {
+                Ok(mut table) => {
+                    // Generations must never repeat for one database: a client that cached
+                    // pages, or saw the journal empty, at generation N trusts that for as long
+                    // as the table says N. A table deleted and made anew must not count up
+                    // through numbers it has already used.
+                    if LockTable::is_new(&bytes) {
+                        table.generation = env.fresh_generation();
+                    }
                     self.len = self.len.max(bytes.len());
                     self.watch = None;
                     return Ok((table, false));
@@ -86,9 +94,9 @@ impl TableReader {
     /// bytes have stayed the same for a whole lease, no holder it may name is still using the
     /// database: a live holder renews through the table every quarter lease, cannot while
     /// it is unreadable, and fences itself after three quarters of a lease. It is then
-    /// replaced by an empty table (written by the edit under way). Its generation is one no
-    /// client can have cached (counters start at 0; this is the boot-time clock in
-    /// nanoseconds), and one more bump makes sure the replacement is written. A holder that
+    /// replaced by an empty table (written by the edit under way). Its generation is a fresh
+    /// random one, which no client can have cached, and one more bump makes sure the
+    /// replacement is written. A holder that
     /// wrote pages before dying leaves a hot journal, which SQLite rolls back as usual.
     fn unreadable<E: Environment>(
         &mut self,
@@ -106,7 +114,7 @@ impl TableReader {
                 self.watch = None;
                 self.len = self.len.max(bytes.len());
                 let empty = LockTable {
-                    generation: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX / 2),
+                    generation: env.fresh_generation(),
                     ..LockTable::default()
                 };
                 Ok((empty, true))

@@ -73,7 +73,11 @@ impl SqliteFile for OpenDatabase {
     }
 
     fn unlock(&mut self, level: Level) -> Result<(), FileError> {
-        self.file.unlock(level)
+        let unlocked = self.file.unlock(level);
+        if let Some(generation) = self.file.take_published_write() {
+            journal::note_write_published(&self.registry_name, generation);
+        }
+        unlocked
     }
 
     fn reserved_held(&mut self) -> Result<bool, FileError> {

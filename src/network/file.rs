@@ -185,6 +185,9 @@ pub struct NetworkFile {
     /// Our own change, flushed, whose generation bump is not in the table yet (its release
     /// lingers): when it is published, our cache matches that generation.
     own_change_unpublished: bool,
+    /// The generation at which the last unlock published our own write transaction's end,
+    /// for the journal registry to take.
+    published_write: Option<u64>,
     /// An operation on the descriptor failed with an I/O error: reopen it at the next SHARED.
     /// sshfs reconnects after a file-server restart but answers EIO for every descriptor
     /// opened before, forever; smbnetfs reopens its handles itself.
@@ -261,6 +264,7 @@ impl NetworkFile {
             unsynced: false,
             changed: false,
             own_change_unpublished: false,
+            published_write: None,
             descriptor_failed: false,
             size_refresh,
             powersafe_overwrite,
@@ -530,6 +534,7 @@ impl NetworkFile {
             return Err(FileError::Busy);
         };
         self.set_level(Level::Shared);
+        self.journal_permit.set_shared_granted_at(generation);
         let native = self.refresh_if_changed(generation).and_then(|()| {
             self.native
                 .lock(&self.file, Level::Shared)
@@ -675,6 +680,7 @@ impl NetworkFile {
                     // Our own writes are what the server now has: our cache is current, unless
                     // the flush failed.
                     self.synced_generation = own_change_current.then_some(generation);
+                    self.published_write = own_change_current.then_some(generation);
                 }
                 // Otherwise the generation did not move while we held the lock: nobody else
                 // could write.
@@ -691,6 +697,12 @@ impl NetworkFile {
         }
         flushed?;
         native
+    }
+
+    /// The generation at which the last unlock published the end of our own write
+    /// transaction, if it did and its flush succeeded; taken once.
+    pub fn take_published_write(&mut self) -> Option<u64> {
+        self.published_write.take()
     }
 
     /// SQLite's `xCheckReservedLock`.

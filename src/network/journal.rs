@@ -30,7 +30,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use libsqlite3_sys as ffi;
@@ -51,6 +51,40 @@ struct NetworkDatabase {
     refresh: SizeRefresh,
     /// The journal permit of each connection.
     permits: Vec<Arc<JournalPermit>>,
+    /// What this process knows of the journal without asking the server.
+    known: KnownJournal,
+}
+
+/// What this process knows of a database's journal, so that SQLite's hot-journal check at
+/// every SHARED lock need not ask the server (an open, a forced size and a close: about a
+/// tenth of a write transaction's requests on NFS, most of a read transaction's).
+///
+/// | event | what is known after it |
+/// |---|---|
+/// | the server says the journal is empty, asked by a connection holding SHARED granted at generation G (every connection of this process at SHARED or above granted at G) | not hot at G |
+/// | this process emptied the journal (its writer's commit or rollback), and the release that ends that write is published at generation G | not hot at G |
+/// | this process writes or truncates the journal | nothing |
+///
+/// Why "not hot at G" holds for every later SHARED granted at G: a journal becomes hot only
+/// when a writer that has changed the database file stops (it dies, or stalls and is taken
+/// over) while at EXCLUSIVE, and stops being hot only when a connection at EXCLUSIVE rolls
+/// it back. Either way the generation moves on: a writer leaving EXCLUSIVE after changing the
+/// file bumps it, as does the removal of a stale holder at RESERVED or above; no SHARED is
+/// granted while anyone is at PENDING or above; and generations never repeat (a new table
+/// starts at a fresh random one). A journal written by a live writer at RESERVED is not hot
+/// either (SQLite asks `xCheckReservedLock` and would find the writer).
+///
+/// One writer is outside the lock table: a plain SQLite process on this host, which the
+/// byte-range locks let in beside us (see `network::file`). Its journal writes change the
+/// size this host's kernel reports at once, so the check is skipped only while the journal
+/// reads as empty to a local `stat` (answered from the client's cache, or one request).
+#[derive(Debug, Default)]
+struct KnownJournal {
+    /// The journal is not hot while the table's generation is this.
+    not_hot_at: Option<u64>,
+    /// This process emptied the journal since it last wrote it; the release that ends that
+    /// write transaction, with its generation, is not published yet.
+    emptied_by_unpublished_writer: bool,
 }
 
 /// A file SQLite names that belongs to a network-mode database.
@@ -65,9 +99,15 @@ pub enum Companion {
 /// the lease has run out on this process's clock. The network file keeps the level current.
 pub struct JournalPermit {
     level: AtomicU8,
+    /// The table generation the connection's SHARED was granted at ([`NO_GENERATION`]
+    /// at NONE).
+    shared_granted_at: AtomicU64,
     lease: LeaseView,
     confirm_held: Box<dyn Fn() -> bool + Send + Sync>,
 }
+
+/// `shared_granted_at` of a connection that holds no lock.
+const NO_GENERATION: u64 = u64::MAX;
 
 impl std::fmt::Debug for JournalPermit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,13 +127,27 @@ impl JournalPermit {
     ) -> JournalPermit {
         JournalPermit {
             level: AtomicU8::new(Level::None as u8),
+            shared_granted_at: AtomicU64::new(NO_GENERATION),
             lease,
             confirm_held,
         }
     }
 
     pub fn set_level(&self, level: Level) {
+        if level == Level::None {
+            self.shared_granted_at
+                .store(NO_GENERATION, Ordering::Release);
+        }
         self.level.store(level as u8, Ordering::Release);
+    }
+
+    /// Records that the connection's SHARED was granted at table generation `generation`.
+    pub fn set_shared_granted_at(&self, generation: u64) {
+        self.shared_granted_at.store(generation, Ordering::Release);
+    }
+
+    fn level(&self) -> Level {
+        Level::from_sqlite(self.level.load(Ordering::Acquire).into()).unwrap_or(Level::None)
     }
 
     /// RESERVED or more (SQLite writes its journal only then), under a lease that cannot have
@@ -137,6 +191,64 @@ pub fn companion_of_network_database(name: &str) -> Option<(Companion, SizeRefre
     };
     let guard = NETWORK_DATABASES.lock();
     guard.as_ref()?.get(db).map(|db| (kind, db.refresh))
+}
+
+/// `change` applied to what the registry holds for the database whose journal is `journal`.
+fn with_database_of<R>(journal: &str, change: impl FnOnce(&mut NetworkDatabase) -> R) -> Option<R> {
+    let db = journal.strip_suffix("-journal")?;
+    NETWORK_DATABASES.lock().as_mut()?.get_mut(db).map(change)
+}
+
+/// The generation every connection of this process at SHARED or above was granted its SHARED
+/// at; `None` if there is no such connection, or they differ.
+fn sharers_generation(permits: &[Arc<JournalPermit>]) -> Option<u64> {
+    let mut sharers = permits.iter().filter(|p| p.level() >= Level::Shared);
+    let first = sharers.next()?.shared_granted_at.load(Ordering::Acquire);
+    let common = sharers.all(|p| p.shared_granted_at.load(Ordering::Acquire) == first);
+    (common && first != NO_GENERATION).then_some(first)
+}
+
+/// Whether the journal `journal` is known not to be hot for the connection asking SQLite's
+/// hot-journal check ([`KnownJournal`]). The asker holds SHARED, so it is among the sharers.
+fn known_not_hot(journal: &str) -> bool {
+    with_database_of(journal, |db| {
+        db.known.not_hot_at.is_some() && sharers_generation(&db.permits) == db.known.not_hot_at
+    })
+    .unwrap_or(false)
+}
+
+/// The server said the journal `journal` is empty, asked for a connection at SHARED.
+fn note_seen_empty(journal: &str) {
+    with_database_of(journal, |db| {
+        if let Some(generation) = sharers_generation(&db.permits) {
+            db.known.not_hot_at = Some(generation);
+        }
+    });
+}
+
+/// This process is about to write or truncate the journal `journal`: nothing is known of it.
+fn note_changing(journal: &str) {
+    with_database_of(journal, |db| db.known = KnownJournal::default());
+}
+
+/// A connection of this process published the end of its write transaction at table
+/// generation `generation`, for its database `database` (the name it is registered under).
+pub fn note_write_published(database: &str, generation: u64) {
+    let mut guard = NETWORK_DATABASES.lock();
+    if let Some(db) = guard.as_mut().and_then(|map| map.get_mut(database))
+        && std::mem::take(&mut db.known.emptied_by_unpublished_writer)
+    {
+        db.known.not_hot_at = Some(generation);
+    }
+}
+
+/// Whether this host's kernel reports the journal at `path` as empty or absent: it would
+/// report a same-host writer's bytes at once.
+fn locally_empty(path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) => m.len() == 0,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
 }
 
 /// Whether the journal named `journal` may be written, truncated or emptied now: some
@@ -326,12 +438,14 @@ impl SqliteFile for FencedJournal {
 
     fn write(&mut self, buf: &[u8], offset: u64) -> Result<(), FileError> {
         fence(&self.journal.name, "write")?;
+        note_changing(&self.journal.name);
         let result = self.base.write(buf, offset);
         self.outcome("write", result)
     }
 
     fn truncate(&mut self, size: u64) -> Result<(), FileError> {
         fence(&self.journal.name, "truncate")?;
+        note_changing(&self.journal.name);
         let result = self.base.truncate(size);
         self.outcome("truncate", result)
     }
@@ -394,20 +508,39 @@ pub fn delete_for_sqlite(name: &str, sync_dir: bool) -> Option<Result<(), FileEr
         return None;
     };
     Some(fence(name, "empty").and_then(|()| {
+        note_changing(name);
         discard(Path::new(name), sync_dir).map_err(|e| {
             tracing::error!(path = name, error = %e, "cannot empty the journal");
             FileError::Code(ffi::SQLITE_IOERR_DELETE)
-        })
+        })?;
+        with_database_of(name, |db| db.known.emptied_by_unpublished_writer = true);
+        Ok(())
     }))
 }
 
 /// `xAccess(EXISTS)` of `name`, if it is a network-mode database's journal or WAL: whether it
 /// has bytes at the server. `None`: not ours, the base VFS answers.
+///
+/// SQLite asks for the journal to learn whether it is hot, at every SHARED lock. A journal
+/// known not to be hot ([`KnownJournal`]) is answered "none" without asking the server: what
+/// SQLite then does is what it does for an empty journal.
 pub fn exists_for_sqlite(name: &str) -> Option<Result<bool, FileError>> {
     let (kind, refresh) = companion_of_network_database(name)?;
     let path = Path::new(name);
+    if kind == Companion::Journal && known_not_hot(name) && locally_empty(path) {
+        tracing::trace!(
+            journal = name,
+            "hot-journal check answered by the generation"
+        );
+        return Some(Ok(false));
+    }
     Some(match has_content(path, refresh) {
-        Ok(exists) => Ok(exists),
+        Ok(exists) => {
+            if kind == Companion::Journal && !exists {
+                note_seen_empty(name);
+            }
+            Ok(exists)
+        }
         // Network mode never has a WAL (it was converted at open): an unanswerable question
         // about one is answered "none". A journal must be answered truly.
         Err(e) if kind == Companion::Wal => {
@@ -670,6 +803,80 @@ mod tests {
             assert!(!has_content(&j, SizeRefresh::ForcedStat).unwrap());
             std::fs::remove_file(&j).unwrap();
         }
+    }
+
+    /// A database `name` in a new directory, registered with a reader's and a writer's
+    /// permit, and its journal's name.
+    fn registered_database(
+        dir: &tempfile::TempDir,
+        name: &str,
+    ) -> (String, String, Arc<JournalPermit>, Arc<JournalPermit>) {
+        let db = dir.path().join(name).to_string_lossy().into_owned();
+        let (reader, writer) = (permit(), permit_ending_at(Duration::ZERO, true));
+        register_database(&db, SizeRefresh::ForcedStat, reader.clone());
+        register_database(&db, SizeRefresh::ForcedStat, writer.clone());
+        let journal = format!("{db}-journal");
+        (db, journal, reader, writer)
+    }
+
+    fn granted_shared_at(permit: &JournalPermit, generation: u64) {
+        permit.set_level(Level::Shared);
+        permit.set_shared_granted_at(generation);
+    }
+
+    #[test]
+    fn a_journal_is_known_not_hot_only_at_the_generation_it_was_seen_empty_or_emptied_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, journal, reader, writer) = registered_database(&dir, "known.db");
+        std::fs::write(&journal, b"").unwrap();
+        granted_shared_at(&reader, 5);
+        assert!(!known_not_hot(&journal), "nothing seen yet");
+        assert!(matches!(exists_for_sqlite(&journal), Some(Ok(false))));
+        assert!(known_not_hot(&journal), "the server said empty at 5");
+        // Another connection here granted at 6: the asker may be either.
+        granted_shared_at(&writer, 6);
+        assert!(!known_not_hot(&journal));
+        reader.set_level(Level::None);
+        assert!(!known_not_hot(&journal), "6 is not 5");
+
+        // The writer commits: writes the journal, empties it, publishes its release at 7.
+        writer.set_level(Level::Exclusive);
+        note_changing(&journal);
+        assert!(matches!(delete_for_sqlite(&journal, false), Some(Ok(()))));
+        note_write_published(&db, 7);
+        writer.set_level(Level::None);
+        granted_shared_at(&reader, 7);
+        assert!(
+            known_not_hot(&journal),
+            "emptied by the writer published at 7"
+        );
+
+        // A journal written again after it was emptied (a new write transaction before the
+        // release was published): the release says nothing of it.
+        reader.set_level(Level::None);
+        writer.set_level(Level::Exclusive);
+        assert!(matches!(delete_for_sqlite(&journal, false), Some(Ok(()))));
+        note_changing(&journal);
+        note_write_published(&db, 8);
+        writer.set_level(Level::None);
+        granted_shared_at(&reader, 8);
+        assert!(!known_not_hot(&journal));
+        unregister_database(&db, &reader);
+        unregister_database(&db, &writer);
+    }
+
+    #[test]
+    fn a_journal_with_bytes_on_this_host_is_asked_of_the_server_whatever_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, journal, reader, writer) = registered_database(&dir, "local.db");
+        granted_shared_at(&reader, 3);
+        assert!(matches!(exists_for_sqlite(&journal), Some(Ok(false))));
+        assert!(known_not_hot(&journal));
+        // A plain SQLite process on this host writes the journal: no generation moves.
+        std::fs::write(&journal, b"a plain SQLite's journal").unwrap();
+        assert!(matches!(exists_for_sqlite(&journal), Some(Ok(true))));
+        unregister_database(&db, &reader);
+        unregister_database(&db, &writer);
     }
 
     #[test]

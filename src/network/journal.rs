@@ -2,7 +2,7 @@
 //!
 //! SQLite's pager stays in its default DELETE journal mode, but this VFS never deletes the
 //! journal: "delete" truncates it to zero bytes, and "does it exist" asks the server for its
-//! size. A journal that disappears and reappears is what breaks DELETE mode on network
+//! size, unless the lock table's generation shows it cannot be hot ([`KnownJournal`]). A journal that disappears and reappears is what breaks DELETE mode on network
 //! filesystems (another client's cached directory entry still says it exists; its next open
 //! fails with "unable to open database file"); on SMB the delete itself fails while another
 //! client has the journal open. A journal that is always there, empty between transactions,
@@ -56,8 +56,8 @@ struct NetworkDatabase {
 }
 
 /// What this process knows of a database's journal, so that SQLite's hot-journal check at
-/// every SHARED lock need not ask the server (an open, a forced size and a close: about a
-/// tenth of a write transaction's requests on NFS, most of a read transaction's).
+/// every SHARED lock need not ask the server (an open, a forced size and a close, in read
+/// transactions too).
 ///
 /// | event | what is known after it |
 /// |---|---|

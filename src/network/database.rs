@@ -75,7 +75,11 @@ impl SqliteFile for OpenDatabase {
     fn unlock(&mut self, level: Level) -> Result<(), FileError> {
         let unlocked = self.file.unlock(level);
         if let Some(generation) = self.file.take_published_write() {
-            journal::note_write_published(&self.registry_name, generation);
+            journal::note_write_published(
+                &self.registry_name,
+                self.file.journal_permit(),
+                generation,
+            );
         }
         unlocked
     }

@@ -30,7 +30,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use libsqlite3_sys as ffi;
@@ -61,8 +61,8 @@ struct NetworkDatabase {
 ///
 /// | event | what is known after it |
 /// |---|---|
-/// | the server says the journal is empty, asked by a connection holding SHARED granted at generation G (every connection of this process at SHARED or above granted at G) | not hot at G |
-/// | this process emptied the journal (its writer's commit or rollback), and the release that ends that write is published at generation G | not hot at G |
+/// | the server says the journal exists and is empty, asked by a connection holding SHARED granted at generation G (every connection of this process at SHARED or above granted at G) | not hot at G |
+/// | a connection here emptied the journal (its commit, or its rollback completed) after it last took RESERVED or more and after its last write to the journal, and its release is published at generation G | not hot at G |
 /// | this process writes or truncates the journal | nothing |
 ///
 /// Why "not hot at G" holds for every later SHARED granted at G: a journal becomes hot only
@@ -82,9 +82,6 @@ struct NetworkDatabase {
 struct KnownJournal {
     /// The journal is not hot while the table's generation is this.
     not_hot_at: Option<u64>,
-    /// This process emptied the journal since it last wrote it; the release that ends that
-    /// write transaction, with its generation, is not published yet.
-    emptied_by_unpublished_writer: bool,
 }
 
 /// A file SQLite names that belongs to a network-mode database.
@@ -102,6 +99,12 @@ pub struct JournalPermit {
     /// The table generation the connection's SHARED was granted at ([`NO_GENERATION`]
     /// at NONE).
     shared_granted_at: AtomicU64,
+    /// The connection emptied the journal since it last took RESERVED or more, and has not
+    /// written it since: its next published release may vouch for an empty journal. Cleared
+    /// at RESERVED, so a rollback of someone else's hot journal that fails halfway (it takes
+    /// EXCLUSIVE, writes the database, and never empties the journal) cannot inherit an
+    /// emptying from an earlier transaction.
+    emptied_journal: AtomicBool,
     lease: LeaseView,
     confirm_held: Box<dyn Fn() -> bool + Send + Sync>,
 }
@@ -128,6 +131,7 @@ impl JournalPermit {
         JournalPermit {
             level: AtomicU8::new(Level::None as u8),
             shared_granted_at: AtomicU64::new(NO_GENERATION),
+            emptied_journal: AtomicBool::new(false),
             lease,
             confirm_held,
         }
@@ -137,6 +141,9 @@ impl JournalPermit {
         if level == Level::None {
             self.shared_granted_at
                 .store(NO_GENERATION, Ordering::Release);
+        }
+        if level >= Level::Reserved {
+            self.emptied_journal.store(false, Ordering::Release);
         }
         self.level.store(level as u8, Ordering::Release);
     }
@@ -228,15 +235,20 @@ fn note_seen_empty(journal: &str) {
 
 /// This process is about to write or truncate the journal `journal`: nothing is known of it.
 fn note_changing(journal: &str) {
-    with_database_of(journal, |db| db.known = KnownJournal::default());
+    with_database_of(journal, |db| {
+        db.known = KnownJournal::default();
+        for permit in &db.permits {
+            permit.emptied_journal.store(false, Ordering::Release);
+        }
+    });
 }
 
-/// A connection of this process published the end of its write transaction at table
+/// The connection holding `permit` published the end of its write transaction at table
 /// generation `generation`, for its database `database` (the name it is registered under).
-pub fn note_write_published(database: &str, generation: u64) {
+pub fn note_write_published(database: &str, permit: &JournalPermit, generation: u64) {
     let mut guard = NETWORK_DATABASES.lock();
     if let Some(db) = guard.as_mut().and_then(|map| map.get_mut(database))
-        && std::mem::take(&mut db.known.emptied_by_unpublished_writer)
+        && permit.emptied_journal.swap(false, Ordering::AcqRel)
     {
         db.known.not_hot_at = Some(generation);
     }
@@ -513,7 +525,11 @@ pub fn delete_for_sqlite(name: &str, sync_dir: bool) -> Option<Result<(), FileEr
             tracing::error!(path = name, error = %e, "cannot empty the journal");
             FileError::Code(ffi::SQLITE_IOERR_DELETE)
         })?;
-        with_database_of(name, |db| db.known.emptied_by_unpublished_writer = true);
+        with_database_of(name, |db| {
+            for permit in db.permits.iter().filter(|p| p.level() >= Level::Reserved) {
+                permit.emptied_journal.store(true, Ordering::Release);
+            }
+        });
         Ok(())
     }))
 }
@@ -534,12 +550,14 @@ pub fn exists_for_sqlite(name: &str) -> Option<Result<bool, FileError>> {
         );
         return Some(Ok(false));
     }
-    Some(match has_content(path, refresh) {
-        Ok(exists) => {
-            if kind == Companion::Journal && !exists {
+    Some(match server_size(path, refresh) {
+        Ok(size) => {
+            // Only a journal that is there counts as seen empty: an absent one may be a
+            // cached "no such file" from before another client created it.
+            if kind == Companion::Journal && size == Some(0) {
                 note_seen_empty(name);
             }
-            Ok(exists)
+            Ok(size.is_some_and(|n| n > 0))
         }
         // Network mode never has a WAL (it was converted at open): an unanswerable question
         // about one is answered "none". A journal must be answered truly.
@@ -610,8 +628,13 @@ const ACCESS_EIO_PATIENCE: Duration = Duration::from_secs(8);
 /// "Exists" for SQLite: has bytes at the server (a missed hot journal would let a reader see
 /// a half-written database, so no cached size is trusted).
 pub fn has_content(path: &Path, refresh: SizeRefresh) -> io::Result<bool> {
+    Ok(server_size(path, refresh)?.is_some_and(|size| size > 0))
+}
+
+/// The size the server gives the file at `path`; `None` if it does not exist.
+fn server_size(path: &Path, refresh: SizeRefresh) -> io::Result<Option<u64>> {
     let opened = with_access_patience(|| crate::client_cache::open_revalidated(path, refresh))?;
-    Ok(opened.is_some_and(|(_, size)| size > 0))
+    Ok(opened.map(|(_, size)| size))
 }
 
 /// Runs `op` again while it fails with EIO, for up to [`ACCESS_EIO_PATIENCE`].
@@ -843,7 +866,7 @@ mod tests {
         writer.set_level(Level::Exclusive);
         note_changing(&journal);
         assert!(matches!(delete_for_sqlite(&journal, false), Some(Ok(()))));
-        note_write_published(&db, 7);
+        note_write_published(&db, &writer, 7);
         writer.set_level(Level::None);
         granted_shared_at(&reader, 7);
         assert!(
@@ -857,10 +880,43 @@ mod tests {
         writer.set_level(Level::Exclusive);
         assert!(matches!(delete_for_sqlite(&journal, false), Some(Ok(()))));
         note_changing(&journal);
-        note_write_published(&db, 8);
+        note_write_published(&db, &writer, 8);
         writer.set_level(Level::None);
         granted_shared_at(&reader, 8);
         assert!(!known_not_hot(&journal));
+
+        // A transaction rolled back at RESERVED empties the journal and publishes nothing
+        // (it never changed the file). Later a connection here rolls back another writer's
+        // hot journal: EXCLUSIVE, pages written, and the playback fails before the journal
+        // is emptied. Its release must not vouch for the journal.
+        reader.set_level(Level::None);
+        writer.set_level(Level::Reserved);
+        assert!(matches!(delete_for_sqlite(&journal, false), Some(Ok(()))));
+        writer.set_level(Level::None);
+        writer.set_level(Level::Exclusive);
+        note_write_published(&db, &writer, 9);
+        writer.set_level(Level::None);
+        granted_shared_at(&reader, 9);
+        assert!(
+            !known_not_hot(&journal),
+            "the journal was not emptied after EXCLUSIVE"
+        );
+        unregister_database(&db, &reader);
+        unregister_database(&db, &writer);
+    }
+
+    #[test]
+    fn an_absent_journal_is_not_taken_as_seen_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, journal, reader, writer) = registered_database(&dir, "absent.db");
+        granted_shared_at(&reader, 4);
+        // "No such file" may be a client's cached answer from before another host created
+        // the journal: asked again at the next SHARED.
+        assert!(matches!(exists_for_sqlite(&journal), Some(Ok(false))));
+        assert!(!known_not_hot(&journal));
+        std::fs::write(&journal, b"").unwrap();
+        assert!(matches!(exists_for_sqlite(&journal), Some(Ok(false))));
+        assert!(known_not_hot(&journal));
         unregister_database(&db, &reader);
         unregister_database(&db, &writer);
     }
@@ -869,6 +925,7 @@ mod tests {
     fn a_journal_with_bytes_on_this_host_is_asked_of_the_server_whatever_is_known() {
         let dir = tempfile::tempdir().unwrap();
         let (db, journal, reader, writer) = registered_database(&dir, "local.db");
+        std::fs::write(&journal, b"").unwrap();
         granted_shared_at(&reader, 3);
         assert!(matches!(exists_for_sqlite(&journal), Some(Ok(false))));
         assert!(known_not_hot(&journal));

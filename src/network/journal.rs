@@ -2,10 +2,11 @@
 //!
 //! SQLite's pager stays in its default DELETE journal mode, but this VFS never deletes the
 //! journal: "delete" truncates it to zero bytes, and "does it exist" asks the server for its
-//! size, unless the lock table's generation shows it cannot be hot ([`KnownJournal`]). A journal that disappears and reappears is what breaks DELETE mode on network
-//! filesystems (another client's cached directory entry still says it exists; its next open
-//! fails with "unable to open database file"); on SMB the delete itself fails while another
-//! client has the journal open. A journal that is always there, empty between transactions,
+//! size, unless the lock table's generation shows it cannot be hot ([`KnownJournal`]). A
+//! journal that disappears and reappears is what breaks DELETE mode on network filesystems
+//! (another client's cached directory entry still says it exists; its next open fails with
+//! "unable to open database file"); on SMB the delete itself fails while another client has
+//! the journal open. A journal that is always there, empty between transactions,
 //! avoids both, and every transaction still opens it afresh, so a hot-journal check never
 //! reads stale bytes through a long-lived descriptor (which TRUNCATE and PERSIST modes keep).
 //!

@@ -190,6 +190,15 @@ pub fn unregister_database(path: &str, permit: &Arc<JournalPermit>) {
 /// Whether `name` is the journal or WAL of a database open in network mode here, and how
 /// that database's client is made to tell sizes.
 pub fn companion_of_network_database(name: &str) -> Option<(Companion, SizeRefresh)> {
+    with_companion_database(name, |kind, db| (kind, db.refresh))
+}
+
+/// `look` applied to what the registry holds for the database whose journal or WAL is
+/// `name`, with which of the two it is.
+fn with_companion_database<R>(
+    name: &str,
+    look: impl FnOnce(Companion, &NetworkDatabase) -> R,
+) -> Option<R> {
     let (db, kind) = if let Some(db) = name.strip_suffix("-journal") {
         (db, Companion::Journal)
     } else if let Some(db) = name.strip_suffix("-wal") {
@@ -198,7 +207,7 @@ pub fn companion_of_network_database(name: &str) -> Option<(Companion, SizeRefre
         return None;
     };
     let guard = NETWORK_DATABASES.lock();
-    guard.as_ref()?.get(db).map(|db| (kind, db.refresh))
+    guard.as_ref()?.get(db).map(|db| look(kind, db))
 }
 
 /// `change` applied to what the registry holds for the database whose journal is `journal`.
@@ -216,13 +225,14 @@ fn sharers_generation(permits: &[Arc<JournalPermit>]) -> Option<u64> {
     (common && first != NO_GENERATION).then_some(first)
 }
 
-/// Whether the journal `journal` is known not to be hot for the connection asking SQLite's
-/// hot-journal check ([`KnownJournal`]). The asker holds SHARED, so it is among the sharers.
-fn known_not_hot(journal: &str) -> bool {
-    with_database_of(journal, |db| {
-        db.known.not_hot_at.is_some() && sharers_generation(&db.permits) == db.known.not_hot_at
-    })
-    .unwrap_or(false)
+impl NetworkDatabase {
+    /// Whether the journal is known not to be hot for the connection asking SQLite's
+    /// hot-journal check ([`KnownJournal`]). The asker holds SHARED, so it is among the
+    /// sharers.
+    fn journal_known_not_hot(&self) -> bool {
+        self.known.not_hot_at.is_some()
+            && sharers_generation(&self.permits) == self.known.not_hot_at
+    }
 }
 
 /// The server said the journal `journal` is empty, asked for a connection at SHARED.
@@ -542,9 +552,12 @@ pub fn delete_for_sqlite(name: &str, sync_dir: bool) -> Option<Result<(), FileEr
 /// known not to be hot ([`KnownJournal`]) is answered "none" without asking the server: what
 /// SQLite then does is what it does for an empty journal.
 pub fn exists_for_sqlite(name: &str) -> Option<Result<bool, FileError>> {
-    let (kind, refresh) = companion_of_network_database(name)?;
+    let (kind, refresh, known_not_hot) = with_companion_database(name, |kind, db| {
+        let known_not_hot = kind == Companion::Journal && db.journal_known_not_hot();
+        (kind, db.refresh, known_not_hot)
+    })?;
     let path = Path::new(name);
-    if kind == Companion::Journal && known_not_hot(name) && locally_empty(path) {
+    if known_not_hot && locally_empty(path) {
         tracing::trace!(
             journal = name,
             "hot-journal check answered by the generation"
@@ -679,6 +692,12 @@ fn discard(path: &Path, sync: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether SQLite's hot-journal check on `journal` would be answered without the server
+    /// (given a journal that reads as empty here).
+    fn known_not_hot(journal: &str) -> bool {
+        with_database_of(journal, |db| db.journal_known_not_hot()).unwrap_or(false)
+    }
 
     fn permit() -> Arc<JournalPermit> {
         permit_ending_at(Duration::ZERO, false)

@@ -21,8 +21,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::faults::FaultPlan;
@@ -35,8 +35,10 @@ pub const GUEST_MOUNT: &str = "/tmp/netfs-guest-mount";
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const GUEST_MEMORY_MB: u32 = 1024;
-/// The address guests reach the host's file server at (QEMU user networking forwards it).
+/// The address guests reach the host's Samba at (a QEMU forward of one port).
 const SERVER_ADDR: &str = "10.0.2.100";
+/// The host's loopback as guests reach it through QEMU's user network (NFS guests).
+const HOST_ADDR: &str = "10.0.2.2";
 
 /// The guest's `/init`: mounts, loads what the setup needs, runs the setup, then the agent
 /// loop that starts and signals jobs.
@@ -243,7 +245,7 @@ pub struct VmTestbed {
     pub guests: Vec<Guest>,
     /// The shared directory on the server (the host's local disk).
     server_dir: PathBuf,
-    ganesha: Option<Child>,
+    ganesha: Option<Ganesha>,
     /// The SMB testbed whose Samba the guests mount (its own FUSE mounts stay unused).
     samba: Option<super::testbed::TwoHostTestbed>,
     /// One `virtiofsd` per virtiofs guest.
@@ -259,7 +261,7 @@ impl VmTestbed {
         let server_dir = root.path().join("export");
         mkdir(&server_dir)?;
         let (port, mount_port) = (free_port()?, free_port()?);
-        let ganesha = start_ganesha(root.path(), &server_dir, port, mount_port, vers == "3")?;
+        let ganesha = Ganesha::start(root.path(), &server_dir, port, mount_port, vers == "3")?;
         let mut tb = VmTestbed {
             kind: "vm-nfs",
             guests: Vec::new(),
@@ -475,24 +477,20 @@ impl VmTestbed {
                 "local,path={},mount_tag=ctl,security_model=none",
                 self.root.path().display()
             ));
-            let mut net = "user,id=n0,restrict=on".to_owned();
+            // NFS guests reach the host's loopback through QEMU's user network: each guest
+            // connection to it is a connection of its own on the host, which a crashed server
+            // resets, and the guest's client connects again, as on a real network. (A
+            // `guestfwd` is one connection QEMU makes when it starts: the guest never sees it
+            // break, and a restarted server never hears from the guest again.) The others
+            // reach only what they need.
+            let mut net = match fs {
+                GuestFs::Nfs { .. } => "user,id=n0".to_owned(),
+                _ => "user,id=n0,restrict=on".to_owned(),
+            };
             match fs {
-                GuestFs::Nfs {
-                    port,
-                    mount_port,
-                    vers,
-                    ..
-                } => {
-                    // QEMU connects each forward when it starts: only to what listens.
-                    net.push_str(&format!(
-                        ",guestfwd=tcp:{SERVER_ADDR}:{port}-tcp:127.0.0.1:{port}"
-                    ));
-                    if *vers == "3" {
-                        net.push_str(&format!(
-                            ",guestfwd=tcp:{SERVER_ADDR}:{mount_port}-tcp:127.0.0.1:{mount_port}"
-                        ));
-                    }
-                }
+                GuestFs::Nfs { .. } => {}
+                // Samba is never restarted under the CIFS guests. QEMU connects the forward
+                // when it starts: only to what listens.
                 GuestFs::Cifs => net.push_str(&format!(
                     ",guestfwd=tcp:{SERVER_ADDR}:445-tcp:127.0.0.1:445"
                 )),
@@ -604,9 +602,8 @@ impl Drop for VmTestbed {
             let _ = d.kill();
             let _ = d.wait();
         }
-        if let Some(mut g) = self.ganesha.take() {
-            let _ = g.kill();
-            let _ = g.wait();
+        if let Some(g) = self.ganesha.take() {
+            let _ = g.stop();
         }
     }
 }
@@ -629,12 +626,12 @@ fn setup_script(fs: &GuestFs) -> String {
         } => format!(
             "set -e\nmodprobe nfsv3\nmkdir -p {m}\n\
              mount -t nfs -o vers=3,nolock,proto=tcp,port={port},mountport={mount_port},mountproto=tcp \
-             {SERVER_ADDR}:{} {m}\n",
+             {HOST_ADDR}:{} {m}\n",
             export.display()
         ),
         GuestFs::Nfs { port, vers, .. } => format!(
             "set -e\nmodprobe nfsv4\nmkdir -p {m}\n\
-             mount -t nfs4 -o vers={vers},port={port},proto=tcp {SERVER_ADDR}:/export {m}\n"
+             mount -t nfs4 -o vers={vers},port={port},proto=tcp {HOST_ADDR}:/export {m}\n"
         ),
         // The options mount.cifs would add: the server's address and the guest login Samba
         // maps to its guest account; then any from NETFS_TEST_CIFS_OPTIONS (to try others).
@@ -737,8 +734,87 @@ fn build_initramfs(modules: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// nfs-ganesha on 127.0.0.1:`port`, NFSv4 only, exporting `dir` as `/export`.
-fn start_ganesha(
+/// nfs-ganesha as started, so that an outage can start it again as it was.
+struct Ganesha {
+    child: Mutex<Child>,
+    root: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    mount_port: u16,
+    v3: bool,
+}
+
+impl Ganesha {
+    /// nfs-ganesha on 127.0.0.1:`port` (`mount_port` for NFSv3's MOUNT), exporting `dir` as
+    /// `/export`, with its configuration, log and pid file in `root`.
+    fn start(
+        root: &Path,
+        dir: &Path,
+        port: u16,
+        mount_port: u16,
+        v3: bool,
+    ) -> Result<Ganesha, String> {
+        let child = spawn_ganesha(root, dir, port, mount_port, v3)?;
+        Ok(Ganesha {
+            child: Mutex::new(child),
+            root: root.to_owned(),
+            dir: dir.to_owned(),
+            port,
+            mount_port,
+            v3,
+        })
+    }
+
+    /// SIGKILLs the server and waits until its port refuses connections.
+    fn stop(&self) -> Result<(), String> {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+        })
+        .map_err(|()| {
+            format!(
+                "vm testbed: ganesha still accepts on {} after SIGKILL",
+                self.port
+            )
+        })
+    }
+
+    /// Starts a stopped server again with its configuration and ports.
+    fn restart(&self) -> Result<(), String> {
+        let mut child = self.child.lock().unwrap();
+        if child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            return Err("vm testbed: ganesha is already running".into());
+        }
+        *child = spawn_ganesha(&self.root, &self.dir, self.port, self.mount_port, self.v3)?;
+        Ok(())
+    }
+}
+
+/// The file-server crash of the outage driver, on kernel NFS: ganesha killed and restarted.
+/// It runs `Graceless`, so the guests' clients find their state gone and establish it anew.
+impl super::faults::FileServer for VmTestbed {
+    fn stop_server(&self) -> Result<usize, String> {
+        let ganesha = self
+            .ganesha
+            .as_ref()
+            .ok_or("this VM testbed has no file server to crash")?;
+        ganesha.stop().map(|()| 1)
+    }
+
+    fn start_server(&self) -> Result<(), String> {
+        let ganesha = self
+            .ganesha
+            .as_ref()
+            .ok_or("this VM testbed has no file server to crash")?;
+        ganesha.restart()
+    }
+}
+
+/// Starts nfs-ganesha (see [`Ganesha::start`]) and waits until it listens.
+fn spawn_ganesha(
     root: &Path,
     dir: &Path,
     port: u16,

@@ -11,7 +11,7 @@ use super::vm::VmTestbed;
 pub const LEASE: Duration = Duration::from_secs(5);
 
 /// Fault workers on both guests (even workers on the first), the reader on the first.
-fn fault_plan(tb: &VmTestbed, label: &str) -> FaultPlan {
+pub fn fault_plan(tb: &VmTestbed, label: &str) -> FaultPlan {
     let mut plan = tb.fault_plan(label);
     plan.lease = Some(LEASE);
     plan.writers = 4;
@@ -19,10 +19,8 @@ fn fault_plan(tb: &VmTestbed, label: &str) -> FaultPlan {
     plan
 }
 
-/// Kills workers in both guests for `window` (`SQLITE_NETFS_SOAK_SECS` replaces it) and
-/// asserts that nothing acknowledged was lost, nothing torn, the file intact.
-pub fn kills_lose_nothing(tb: &VmTestbed, label: &str, window: Duration) {
-    let plan = fault_plan(tb, label);
+/// Kills every two to six seconds for `window` (`SQLITE_NETFS_SOAK_SECS` replaces it).
+pub fn kill_plan(window: Duration) -> KillPlan {
     let mut kills = KillPlan::sized(
         window,
         (Duration::from_secs(2), Duration::from_secs(6)),
@@ -33,7 +31,14 @@ pub fn kills_lose_nothing(tb: &VmTestbed, label: &str, window: Duration) {
     // it holds waits for it, since that write may still land.
     kills.progress_timeout = Duration::from_secs(300);
     kills.finish_timeout = Duration::from_secs(300);
-    let report = faults::run_with_kills(&plan, &kills);
+    kills
+}
+
+/// Kills workers in both guests for `window` (`SQLITE_NETFS_SOAK_SECS` replaces it) and
+/// asserts that nothing acknowledged was lost, nothing torn, the file intact.
+pub fn kills_lose_nothing(tb: &VmTestbed, label: &str, window: Duration) {
+    let plan = fault_plan(tb, label);
+    let report = faults::run_with_kills(&plan, &kill_plan(window));
     report.print("sigkill");
     assert!(report.kills > 0, "no kill was made");
     // Safety is asserted; liveness is reported: a kernel client stall under TCG is one the

@@ -52,7 +52,7 @@ pub fn run_with_kills(plan: &FaultPlan, kills: &KillPlan) -> FaultReport {
 /// File-server outages mixed into a kill run: every `every`, the server goes down for the next
 /// of `downs` (cycled).
 pub struct OutageMix<'a> {
-    pub testbed: &'a crate::common::testbed::TwoHostTestbed,
+    pub server: &'a dyn FileServer,
     pub every: Duration,
     pub downs: Vec<Duration>,
 }
@@ -77,7 +77,7 @@ pub fn run_mixed(
             && started.elapsed() >= at
         {
             let down = mix.downs[made.len() % mix.downs.len()];
-            let (outage, still) = crash_server(&run, mix.testbed, down, kills.progress_timeout);
+            let (outage, still) = crash_server(&run, mix.server, down, kills.progress_timeout);
             made.push(outage);
             stalled += still;
             next_outage = Some(started.elapsed() + mix.every);

@@ -4,6 +4,26 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// A file server the outage driver can crash and restart: the sshd or smbd of a two-host
+/// testbed, the nfs-ganesha of the kernel NFS guests.
+pub trait FileServer {
+    /// Kills the server and everything it forked, and waits until it refuses connections;
+    /// how many processes were killed.
+    fn stop_server(&self) -> Result<usize, String>;
+    /// Starts the server again as it was, and waits until it accepts connections.
+    fn start_server(&self) -> Result<(), String>;
+}
+
+impl FileServer for crate::common::testbed::TwoHostTestbed {
+    fn stop_server(&self) -> Result<usize, String> {
+        crate::common::testbed::TwoHostTestbed::stop_server(self)
+    }
+
+    fn start_server(&self) -> Result<(), String> {
+        crate::common::testbed::TwoHostTestbed::start_server(self)
+    }
+}
+
 /// One file-server outage and what the writers made of it.
 #[derive(Debug, Clone)]
 pub struct Outage {
@@ -105,15 +125,15 @@ pub fn run_with_outages(
 /// returns how many writers did not commit again within `progress_timeout`.
 pub(super) fn crash_server(
     run: &FaultRun,
-    testbed: &crate::common::testbed::TwoHostTestbed,
+    server: &dyn FileServer,
     down: Duration,
     progress_timeout: Duration,
 ) -> (Outage, u64) {
     let killed_at = Instant::now();
-    let processes = testbed.stop_server().expect("stop the file server");
+    let processes = server.stop_server().expect("stop the file server");
     run.event(&format!("server down ({processes} processes killed)"));
     std::thread::sleep(down);
-    testbed.start_server().expect("restart the file server");
+    server.start_server().expect("restart the file server");
     run.event("server up");
     let restarted = Instant::now();
     let (first_commit, all_writers, still) = run.time_to_commit_again(progress_timeout);

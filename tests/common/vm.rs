@@ -49,10 +49,13 @@ for m in $(cat /modules); do insmod $m; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host
 mount --bind /host/lib/modules /lib/modules
 for a in $(cat /proc/cmdline); do
-  case $a in netfs.guest=*) G=${a#*=};; netfs.ctl=*) CTL=${a#*=};; netfs.ip=*) IP=${a#*=};; esac
+  case $a in netfs.guest=*) G=${a#*=};; netfs.ctl=*) CTL=${a#*=};; netfs.ip=*) IP=${a#*=};;
+    netfs.exe=*) EXE=${a#*=};; esac
 done
 mount -t proc proc /host/proc; mount -t devtmpfs dev /host/dev; mount -t sysfs sys /host/sys
+mkdir -p /host-tmp; mount --bind /host/tmp /host-tmp
 mount -t tmpfs tmp /host/tmp
+case $EXE in /tmp/*) mkdir -p /host$EXE; mount --bind /host-tmp${EXE#/tmp} /host$EXE;; esac
 mkdir -p /host$CTL
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 ctl /host$CTL
 D=/host$CTL/$G
@@ -447,6 +450,13 @@ impl VmTestbed {
         let (kernel, modules) = guest_kernel()?;
         let initrd = self.root.path().join("initrd");
         build_initramfs(&modules, &initrd)?;
+        // Workers are this test binary: a guest must see its directory, even under the /tmp
+        // its own tmpfs hides (a checkout in /tmp).
+        let exe = std::env::current_exe().map_err(|e| format!("test binary path: {e}"))?;
+        let exe_dir = exe
+            .parent()
+            .ok_or("test binary has no directory")?
+            .to_owned();
         for i in 0..count {
             let name = format!("g{}", i + 1);
             let dir = self.root.path().join(&name);
@@ -466,9 +476,10 @@ impl VmTestbed {
             .arg("-append")
             .arg(format!(
                 "console=ttyS0 panic=-1 quiet netfs.guest={name} netfs.ctl={} \
-                     netfs.ip=10.0.2.{} nfs.nfs4_unique_id=netfs-{name}",
+                     netfs.ip=10.0.2.{} netfs.exe={} nfs.nfs4_unique_id=netfs-{name}",
                 self.root.path().display(),
-                11 + i
+                11 + i,
+                exe_dir.display()
             ))
             .arg("-virtfs")
             .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")

@@ -7,14 +7,18 @@
 //! - two QEMU guests with the kernel NFSv4.1 client (nfs-ganesha crashed), each guest a host,
 //!   in a test of its own: TCG guests want both cores.
 //!
-//! Afterwards each database is intact and holds every acknowledged transaction, and every
-//! writer commits again.
+//! Afterwards each database is intact and holds every acknowledged transaction. On the
+//! testbeds and the local disk every writer also commits again after every fault; in the
+//! guests that is reported, not asserted, as in the VM kill tests: a worker killed inside an
+//! NFS request stays in the guest's kernel, holding its lock, until the request ends (minutes
+//! under TCG).
 //!
 //! The soak runs outside CI (README.md, "Guarantees"), for half an hour per place, the two
-//! tests one after the other:
+//! tests one after the other (the guests first):
 //! `SQLITE_NETFS_SOAK_SECS=1800 cargo test --test fault_soak -- --ignored --nocapture --test-threads=1`.
 //! Without `SQLITE_NETFS_SOAK_SECS` each runs for a minute. CI runs each fault on its own
-//! (`fault_sigkill`, `fault_server_outage`, the VM kill and crash tests, ...).
+//! (`fault_sigkill`, `fault_server_outage`, the VM worker-kill and guest-crash tests, ...);
+//! ganesha is crashed only here.
 //!
 //! A place whose run fails keeps its evidence and prints where: each worker's log with
 //! timestamped errors and what a second look found after a torn read or "malformed" (this
@@ -80,12 +84,12 @@ fn outages<'a>(server: &'a dyn FileServer, kills: &KillPlan) -> OutageMix<'a> {
     }
 }
 
-/// Each place's run was correct, no worker was told the database is damaged, and the
-/// faults were made.
-fn assert_soak_was_clean(report: &FaultReport, with_outages: bool) {
+/// The faults were made, nothing acknowledged was lost or torn, the file is intact, and no
+/// worker was told the database is damaged.
+fn assert_soak_was_safe(report: &FaultReport, with_outages: bool) {
     assert!(report.kills > 0, "{}", report.figures("soak"));
     assert!(
-        report.correct(),
+        report.safe(),
         "{}\nerrors: {:?}",
         report.figures("soak"),
         report.errors
@@ -135,7 +139,12 @@ fn every_fault_at_once_on_both_testbeds_and_a_local_disk_loses_no_acknowledged_c
         runs.into_iter().map(|r| r.join().unwrap()).collect()
     });
     for report in &reports {
-        assert_soak_was_clean(report, report.testbed != "local");
+        assert_soak_was_safe(report, report.testbed != "local");
+        assert!(
+            report.correct(),
+            "a writer stalled or stuck: {}",
+            report.figures("soak")
+        );
     }
 }
 
@@ -149,5 +158,5 @@ fn every_fault_at_once_in_two_kernel_nfs_guests_loses_no_acknowledged_commit() {
     let kills = vm_faults::kill_plan(Duration::from_secs(60));
     let report = faults::run_mixed(&plan, &kills, Some(outages(&tb, &kills)));
     report.print("soak");
-    assert_soak_was_clean(&report, true);
+    assert_soak_was_safe(&report, true);
 }

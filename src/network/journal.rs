@@ -696,7 +696,10 @@ mod tests {
     /// Whether SQLite's hot-journal check on `journal` would be answered without the server
     /// (given a journal that reads as empty here).
     fn known_not_hot(journal: &str) -> bool {
-        with_database_of(journal, |db| db.journal_known_not_hot()).unwrap_or(false)
+        with_companion_database(journal, |kind, db| {
+            kind == Companion::Journal && db.journal_known_not_hot()
+        })
+        .unwrap_or(false)
     }
 
     fn permit() -> Arc<JournalPermit> {

@@ -6,6 +6,8 @@
 //! read-only over virtio-9p, so a guest runs this very test binary with `chroot`. A second,
 //! writable 9p share, the *control directory*, is mounted in every guest at the path it has
 //! on the host: job scripts, "go" files, logs and exit codes keep one path on both sides.
+//! A guest's `/tmp` is a tmpfs of its own; the test binary's directory is bound back into it
+//! when it lies under the host's `/tmp` (a checkout there).
 //!
 //! Per guest, the control directory holds `<guest>/`:
 //! | file | written by | meaning |
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::faults::FaultPlan;
-use super::process::{find_bin, free_port, send_signal, tail, wait_until};
+use super::process::{find_bin, free_port, port_accepts, send_signal, tail, wait_until};
 use super::stress::StressPlan;
 use super::worker::{Job, Place};
 
@@ -36,7 +38,7 @@ pub const GUEST_MOUNT: &str = "/tmp/netfs-guest-mount";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const GUEST_MEMORY_MB: u32 = 1024;
 /// The address guests reach the host's Samba at (a QEMU forward of one port).
-const SERVER_ADDR: &str = "10.0.2.100";
+const SAMBA_ADDR: &str = "10.0.2.100";
 /// The host's loopback as guests reach it through QEMU's user network (NFS guests).
 const HOST_ADDR: &str = "10.0.2.2";
 
@@ -55,7 +57,7 @@ done
 mount -t proc proc /host/proc; mount -t devtmpfs dev /host/dev; mount -t sysfs sys /host/sys
 mkdir -p /host-tmp; mount --bind /host/tmp /host-tmp
 mount -t tmpfs tmp /host/tmp
-case $EXE in /tmp/*) mkdir -p /host$EXE; mount --bind /host-tmp${EXE#/tmp} /host$EXE;; esac
+case "$EXE" in /tmp/?*) mkdir -p "/host$EXE"; mount --bind "/host-tmp${EXE#/tmp}" "/host$EXE";; esac
 mkdir -p /host$CTL
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 ctl /host$CTL
 D=/host$CTL/$G
@@ -258,7 +260,8 @@ pub struct VmTestbed {
 }
 
 impl VmTestbed {
-    /// `guests` kernel NFS clients (`vers` 4.1 or 4.2) of nfs-ganesha on the host.
+    /// `guests` kernel NFS clients (`vers` 4.1, 4.2, or 3 mounted `nolock`) of nfs-ganesha on
+    /// the host.
     pub fn nfs(guests: usize, vers: &'static str) -> Result<VmTestbed, String> {
         let root = control_dir()?;
         let server_dir = root.path().join("export");
@@ -457,6 +460,17 @@ impl VmTestbed {
             .parent()
             .ok_or("test binary has no directory")?
             .to_owned();
+        for (what, path) in [
+            ("test binary's directory", exe_dir.as_path()),
+            ("control directory", self.root.path()),
+        ] {
+            if path.to_string_lossy().contains(char::is_whitespace) || path == Path::new("/tmp") {
+                return Err(format!(
+                    "vm testbed: the {what} {} cannot be passed to a guest (a path with spaces, or /tmp itself)",
+                    path.display()
+                ));
+            }
+        }
         for i in 0..count {
             let name = format!("g{}", i + 1);
             let dir = self.root.path().join(&name);
@@ -502,9 +516,9 @@ impl VmTestbed {
                 GuestFs::Nfs { .. } => {}
                 // Samba is never restarted under the CIFS guests. QEMU connects the forward
                 // when it starts: only to what listens.
-                GuestFs::Cifs => net.push_str(&format!(
-                    ",guestfwd=tcp:{SERVER_ADDR}:445-tcp:127.0.0.1:445"
-                )),
+                GuestFs::Cifs => {
+                    net.push_str(&format!(",guestfwd=tcp:{SAMBA_ADDR}:445-tcp:127.0.0.1:445"))
+                }
                 GuestFs::NineP { dir } => {
                     cmd.arg("-virtfs").arg(format!(
                         "local,path={},mount_tag=shared,security_model=none",
@@ -648,7 +662,7 @@ fn setup_script(fs: &GuestFs) -> String {
         // maps to its guest account; then any from NETFS_TEST_CIFS_OPTIONS (to try others).
         GuestFs::Cifs => format!(
             "set -e\nmodprobe cifs\nmkdir -p {m}\n\
-             mount -t cifs //{SERVER_ADDR}/share {m} -o ip={SERVER_ADDR},user=guest,pass=,vers=3.0{}\n",
+             mount -t cifs //{SAMBA_ADDR}/share {m} -o ip={SAMBA_ADDR},user=guest,pass=,vers=3.0{}\n",
             std::env::var(CIFS_OPTIONS_ENV)
                 .map(|o| format!(",{o}"))
                 .unwrap_or_default()
@@ -776,21 +790,21 @@ impl Ganesha {
         })
     }
 
-    /// SIGKILLs the server and waits until its port refuses connections.
-    fn stop(&self) -> Result<(), String> {
+    /// SIGKILLs the server, if it runs, and waits until its port refuses connections;
+    /// whether it was running.
+    fn stop(&self) -> Result<bool, String> {
         let mut child = self.child.lock().unwrap();
+        let was_running = child.try_wait().map_err(|e| e.to_string())?.is_none();
         let _ = child.kill();
         let _ = child.wait();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_until(Duration::from_secs(30), || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
-        })
-        .map_err(|()| {
+        wait_until(Duration::from_secs(30), || !port_accepts(addr)).map_err(|()| {
             format!(
                 "vm testbed: ganesha still accepts on {} after SIGKILL",
                 self.port
             )
-        })
+        })?;
+        Ok(was_running)
     }
 
     /// Starts a stopped server again with its configuration and ports.
@@ -808,19 +822,26 @@ impl Ganesha {
 /// It runs `Graceless`, so the guests' clients find their state gone and establish it anew.
 impl super::faults::FileServer for VmTestbed {
     fn stop_server(&self) -> Result<usize, String> {
-        let ganesha = self
-            .ganesha
-            .as_ref()
-            .ok_or("this VM testbed has no file server to crash")?;
-        ganesha.stop().map(|()| 1)
+        if self.crashable_ganesha()?.stop()? {
+            Ok(1)
+        } else {
+            Err("vm testbed: ganesha is not running".into())
+        }
     }
 
     fn start_server(&self) -> Result<(), String> {
-        let ganesha = self
-            .ganesha
-            .as_ref()
-            .ok_or("this VM testbed has no file server to crash")?;
-        ganesha.restart()
+        self.crashable_ganesha()?.restart()
+    }
+}
+
+impl VmTestbed {
+    fn crashable_ganesha(&self) -> Result<&Ganesha, String> {
+        self.ganesha.as_ref().ok_or_else(|| {
+            format!(
+                "vm testbed: only the NFS guests' ganesha can be crashed, not {}'s server",
+                self.kind
+            )
+        })
     }
 }
 
@@ -859,7 +880,7 @@ fn spawn_ganesha(
     )
     .map_err(|e| e.to_string())?;
     // -F: stay in the foreground, so the child is the server and dies with it.
-    let child = Command::new(ganesha)
+    let mut child = Command::new(ganesha)
         .arg("-F")
         .arg("-f")
         .arg(&conf)
@@ -873,15 +894,21 @@ fn spawn_ganesha(
         .spawn()
         .map_err(|e| format!("vm testbed: start ganesha: {e}"))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until(Duration::from_secs(30), || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    })
-    .map_err(|()| {
-        format!(
-            "vm testbed: ganesha did not listen on {port}:\n{}",
+    let mut exited = false;
+    let listening = wait_until(Duration::from_secs(30), || {
+        exited = child.try_wait().is_ok_and(|status| status.is_some());
+        exited || port_accepts(addr)
+    });
+    if listening.is_err() || exited {
+        // Never left running unseen: it would keep the port and the export after the test.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "vm testbed: ganesha {} on {port}:\n{}",
+            if exited { "exited" } else { "did not listen" },
             tail(&log, 20)
-        )
-    })?;
+        ));
+    }
     Ok(child)
 }
 

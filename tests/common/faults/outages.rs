@@ -88,14 +88,14 @@ impl OutagePlan {
     }
 }
 
-/// Runs `plan`'s workers on `testbed` and crashes its file server again and again (SIGKILL of
-/// the daemon and its children, see [`crate::common::testbed::TwoHostTestbed::stop_server`]), restarting
+/// Runs `plan`'s workers and crashes their file server again and again (SIGKILL of the
+/// daemon and its children, see [`FileServer::stop_server`]), restarting
 /// it after each outage's length. The workers keep their connections throughout and never
 /// reopen them: whatever recovery there is, is the shim's and the mounts'. After each restart
 /// every writer must commit again; then everyone stops and the database is verified.
 pub fn run_with_outages(
     plan: &FaultPlan,
-    testbed: &crate::common::testbed::TwoHostTestbed,
+    server: &dyn FileServer,
     outages: &OutagePlan,
 ) -> FaultReport {
     let mut run = FaultRun::start(plan);
@@ -111,7 +111,7 @@ pub fn run_with_outages(
             break;
         }
         std::thread::sleep(outages.between);
-        let (outage, still) = crash_server(&run, testbed, *down, outages.progress_timeout);
+        let (outage, still) = crash_server(&run, server, *down, outages.progress_timeout);
         made.push(outage);
         stalled += still;
     }

@@ -552,10 +552,7 @@ pub fn delete_for_sqlite(name: &str, sync_dir: bool) -> Option<Result<(), FileEr
 /// known not to be hot ([`KnownJournal`]) is answered "none" without asking the server: what
 /// SQLite then does is what it does for an empty journal.
 pub fn exists_for_sqlite(name: &str) -> Option<Result<bool, FileError>> {
-    let (kind, refresh, known_not_hot) = with_companion_database(name, |kind, db| {
-        let known_not_hot = kind == Companion::Journal && db.journal_known_not_hot();
-        (kind, db.refresh, known_not_hot)
-    })?;
+    let (kind, refresh, known_not_hot) = companion_for_existence_check(name)?;
     let path = Path::new(name);
     if known_not_hot && locally_empty(path) {
         tracing::trace!(
@@ -583,6 +580,15 @@ pub fn exists_for_sqlite(name: &str) -> Option<Result<bool, FileError>> {
             tracing::error!(path = name, error = %e, "cannot check the journal");
             Err(FileError::Code(ffi::SQLITE_IOERR_ACCESS))
         }
+    })
+}
+
+/// What the existence check of `name` needs from the registry, in one lookup: which companion
+/// it is, how its database's client tells sizes, and whether it is a journal known not hot.
+fn companion_for_existence_check(name: &str) -> Option<(Companion, SizeRefresh, bool)> {
+    with_companion_database(name, |kind, db| {
+        let known_not_hot = kind == Companion::Journal && db.journal_known_not_hot();
+        (kind, db.refresh, known_not_hot)
     })
 }
 
@@ -696,10 +702,7 @@ mod tests {
     /// Whether SQLite's hot-journal check on `journal` would be answered without the server
     /// (given a journal that reads as empty here).
     fn known_not_hot(journal: &str) -> bool {
-        with_companion_database(journal, |kind, db| {
-            kind == Companion::Journal && db.journal_known_not_hot()
-        })
-        .unwrap_or(false)
+        companion_for_existence_check(journal).is_some_and(|(_, _, known_not_hot)| known_not_hot)
     }
 
     fn permit() -> Arc<JournalPermit> {

@@ -21,7 +21,7 @@
 //! |------------------------------------------|--------------------------------|--------------|
 //! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
 //! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
-//! | any other, and SHARED → NONE after a refused hot-journal rollback (EXCLUSIVE from SHARED) | the release | this edit |
+//! | any other, and SHARED → NONE after a refused RESERVED or EXCLUSIVE (SQLite's busy handler lets go of SHARED before it sleeps) | the release | this edit |
 //!
 //! A lingering SHARED entry serves the next read transaction after a latch-free look at the
 //! table ([`LockTable::shared_reusable_by`]); no writer can pass it meanwhile.
@@ -439,16 +439,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if to >= self.level && !changed_file {
             return Ok(None);
         }
+        // A refused write request sends SQLite to its busy handler, which first lets go of
+        // SHARED. Lingering there, our entry would keep the writer ahead of us out of
+        // EXCLUSIVE until the heartbeat published it: every connection that found a journal
+        // hot wants every other SHARED gone and retries sooner than that (SQLite's mptest
+        // crash01 stalled so), and so does a writer that got RESERVED while we waited for it.
+        let refused_write = matches!(self.last_refused, Some(Level::Reserved | Level::Exclusive));
         let lingers = match (self.level, to) {
             // The end of a read transaction; not the end of a write, whose deferred
-            // downgrade to SHARED is owed and is published now, in the same edit. Nor the
-            // end of a refused hot-journal rollback (SHARED to EXCLUSIVE): every connection
-            // that found the journal hot wants every other SHARED gone, and retries sooner
-            // than a lingering one would leave (SQLite's mptest crash01 stalled so).
+            // downgrade to SHARED is owed and is published now, in the same edit.
             (Level::Shared, Level::None) => {
-                !changed_file
-                    && self.owed_since.is_none()
-                    && self.last_refused != Some(Level::Exclusive)
+                !changed_file && self.owed_since.is_none() && !refused_write
             }
             (from, Level::Shared) => from >= Level::Reserved,
             _ => false,
@@ -1033,13 +1034,8 @@ pub(crate) mod tests {
         assert_eq!(b.reserved_held().unwrap(), Some(true));
         assert_eq!(a.lock(Level::Exclusive).unwrap(), Acquired::Busy);
         assert_eq!(a.level(), Level::Pending);
-        // The end of b's read transaction lingers in the table until b is idle.
-        assert_eq!(b.unlock(Level::None, false).unwrap(), None);
-        assert_eq!(a.lock(Level::Exclusive).unwrap(), Acquired::Busy);
-        assert!(!b.settle_due());
-        env.advance(RELEASE_LINGER);
-        assert!(b.settle_due());
-        b.settle(LATCH_WAIT).unwrap();
+        // b, refused, lets go of SHARED; a can then commit.
+        assert!(b.unlock(Level::None, false).unwrap().is_some());
         assert!(granted(a.lock(Level::Exclusive).unwrap()));
         let generation = a.unlock(Level::None, true).unwrap();
         assert_eq!(generation, Some(1));
@@ -1118,6 +1114,13 @@ pub(crate) mod tests {
             writes + 1,
             "an edit that renews the entry"
         );
+        // Once the connection is idle, the heartbeat publishes the release.
+        r.unlock(Level::None, false).unwrap();
+        assert!(!r.settle_due());
+        env.advance(RELEASE_LINGER);
+        assert!(r.settle_due());
+        r.settle(LATCH_WAIT).unwrap();
+        assert!(table_of(&files).holders.is_empty());
     }
 
     #[test]
@@ -1400,6 +1403,23 @@ pub(crate) mod tests {
         assert!(table_of(&files).holders.is_empty());
         // So the first to come back rolls the journal back.
         assert!(granted(a.lock(Level::Shared).unwrap()));
+        assert!(granted(a.lock(Level::Exclusive).unwrap()));
+    }
+
+    #[test]
+    fn a_writer_refused_reserved_lets_go_of_shared_at_once() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut a = client(&files, &env, "h1", 1);
+        let mut b = client(&files, &env, "h2", 2);
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        assert!(granted(a.lock(Level::Reserved).unwrap()));
+        // b is refused RESERVED; SQLite lets go of SHARED and sleeps in its busy handler.
+        assert!(granted(b.lock(Level::Shared).unwrap()));
+        assert_eq!(b.lock(Level::Reserved).unwrap(), Acquired::Busy);
+        b.unlock(Level::None, false).unwrap();
+        assert!(!b.release_owed());
+        // So nothing of b's keeps a from committing.
+        assert_eq!(table_of(&files).level_of(b.owner()), Level::None);
         assert!(granted(a.lock(Level::Exclusive).unwrap()));
     }
 

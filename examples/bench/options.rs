@@ -56,7 +56,6 @@ impl Options {
         if let Some(seconds) = self.seconds {
             profile.local_seconds = seconds;
             profile.sshfs_seconds = seconds;
-            profile.smb_seconds = seconds;
         }
         if let Some(rounds) = self.rounds {
             profile.rounds = rounds;
@@ -99,7 +98,11 @@ pub(crate) struct Profile {
     /// their windows are longer and, in quick mode, there is one round.
     pub(crate) testbed_rounds: u32,
     pub(crate) sshfs_seconds: f64,
-    pub(crate) smb_seconds: f64,
+    /// Commits each of four writers makes on the sshfs and SMB testbeds, and how long they
+    /// have for it: a starved writer must count against its setup, which a window hides.
+    pub(crate) sshfs_commits_each: u64,
+    pub(crate) smb_commits_each: u64,
+    pub(crate) finish_within: Duration,
     /// Write transactions traced per setup for the cost anatomy, on the local disk and on
     /// the sshfs testbed (where one takes tens of milliseconds).
     pub(crate) strace_transactions: u64,
@@ -115,7 +118,9 @@ pub(crate) const QUICK: Profile = Profile {
     local_seconds: 1.5,
     testbed_rounds: 1,
     sshfs_seconds: 5.0,
-    smb_seconds: 6.0,
+    sshfs_commits_each: 40,
+    smb_commits_each: 25,
+    finish_within: Duration::from_secs(90),
     strace_transactions: 100,
     testbed_strace_transactions: 60,
     server_strace_transactions: 20,
@@ -128,7 +133,9 @@ pub(crate) const FULL: Profile = Profile {
     local_seconds: 5.0,
     testbed_rounds: 3,
     sshfs_seconds: 10.0,
-    smb_seconds: 15.0,
+    sshfs_commits_each: 120,
+    smb_commits_each: 60,
+    finish_within: Duration::from_secs(300),
     strace_transactions: 1000,
     testbed_strace_transactions: 400,
     server_strace_transactions: 100,

@@ -105,13 +105,15 @@ pub(crate) fn render_markdown(run: &Run) -> String {
     );
     let _ = writeln!(
         md,
-        "- **Run:** {} rows; local disk: {} × {} s per alternative; testbeds: {} × {} s (sshfs), {} s (SMB); {:.0} s in all",
+        "- **Run:** {} rows; local disk: {} × {} s per alternative; testbeds: {}, one writer {} s (sshfs), four writers until each committed {} (sshfs) or {} (SMB), within {} s; {:.0} s in all",
         p.rows,
         plural(p.rounds as usize, "round"),
         p.local_seconds,
         plural(p.testbed_rounds as usize, "round"),
         p.sshfs_seconds,
-        p.smb_seconds,
+        p.sshfs_commits_each,
+        p.smb_commits_each,
+        p.finish_within.as_secs(),
         run.elapsed.as_secs_f64()
     );
     md.push_str(
@@ -287,14 +289,16 @@ pub(crate) fn render_json(run: &Run) -> String {
         json_str(&m.source)
     );
     let profile = format!(
-        "{{\"mode\": {}, \"rows\": {}, \"rounds\": {}, \"seconds\": {}, \"testbed_rounds\": {}, \"sshfs_seconds\": {}, \"smb_seconds\": {}, \"strace_transactions\": {}, \"testbed_strace_transactions\": {}, \"server_strace_transactions\": {}}}",
+        "{{\"mode\": {}, \"rows\": {}, \"rounds\": {}, \"seconds\": {}, \"testbed_rounds\": {}, \"sshfs_seconds\": {}, \"sshfs_commits_each\": {}, \"smb_commits_each\": {}, \"finish_within_seconds\": {}, \"strace_transactions\": {}, \"testbed_strace_transactions\": {}, \"server_strace_transactions\": {}}}",
         json_str(p.name),
         p.rows,
         p.rounds,
         json_num(p.local_seconds),
         p.testbed_rounds,
         json_num(p.sshfs_seconds),
-        json_num(p.smb_seconds),
+        p.sshfs_commits_each,
+        p.smb_commits_each,
+        p.finish_within.as_secs(),
         p.strace_transactions,
         p.testbed_strace_transactions,
         p.server_strace_transactions

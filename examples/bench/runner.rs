@@ -20,6 +20,9 @@ pub(crate) struct Job {
     pub(crate) record_latency: bool,
     /// Run each worker under strace ([`STRACE_ARGS`]), writing `<this path>.<thread id>`.
     pub(crate) trace_prefix: Option<PathBuf>,
+    /// Each worker commits this many instead of running for the round's window, and has at
+    /// most this long ([`Stop::Commits`]).
+    pub(crate) until_commits: Option<(u64, Duration)>,
 }
 
 impl Job {
@@ -31,6 +34,21 @@ impl Job {
             dbs,
             record_latency: false,
             trace_prefix: None,
+            until_commits: None,
+        }
+    }
+
+    /// The job with a commit quota per worker instead of a window.
+    pub(crate) fn until_commits(mut self, each: u64, within: Duration) -> Job {
+        self.until_commits = Some((each, within));
+        self
+    }
+
+    /// How a worker of this job stops in a round whose window is `window`.
+    pub(crate) fn stop(&self, window: Duration) -> Stop {
+        match self.until_commits {
+            Some((each, within)) => Stop::Commits { each, within },
+            None => Stop::After(window),
         }
     }
 
@@ -48,15 +66,20 @@ impl Job {
         }
     }
 
-    /// "write txn/s, 4 writers over 2 mounts"
+    /// "write txn/s, 4 writers over 2 mounts"; with a quota, "write txn/s until every writer
+    /// committed 40, 4 writers over 2 mounts".
     pub(crate) fn workload(&self) -> String {
         let over = if self.dbs.len() > 1 {
             format!(" over {} mounts", self.dbs.len())
         } else {
             String::new()
         };
+        let until = match self.until_commits {
+            Some((each, _)) => format!(" until every {} committed {each}", self.role.noun()),
+            None => String::new(),
+        };
         format!(
-            "{} txn/s, {}{over}",
+            "{} txn/s{until}, {}{over}",
             self.role.name(),
             self.role.processes(self.processes)
         )
@@ -73,6 +96,9 @@ pub(crate) struct Outcome {
     pub(crate) latencies_us: Vec<u64>,
     pub(crate) network: Option<bool>,
     pub(crate) journal: Option<String>,
+    /// With a commit quota ([`Stop::Commits`]): when each worker met it, `None` if it did not
+    /// within the limit. `seconds` is then the last one's time, or the limit.
+    pub(crate) finished_s: Vec<Option<f64>>,
 }
 
 impl Outcome {
@@ -91,6 +117,8 @@ impl Outcome {
             *self.errors.entry(message).or_default() += count;
         }
         self.latencies_us.extend(worker.latencies_us);
+        self.finished_s
+            .push(worker.finished_ms.map(|ms| ms / 1000.0));
         self.network = self.network.or(worker.network);
         if self.journal.is_none() {
             self.journal = worker.journal;
@@ -110,6 +138,7 @@ pub(crate) struct WorkerReport {
     pub(crate) latencies_us: Vec<u64>,
     pub(crate) network: Option<bool>,
     pub(crate) journal: Option<String>,
+    pub(crate) finished_ms: Option<f64>,
 }
 
 impl WorkerReport {
@@ -120,6 +149,7 @@ impl WorkerReport {
             "DONE" => self.done = true,
             "COMMITS" => self.commits = rest.parse().unwrap_or(0),
             "BUSY" => self.busy = rest.parse().unwrap_or(0),
+            "FINISHED_MS" => self.finished_ms = rest.parse().ok(),
             "ERROR" => {
                 let (count, message) = rest.split_once(' ').unwrap_or((rest, ""));
                 *self.errors.entry(message.to_string()).or_default() += count.parse().unwrap_or(1);
@@ -200,7 +230,7 @@ pub(crate) fn measure(job: &Job, stop: Stop, seed: u64) -> Outcome {
     let mut outcome = Outcome {
         seconds: match stop {
             Stop::After(d) => d.as_secs_f64(),
-            Stop::Transactions(_) => 0.0,
+            Stop::Transactions(_) | Stop::Commits { .. } => 0.0,
         },
         ..Outcome::default()
     };
@@ -230,7 +260,7 @@ pub(crate) fn measure(job: &Job, stop: Stop, seed: u64) -> Outcome {
         }
     }
     let run_limit = match stop {
-        Stop::After(d) => d + OVERRUN_GRACE,
+        Stop::After(d) | Stop::Commits { within: d, .. } => d + OVERRUN_GRACE,
         Stop::Transactions(_) => Duration::from_secs(600),
     };
     collect_until(&events, &mut reports, Instant::now() + run_limit, |r| {
@@ -242,6 +272,13 @@ pub(crate) fn measure(job: &Job, stop: Stop, seed: u64) -> Outcome {
             outcome.add_error(problem);
         }
         outcome.absorb(report);
+    }
+    if let Stop::Commits { within, .. } = stop {
+        outcome.seconds = outcome
+            .finished_s
+            .iter()
+            .map(|f| f.unwrap_or(within.as_secs_f64()))
+            .fold(0.0, f64::max);
     }
     outcome
 }

@@ -58,12 +58,46 @@ impl Series {
         self.outcomes.iter().map(|o| o.busy).sum()
     }
 
-    /// "812 txn/s (790–830)" and the errors, if any.
+    /// "812 txn/s (790–830)", how long the last writer took where each had a quota, and the
+    /// errors, if any.
     pub(crate) fn value(&self) -> String {
         let mut value = match self.stats() {
             Some(s) => format!("{} txn/s ({}–{})", rate(s.median), rate(s.min), rate(s.max)),
             None => "no data".to_string(),
         };
+        if let Some((each, within)) = self.job.until_commits {
+            // Each round: when each writer met its quota, in order ("—": it did not).
+            let rounds: Vec<String> = self
+                .outcomes
+                .iter()
+                .map(|o| {
+                    let mut done: Vec<f64> = o.finished_s.iter().flatten().copied().collect();
+                    done.sort_by(f64::total_cmp);
+                    let mut each: Vec<String> = done.iter().map(|s| format!("{s:.1}")).collect();
+                    each.resize(o.finished_s.len(), "—".into());
+                    each.join(" / ")
+                })
+                .collect();
+            let _ = write!(
+                value,
+                "; {}s done after {} s",
+                self.job.role.noun(),
+                rounds.join(" · ")
+            );
+            let short: usize = self
+                .outcomes
+                .iter()
+                .map(|o| o.finished_s.iter().filter(|f| f.is_none()).count())
+                .sum();
+            if short > 0 {
+                let _ = write!(
+                    value,
+                    "; {} short of {each} commits after {} s",
+                    plural(short, self.job.role.noun()),
+                    within.as_secs()
+                );
+            }
+        }
         let errors = self.errors();
         if !errors.is_empty() {
             let list: Vec<String> = errors.iter().map(|(m, n)| format!("{m} ×{n}")).collect();
@@ -73,14 +107,15 @@ impl Series {
     }
 }
 
-/// Runs every series once per round, in order, for `rounds` rounds (A, B, A, B, ...). Within
-/// a round all series get the same seeds, so the same payloads.
+/// Runs every series once per round, in order, for `rounds` rounds (A, B, A, B, ...), each
+/// for a window of `seconds` or until its quota is met. Within a round all series get the
+/// same seeds, so the same payloads.
 pub(crate) fn run_rounds(series: &mut [Series], rounds: u32, seconds: f64) {
-    let stop = Stop::After(Duration::from_secs_f64(seconds));
+    let window = Duration::from_secs_f64(seconds);
     for round in 0..rounds {
         for s in series.iter_mut() {
             let started = Instant::now();
-            let outcome = measure(&s.job, stop, u64::from(round) * 1000);
+            let outcome = measure(&s.job, s.job.stop(window), u64::from(round) * 1000);
             let txn_per_s = outcome.txn_per_s();
             let errors: u64 = outcome.errors.values().sum();
             s.outcomes.push(outcome);

@@ -59,17 +59,26 @@ impl Role {
         }
     }
 
-    pub(crate) fn processes(self, count: usize) -> String {
-        let noun = match self {
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
             Role::Write => "writer",
             Role::Read => "reader",
-        };
-        plural(count, noun)
+        }
+    }
+
+    pub(crate) fn processes(self, count: usize) -> String {
+        plural(count, self.noun())
     }
 }
 
+/// When a worker stops.
 #[derive(Clone, Copy)]
 pub(crate) enum Stop {
+    /// At the end of a window: the measure is transactions per second in it.
     After(Duration),
+    /// After this many attempts (the cost anatomy, which counts calls per transaction).
     Transactions(u64),
+    /// Once it has committed `each`, or at `within` if it has not: the measure is how long
+    /// the last writer took, so one that others starve counts against the setup.
+    Commits { each: u64, within: Duration },
 }

@@ -44,6 +44,12 @@ impl WorkerSpec {
         match self.stop {
             Stop::After(d) => args.extend(["--seconds".into(), d.as_secs_f64().to_string()]),
             Stop::Transactions(n) => args.extend(["--transactions".into(), n.to_string()]),
+            Stop::Commits { each, within } => args.extend([
+                "--commits".into(),
+                each.to_string(),
+                "--within".into(),
+                within.as_secs_f64().to_string(),
+            ]),
         }
         if self.record_latency {
             args.push("--latency".to_string());
@@ -79,6 +85,25 @@ impl WorkerSpec {
                     spec.stop = Stop::After(Duration::from_secs_f64(flags.number(flag)?))
                 }
                 "--transactions" => spec.stop = Stop::Transactions(flags.number(flag)?),
+                "--commits" => {
+                    let within = match spec.stop {
+                        Stop::Commits { within, .. } => within,
+                        _ => Duration::ZERO,
+                    };
+                    spec.stop = Stop::Commits {
+                        each: flags.number(flag)?,
+                        within,
+                    }
+                }
+                "--within" => {
+                    let Stop::Commits { each, .. } = spec.stop else {
+                        return Err("--within needs --commits before it".into());
+                    };
+                    spec.stop = Stop::Commits {
+                        each,
+                        within: Duration::from_secs_f64(flags.number(flag)?),
+                    }
+                }
                 "--latency" => spec.record_latency = true,
                 "--mark-window" => spec.mark_window = true,
                 other => return Err(format!("unknown worker option {other}")),
@@ -103,6 +128,8 @@ pub(crate) struct Tally {
     pub(crate) busy: u64,
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) latencies_us: Vec<u64>,
+    /// When a worker with a commit quota ([`Stop::Commits`]) met it, from the start.
+    pub(crate) finished_after: Option<Duration>,
 }
 
 impl Tally {
@@ -124,6 +151,9 @@ impl Tally {
         if !self.latencies_us.is_empty() {
             let list: Vec<String> = self.latencies_us.iter().map(u64::to_string).collect();
             println!("LATENCY_US {}", list.join(","));
+        }
+        if let Some(after) = self.finished_after {
+            println!("FINISHED_MS {:.3}", after.as_secs_f64() * 1000.0);
         }
         println!("DONE");
     }
@@ -252,6 +282,22 @@ impl WorkerConnection {
                         tally.commits += 1;
                     }
                 }
+            }
+            Stop::Commits { each, within } => {
+                let started = Instant::now();
+                let deadline = started + within;
+                while tally.commits < each {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        return;
+                    };
+                    if let Err(e) = self.conn.busy_timeout(left.min(BUSY_TIMEOUT)) {
+                        tally.error(&e.to_string());
+                    }
+                    if self.attempt(spec, tally) {
+                        tally.commits += 1;
+                    }
+                }
+                tally.finished_after = Some(started.elapsed());
             }
         }
     }

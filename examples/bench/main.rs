@@ -2,14 +2,14 @@
 //! instead (issue 4).
 //!
 //! ```text
-//! cargo run --release --example bench                        # quick mode, at most 3 minutes on 2 cores
+//! cargo run --release --example bench                        # quick mode, about 3 minutes on 2 cores
 //! cargo run --release --example bench -- --full              # more rounds, longer, 50k rows
 //! cargo run --release --example bench -- --only local-wal    # one scenario
 //! ```
 //! Options: `--out DIR` (default `target/bench`) receives `results.md`, `results.json` and
 //! `chart.svg`; the markdown is also printed. `--only NAME` runs one scenario. `--seconds S` and
-//! `--rounds N` override every measurement's duration and the number of rounds (for quick
-//! checks while developing). `--work-dir DIR` holds the databases (default `/var/tmp`, or the
+//! `--rounds N` override every window's duration and the number of rounds (for quick checks
+//! while developing); the testbeds' four writers run to their share, not for a window. `--work-dir DIR` holds the databases (default `/var/tmp`, or the
 //! output directory if `/var/tmp` is a tmpfs, where fsync costs nothing).
 //!
 //! **Why an own harness, not Criterion.** The scenarios are about processes: several writers
@@ -21,9 +21,12 @@
 //! **One measurement.** The bench re-executes its own binary as worker processes
 //! (`--worker ...`). Each opens its connection, prepares its statements and prints `READY`.
 //! When all are ready, the parent sends `GO <start time>` on their stdin; they start at that
-//! instant, run for the measurement's duration and print `COMMITS`, `BUSY`, `ERROR`,
-//! `LATENCY_US` and `DONE` lines on stdout. Throughput = all commits / duration. Every
-//! alternative works on its own copy of one pre-filled database.
+//! instant, run for the measurement's window (or until each has committed its share, then
+//! printing `FINISHED_MS`) and print `COMMITS`, `BUSY`, `ERROR`, `LATENCY_US` and `DONE`
+//! lines on stdout. Throughput = all commits / the window (or / the time until the last
+//! worker was done, a worker short of its share counting as an error). Worker `i` opens
+//! database `i mod n` of the job's `n`, so four writers over two mounts alternate between
+//! them. Every alternative works on its own copy of one pre-filled database.
 //!
 //! **Workload** (agent session stores). `messages(id INTEGER PRIMARY KEY, session, ts, body
 //! BLOB)` with an index on (session, ts), 20k rows (50k with `--full`), 100 per session, and

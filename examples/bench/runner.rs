@@ -103,6 +103,9 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub(crate) fn txn_per_s(&self) -> f64 {
+        if self.seconds <= 0.0 {
+            return 0.0;
+        }
         self.commits_per_process.iter().sum::<u64>() as f64 / self.seconds
     }
 
@@ -273,7 +276,16 @@ pub(crate) fn measure(job: &Job, stop: Stop, seed: u64) -> Outcome {
         }
         outcome.absorb(report);
     }
-    if let Stop::Commits { within, .. } = stop {
+    if let Stop::Commits { each, within } = stop {
+        // A worker that could not be spawned has no report: it did not finish either.
+        outcome.finished_s.resize(job.processes, None);
+        for _ in outcome.finished_s.iter().filter(|f| f.is_none()) {
+            let short = format!(
+                "writer short of {each} commits after {} s",
+                within.as_secs()
+            );
+            *outcome.errors.entry(short).or_default() += 1;
+        }
         outcome.seconds = outcome
             .finished_s
             .iter()

@@ -58,24 +58,26 @@ impl Series {
         self.outcomes.iter().map(|o| o.busy).sum()
     }
 
-    /// "812 txn/s (790–830)", how long the last writer took where each had a quota, and the
+    /// "812 txn/s (790–830)", when each writer was done where each had a quota, and the
     /// errors, if any.
     pub(crate) fn value(&self) -> String {
         let mut value = match self.stats() {
             Some(s) => format!("{} txn/s ({}–{})", rate(s.median), rate(s.min), rate(s.max)),
             None => "no data".to_string(),
         };
-        if let Some((each, within)) = self.job.until_commits {
-            // Each round: when each writer met its quota, in order ("—": it did not).
+        if self.job.until_commits.is_some() {
+            // Each round: when each writer met its quota, in worker order ("—": it did not;
+            // the errors say why).
             let rounds: Vec<String> = self
                 .outcomes
                 .iter()
                 .map(|o| {
-                    let mut done: Vec<f64> = o.finished_s.iter().flatten().copied().collect();
-                    done.sort_by(f64::total_cmp);
-                    let mut each: Vec<String> = done.iter().map(|s| format!("{s:.1}")).collect();
-                    each.resize(o.finished_s.len(), "—".into());
-                    each.join(" / ")
+                    let done: Vec<String> = o
+                        .finished_s
+                        .iter()
+                        .map(|f| f.map_or("—".into(), |s| format!("{s:.1}")))
+                        .collect();
+                    done.join(" / ")
                 })
                 .collect();
             let _ = write!(
@@ -84,19 +86,6 @@ impl Series {
                 self.job.role.noun(),
                 rounds.join(" · ")
             );
-            let short: usize = self
-                .outcomes
-                .iter()
-                .map(|o| o.finished_s.iter().filter(|f| f.is_none()).count())
-                .sum();
-            if short > 0 {
-                let _ = write!(
-                    value,
-                    "; {} short of {each} commits after {} s",
-                    plural(short, self.job.role.noun()),
-                    within.as_secs()
-                );
-            }
         }
         let errors = self.errors();
         if !errors.is_empty() {

@@ -109,6 +109,11 @@ impl WorkerSpec {
                 other => return Err(format!("unknown worker option {other}")),
             }
         }
+        if let Stop::Commits { within, .. } = spec.stop
+            && within.is_zero()
+        {
+            return Err("--commits needs a positive --within".into());
+        }
         Ok(spec)
     }
 

@@ -444,6 +444,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         // EXCLUSIVE until the heartbeat published it: every connection that found a journal
         // hot wants every other SHARED gone and retries sooner than that (SQLite's mptest
         // crash01 stalled so), and so does a writer that got RESERVED while we waited for it.
+        // (A deferred transaction refused its upgrade to a write keeps SHARED and gets BUSY
+        // without the busy handler: its end is published at once too, which costs one edit.)
         let refused_write = matches!(self.last_refused, Some(Level::Reserved | Level::Exclusive));
         let lingers = match (self.level, to) {
             // The end of a read transaction; not the end of a write, whose deferred

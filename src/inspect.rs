@@ -783,6 +783,13 @@ fn lock_file_findings(report: &mut Report, files: &DirLockFiles) {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
+        // A token made as a link (NFS) is a lock held for a moment, not a problem.
+        if meta.file_type().is_symlink()
+            && name != LockFileName::Table
+            && crate::lock::files::token_link_contents(&path).is_ok()
+        {
+            continue;
+        }
         if meta.file_type().is_symlink() {
             report.add(
                 "lock-file-symlink",

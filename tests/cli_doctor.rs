@@ -133,6 +133,20 @@ fn symlinked_and_narrow_mode_lock_files_are_problems_and_the_link_target_untouch
 }
 
 #[test]
+fn a_latch_an_nfs_client_made_as_a_link_is_a_held_latch_not_a_planted_link() {
+    let (dir, db) = cli_support::network_database(1);
+    std::os::unix::fs::symlink("far-host 7 1 1 3\n", dir.path().join("app.db-netfs-latch"))
+        .unwrap();
+    let out = run(&["doctor", path(&db), "--json", "--no-wait"]);
+    let codes = finding_codes(out.stdout.trim());
+    assert!(!codes.contains(&"lock-file-symlink"), "{out:?}");
+    assert!(
+        out.stdout.contains("far-host"),
+        "the latch's holder is not named: {out:?}"
+    );
+}
+
+#[test]
 fn wal_files_beside_a_network_mode_database_are_a_warning_and_wal_mode_a_problem() {
     let (dir, db) = cli_support::network_database(1);
     std::fs::write(dir.path().join("app.db-shm"), b"").unwrap();

@@ -4,7 +4,8 @@
 //!   written at the file server of each testbed while the shim opens through a client);
 //! - lock files of another user with mode 0600 (the shim runs as `nobody`);
 //! - a symbolic link planted where a lock file goes (never followed; its target untouched),
-//!   before the open or while a connection is open;
+//!   before the open or while a connection is open; a latch an NFS client made as a link is
+//!   no such link;
 //! - a latch and a lock-table entry left by a crash on a host that no longer exists
 //!   (recovered after the lease, the half-done transaction rolled back; local disk and both
 //!   testbeds).
@@ -258,6 +259,33 @@ fn symlink_planted_at_the_latch_after_the_open_is_an_error_not_a_wait() {
     assert!(waited < Duration::from_secs(5), "waited {waited:?}: {err}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     eprintln!("latch symlink planted after open: {err} after {waited:?}");
+}
+
+#[test]
+fn a_latch_made_as_a_link_by_an_nfs_peer_that_vanished_is_a_lock_recovered_after_the_lease() {
+    register_short_lease();
+    let (_dir, db) = shared_database(2);
+    // As an NFS client writes its latch: a link whose target is its owner id and count.
+    let latch = lock_file(&db, "-netfs-latch");
+    std::os::unix::fs::symlink("vanished-host 7 1 1 3\n", &latch).unwrap();
+    let conn = Connection::open(format!(
+        "file:{}?vfs={SHORT_LEASE_VFS}&netfs=on",
+        db.display()
+    ))
+    .expect("a link token is a held latch, not a planted link");
+    conn.busy_timeout(Duration::from_secs(20)).unwrap();
+    let started = Instant::now();
+    conn.execute("INSERT INTO t VALUES (3)", []).unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= SHORT_LEASE,
+        "the live-looking latch was not waited for: {waited:?}"
+    );
+    assert_eq!(count(&conn).unwrap(), 3);
+    assert!(
+        std::fs::symlink_metadata(&latch).is_err(),
+        "the dead latch stayed"
+    );
 }
 
 /// A host A process of a host that then vanished; host B's connection recovers.

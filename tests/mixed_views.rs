@@ -289,6 +289,16 @@ fn vm_9p_a_host_on_its_local_disk_joins_network_mode_when_its_guest_opened_the_d
     host_follows_the_guest_into_network_mode(&Views::guest_of(&testbed), "guest-first");
 }
 
+/// The host writes the exported directory on its disk, making file tokens; the guest writes
+/// through the kernel NFS client, making link tokens: each side reads and respects the other's.
+#[test]
+fn vm_nfs_a_host_on_its_exported_disk_and_its_nfs_guest_share_the_lock_files() {
+    let Some(testbed) = testbed_or_skip(VmTestbed::nfs(1, "4.1")) else {
+        return;
+    };
+    host_follows_the_guest_into_network_mode(&Views::guest_of(&testbed), "nfs-guest-first");
+}
+
 #[test]
 fn vm_9p_started_together_host_first_the_guest_is_refused_at_open_and_nothing_is_lost() {
     let Some(testbed) = testbed_or_skip(VmTestbed::nine_p(1)) else {

@@ -3,7 +3,7 @@
 //!
 //! | operation              | why it can be trusted across hosts                                 |
 //! |------------------------|--------------------------------------------------------------------|
-//! | exclusive create of a token | decided by the server: `O_CREAT\|O_EXCL`, or `mkdir` on smbnetfs (see [`TokenStyle`]) |
+//! | exclusive create of a token | decided by the server: `O_CREAT\|O_EXCL`, `symlink` on NFS, or `mkdir` on SMB (see [`TokenStyle`]) |
 //! | read of a fresh open   | a new open revalidates; a stale size is caught by the table checksum |
 //! | table edit             | read and rewritten through one new descriptor, closed before the latch goes |
 //! | unlink, rmdir          | decided by the server                                               |
@@ -13,13 +13,15 @@
 //! token directory (smbnetfs, where the create itself decides), and whether the database's
 //! directory exists or is writable, to tell an ambiguous refusal apart. Never used:
 //! `flock`/`fcntl` (local to one client on sshfs, SMB and `local_lock` NFS mounts), rename
-//! (refused for open files on SMB). Paths are opened with `O_NOFOLLOW` and token directories
-//! are checked to be real directories, so a planted symlink is an error, never a redirection.
+//! (refused for open files on SMB). Paths are opened with `O_NOFOLLOW`, token directories
+//! are checked to be real directories, and a symbolic link is a token only if its target reads
+//! as a token's contents ([`token_link_contents`]; it is never followed), so a planted symlink
+//! is an error, never a redirection.
 //!
 //! The files, for a database `app.db`:
 //! - `app.db-netfs-latch`: exists while one process edits the table (milliseconds); holds
-//!   (or, as a directory, contains an `owner` file with) that process's owner id and a
-//!   per-acquisition number.
+//!   (as a symbolic link, points at; as a directory, names in an `owner` file or attribute)
+//!   that process's owner id and a per-acquisition number.
 //! - `app.db-netfs-table`: the lock table (`protocol::LockTable`).
 //! - `app.db-netfs-break`: exists while one process removes a latch left by a dead holder.
 //!
@@ -91,6 +93,13 @@ pub enum TokenStyle {
     /// A file made with `O_CREAT|O_EXCL`, holding the owner id. Exclusive at the server on
     /// NFS, kernel SMB, sshfs and local disks.
     File,
+    /// A symbolic link whose target is the owner id, for NFS: made in one `CREATE` and read
+    /// in one `READLINK`, where a file costs an exclusive open, a write, a close and the
+    /// `SETATTR` that follows every NFSv4.1 exclusive create (the server keeps the create's
+    /// verifier in the times), and each read an open, a read and a close. Readers of either
+    /// style read both, so a host that sees the export as its local disk (`File`) shares
+    /// the tokens with its NFS clients.
+    Symlink,
     /// A directory made with `mkdir`, holding an `owner` file. For smbnetfs, whose exclusive
     /// create is not exclusive. Not for sshfs: its cache answers "exists" for a removed
     /// directory for 20 s, and unlike for a file, no failing open clears that.
@@ -110,6 +119,7 @@ impl TokenStyle {
         match fs_type {
             "fuse.smbnetfs" => TokenStyle::Directory,
             "cifs" | "smb3" | "smb2" => TokenStyle::DirectoryWithAttribute,
+            "nfs" | "nfs4" => TokenStyle::Symlink,
             _ => TokenStyle::File,
         }
     }
@@ -210,6 +220,50 @@ impl DirLockFiles {
             tracing::debug!(token = %path.display(), error = %e, "owner id not recorded");
         }
         Ok(true)
+    }
+
+    /// `symlink` with the contents as the target; `Ok(false)` when the token is there.
+    fn create_token_link(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::ffi::OsStr::from_bytes(contents);
+        match std::os::unix::fs::symlink(target, self.path(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            // The NFSv3 client looks a new link up when the server's reply carries no handle,
+            // and that lookup can fail although the link was made (seen with ganesha: "No such
+            // file or directory" from `symlink`). As for a file token: answered "held", the
+            // latch is then read, and a token naming ourselves is removed as our orphan.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && self.db_path.parent().is_some_and(Path::is_dir) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.context(name, "create", e)),
+        }
+    }
+
+    /// A token of the `File` or `Symlink` style, whichever a peer made: a link is read first
+    /// where links are made, a file first elsewhere.
+    fn read_token(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
+        let path = self.path(name);
+        if self.style == TokenStyle::Symlink {
+            match token_link_contents(&path) {
+                Ok(contents) => return Ok(Some(contents)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                // Not a link: a file made by a peer that sees the export as its local disk.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(self.context(name, "read", e)),
+            }
+        }
+        match self.read_path(name, &path) {
+            Err(e) if os_error_code(&e) == Some(libc::ELOOP) => match token_link_contents(&path) {
+                Ok(contents) => Ok(Some(contents)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.context(name, "read", e)),
+            },
+            read => read,
+        }
     }
 
     pub fn path(&self, name: LockFileName) -> PathBuf {
@@ -380,6 +434,26 @@ pub fn os_error_code(e: &io::Error) -> Option<i32> {
     })
 }
 
+/// The contents of a token made as a symbolic link ([`TokenStyle::Symlink`]): its target,
+/// read and never followed. A link whose target does not read as a token (an owner id and an
+/// acquisition number) was put there by something else: `ELOOP`, as an `O_NOFOLLOW` open
+/// says. `EINVAL`: no link there.
+pub fn token_link_contents(path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::fs::read_link(path)?;
+    let contents = target.as_os_str().as_bytes();
+    let is_token = std::str::from_utf8(contents).is_ok_and(|s| {
+        let mut fields = s.split_whitespace();
+        super::protocol::OwnerId::parse_fields(&mut fields).is_some()
+            && fields.next().is_some_and(|n| n.parse::<u64>().is_ok())
+            && fields.next().is_none()
+    });
+    if !is_token {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    Ok(contents.to_vec())
+}
+
 /// Says once per process that latches on this server carry no owner id.
 fn warn_once_no_attributes(token: &Path, e: &io::Error) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -393,8 +467,10 @@ impl LockFiles for DirLockFiles {
 
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
         debug_assert!(name != LockFileName::Table, "the table is not a token");
-        if self.style == TokenStyle::File {
-            return self.create_token_file(name, contents);
+        match self.style {
+            TokenStyle::File => return self.create_token_file(name, contents),
+            TokenStyle::Symlink => return self.create_token_link(name, contents),
+            TokenStyle::Directory | TokenStyle::DirectoryWithAttribute => {}
         }
         let dir = self.path(name);
         let created = std::fs::create_dir(&dir);
@@ -453,7 +529,10 @@ impl LockFiles for DirLockFiles {
                     .unwrap_or_default(),
             ));
         }
-        self.read_path(name, &self.path(name))
+        if name == LockFileName::Table {
+            return self.read_path(name, &self.path(name));
+        }
+        self.read_token(name)
     }
 
     fn open_table(&self) -> io::Result<DirTableFile> {
@@ -467,7 +546,9 @@ impl LockFiles for DirLockFiles {
     fn remove(&self, name: LockFileName) -> io::Result<bool> {
         match self.style {
             _ if name == LockFileName::Table => self.remove_path(name, &self.path(name), false),
-            TokenStyle::File => self.remove_path(name, &self.path(name), false),
+            TokenStyle::File | TokenStyle::Symlink => {
+                self.remove_path(name, &self.path(name), false)
+            }
             // Nothing inside to remove first: `rmdir` alone, one request per release.
             TokenStyle::DirectoryWithAttribute => self.remove_path(name, &self.path(name), true),
             TokenStyle::Directory => {
@@ -638,6 +719,63 @@ mod tests {
     }
 
     #[test]
+    fn a_planted_symlink_is_no_token_in_either_token_style() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        for style in [TokenStyle::File, TokenStyle::Symlink] {
+            let files = files_for(&dir.path().join("app.db"), style);
+            std::os::unix::fs::symlink(&target, files.path(LockFileName::Latch)).unwrap();
+            let err = files.read(LockFileName::Latch).unwrap_err();
+            assert_eq!(os_error_code(&err), Some(libc::ELOOP), "{style:?}: {err}");
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+            assert!(
+                !files
+                    .create_exclusive(LockFileName::Latch, b"h 1 2 3 4\n")
+                    .unwrap()
+            );
+            std::fs::remove_file(files.path(LockFileName::Latch)).unwrap();
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn link_tokens_exclude_file_tokens_and_each_style_reads_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let (nfs, local) = (
+            files_for(&db, TokenStyle::Symlink),
+            files_for(&db, TokenStyle::File),
+        );
+        let id = b"h1 41 7 2 9\n";
+        for (maker, other) in [(&nfs, &local), (&local, &nfs)] {
+            assert!(maker.create_exclusive(LockFileName::Latch, id).unwrap());
+            assert!(!maker.create_exclusive(LockFileName::Latch, id).unwrap());
+            assert!(!other.create_exclusive(LockFileName::Latch, id).unwrap());
+            for reader in [maker, other] {
+                assert_eq!(reader.read(LockFileName::Latch).unwrap().unwrap(), id);
+            }
+            assert!(other.remove(LockFileName::Latch).unwrap());
+            assert_eq!(maker.read(LockFileName::Latch).unwrap(), None);
+            assert_eq!(other.read(LockFileName::Latch).unwrap(), None);
+        }
+        // A link token is a link, made in one call: nothing to open, nothing half-written.
+        assert!(nfs.create_exclusive(LockFileName::Break, id).unwrap());
+        let link = std::fs::symlink_metadata(nfs.path(LockFileName::Break)).unwrap();
+        assert!(link.file_type().is_symlink());
+    }
+
+    #[test]
+    fn only_nfs_makes_its_tokens_as_links() {
+        for fs in ["nfs", "nfs4"] {
+            assert_eq!(TokenStyle::for_fs_type(fs), TokenStyle::Symlink, "{fs}");
+        }
+        for fs in ["ext4", "fuse.sshfs", "9p", "virtiofs", "tmpfs", ""] {
+            assert_eq!(TokenStyle::for_fs_type(fs), TokenStyle::File, "{fs}");
+        }
+    }
+
+    #[test]
     fn a_token_directory_is_removed_once_a_file_another_client_keeps_in_it_goes() {
         let dir = tempfile::tempdir().unwrap();
         let files = files_for(&dir.path().join("app.db"), TokenStyle::Directory);
@@ -745,13 +883,12 @@ mod tests {
     #[test]
     fn unwritable_directory_error_names_the_file_and_the_cause() {
         let dir = tempfile::tempdir().unwrap();
-        let files = files_for(
-            &dir.path().join("missing-dir").join("app.db"),
-            TokenStyle::Directory,
-        );
-        let err = files
-            .create_exclusive(LockFileName::Latch, b"x")
-            .unwrap_err();
-        assert!(err.to_string().contains("app.db-netfs-latch"), "{err}");
+        for style in [TokenStyle::Directory, TokenStyle::Symlink] {
+            let files = files_for(&dir.path().join("missing-dir").join("app.db"), style);
+            let err = files
+                .create_exclusive(LockFileName::Latch, b"h 1 2 3 4\n")
+                .unwrap_err();
+            assert!(err.to_string().contains("app.db-netfs-latch"), "{err}");
+        }
     }
 }

@@ -284,7 +284,7 @@ impl Latches {
                 return Ok(());
             }
             // A latch no process of ours can read (another user's, or a symbolic link in its
-            // place) would keep every request waiting: say so instead.
+            // place that is no token) would keep every request waiting: say so instead.
             Err(e)
                 if [libc::EACCES, libc::ELOOP]
                     .iter()

@@ -268,7 +268,8 @@ fn open_network(
 }
 
 /// Refuses lock files left in a state no lock request could get past, naming the file: a
-/// symbolic link in a lock file's place (never followed: it could point anywhere), or a file
+/// symbolic link in a lock file's place that is no token (never followed: it could point
+/// anywhere), or a file
 /// this user cannot open as the protocol must (another user's file with mode 0600). Found
 /// later, by a lock request, these surface only as a disk I/O error and a traced message.
 /// Other errors are left to the lock protocol, which retries or reports them.
@@ -294,6 +295,13 @@ fn check_lock_files(files: &DirLockFiles) -> Result<(), String> {
             Err(e) => e,
         };
         match e.raw_os_error() {
+            // A token made as a link by a peer on NFS: a live latch, not a planted link.
+            Some(libc::ELOOP)
+                if name != LockFileName::Table
+                    && crate::lock::files::token_link_contents(&file).is_ok() =>
+            {
+                continue;
+            }
             Some(libc::ELOOP) => {
                 return Err(format!(
                     "netfs: a symbolic link stands where lock file {} belongs; lock files are never followed through links, remove it",

@@ -863,6 +863,10 @@ fn spawn_ganesha(
     };
     let conf = root.join("ganesha.conf");
     let log = root.join("ganesha.log");
+    // `Attr_Expiration_Time = 0`: ganesha otherwise serves a file's attributes from its own
+    // cache for 60 s, so while a host wrote the exported directory on its disk (mixed_views)
+    // its guest read the database with stale attributes: every guest request failed with
+    // "malformed". The kernel's nfsd keeps no such cache.
     fs::write(
         &conf,
         format!(
@@ -873,7 +877,7 @@ fn spawn_ganesha(
              Allow_Numeric_Owners = true; Only_Numeric_Owners = true; }}\n\
              EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; \
              Squash = No_Root_Squash; Protocols = {protocols}; Transports = TCP; SecType = sys; \
-             FSAL {{ Name = VFS; }} }}\n\
+             Attr_Expiration_Time = 0; FSAL {{ Name = VFS; }} }}\n\
              LOG {{ Default_Log_Level = EVENT; }}\n",
             dir.display()
         ),

@@ -2,7 +2,8 @@
 //!
 //! This module owns two operations:
 //! - [`examine`] (`sqlite-netfs doctor`): a read-only look at the mode decision, the lock table
-//!   and tokens (parsed by `protocol`, read through `lock::files` with `O_NOFOLLOW`), the holders'
+//!   and tokens (parsed by `protocol`, read through `lock::files` with `O_NOFOLLOW`, or as a
+//!   token link's target), the holders'
 //!   liveness, the journal, `-wal`/`-shm` companions, the lock files' type, owner and mode, and
 //!   hazards in the mount table. It creates, writes and removes nothing.
 //! - [`unlock_stale`] (`sqlite-netfs unlock --stale`): removal of what dead holders left, by
@@ -783,10 +784,11 @@ fn lock_file_findings(report: &mut Report, files: &DirLockFiles) {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        // A token made as a link (NFS) is a lock held for a moment, not a problem.
+        // A token made as a link (NFS) is a lock held for a moment, not a problem; so is one
+        // released since the look above.
         if meta.file_type().is_symlink()
             && name != LockFileName::Table
-            && crate::lock::files::token_link_contents(&path).is_ok()
+            && !crate::lock::files::planted_link(&path)
         {
             continue;
         }

@@ -5,6 +5,7 @@
 //! |------------------------|--------------------------------------------------------------------|
 //! | exclusive create of a token | decided by the server: `O_CREAT\|O_EXCL`, `symlink` on NFS, or `mkdir` on SMB (see [`TokenStyle`]) |
 //! | read of a fresh open   | a new open revalidates; a stale size is caught by the table checksum |
+//! | read of a token link   | a forced `statx` of the entry first (a link's target is served from the client's cache without one) |
 //! | table edit             | read and rewritten through one new descriptor, closed before the latch goes |
 //! | unlink, rmdir          | decided by the server                                               |
 //!
@@ -64,7 +65,8 @@ pub trait LockFiles: Send {
     type Table: TableFile;
     /// Creates the file exclusively with `contents`. `Ok(false)`: it already exists.
     fn create_exclusive(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool>;
-    /// The whole file, read through a fresh open; `Ok(None)` if it does not exist.
+    /// The whole file, read through a fresh open (a token link: its target, after the server
+    /// confirmed the entry); `Ok(None)` if it does not exist.
     fn read(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>>;
     /// Opens the table for one edit (creating it if missing): a fresh open, so what it reads
     /// is what the server has, and one descriptor for the read and the rewrite.
@@ -226,18 +228,28 @@ impl DirLockFiles {
     fn create_token_link(&self, name: LockFileName, contents: &[u8]) -> io::Result<bool> {
         use std::os::unix::ffi::OsStrExt;
         let target = std::ffi::OsStr::from_bytes(contents);
-        match std::os::unix::fs::symlink(target, self.path(name)) {
+        let path = self.path(name);
+        match std::os::unix::fs::symlink(target, &path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             // The NFSv3 client looks a new link up when the server's reply carries no handle,
             // and that lookup can fail although the link was made (seen with ganesha: "No such
-            // file or directory" from `symlink`). As for a file token: answered "held", the
-            // latch is then read, and a token naming ourselves is removed as our orphan.
+            // file or directory" from `symlink`). Our contents, unique to this acquisition,
+            // say whether it was; anything else is answered "held" and looked at again.
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
                     && self.db_path.parent().is_some_and(Path::is_dir) =>
             {
-                Ok(false)
+                Ok(token_link_contents(&path).is_ok_and(|found| found == contents))
+            }
+            // An export whose filesystem makes no links (FAT, some NAS servers): files.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)
+                ) =>
+            {
+                self.create_token_file(name, contents)
             }
             Err(e) => Err(self.context(name, "create", e)),
         }
@@ -440,6 +452,10 @@ pub fn os_error_code(e: &io::Error) -> Option<i32> {
 /// says. `EINVAL`: no link there.
 pub fn token_link_contents(path: &Path) -> io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
+    // A link's target is served from the client's cache, the entry included, with no request
+    // while the directory looks unchanged: a holder re-reading its latch after a long stall
+    // could read its own removed link and then remove a newer holder's by name. Ask first.
+    crate::sys::revalidate_entry(path)?;
     let target = std::fs::read_link(path)?;
     let contents = target.as_os_str().as_bytes();
     let is_token = std::str::from_utf8(contents).is_ok_and(|s| {
@@ -452,6 +468,12 @@ pub fn token_link_contents(path: &Path) -> io::Result<Vec<u8>> {
         return Err(io::Error::from_raw_os_error(libc::ELOOP));
     }
     Ok(contents.to_vec())
+}
+
+/// Whether the symbolic link seen at a token's place was planted: its target is no token's
+/// contents. One gone since it was seen, or replaced by a file, was not.
+pub fn planted_link(path: &Path) -> bool {
+    token_link_contents(path).is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP))
 }
 
 /// Says once per process that latches on this server carry no owner id.
@@ -773,6 +795,25 @@ mod tests {
         for fs in ["ext4", "fuse.sshfs", "9p", "virtiofs", "tmpfs", ""] {
             assert_eq!(TokenStyle::for_fs_type(fs), TokenStyle::File, "{fs}");
         }
+        for fs in ["cifs", "smb3", "fuse.smbnetfs"] {
+            assert_ne!(TokenStyle::for_fs_type(fs), TokenStyle::Symlink, "{fs}");
+        }
+    }
+
+    #[test]
+    fn only_a_link_whose_target_is_no_token_counts_as_planted() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        std::os::unix::fs::symlink("h1 41 7 2 9\n", at("token")).unwrap();
+        std::os::unix::fs::symlink(at("victim"), at("planted")).unwrap();
+        std::os::unix::fs::symlink("h1 41 7 2\n", at("no-count")).unwrap();
+        std::fs::write(at("file"), b"h1 41 7 2 9\n").unwrap();
+        assert!(!planted_link(&at("token")));
+        assert!(planted_link(&at("planted")));
+        assert!(planted_link(&at("no-count")));
+        // Released, or made again as a file by a peer, since it was seen as a link.
+        assert!(!planted_link(&at("gone")));
+        assert!(!planted_link(&at("file")));
     }
 
     #[test]

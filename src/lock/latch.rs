@@ -25,7 +25,8 @@ const LATCH_SUSPECT_AFTER: Duration = Duration::from_millis(20);
 
 /// Looks at the latch's holder come no closer than this many times what a look costs here
 /// (never closer than [`LATCH_SUSPECT_AFTER`], never further than [`LATCH_SUSPICION_MAX`]).
-/// A look is an open, a read and a close at the server, and under contention every waiter
+/// A look is an open, a read and a close at the server (a forced `statx` and a `readlink` for
+/// a token link on NFS), and under contention every waiter
 /// made one each 20 ms: four writers on two TCG guests over NFS read the latch 189 times per
 /// write transaction (traced in the guests), more often than any other file. Another host's
 /// holder is judged dead only after a lease of silence, and this host's by its pid, which a

@@ -295,10 +295,10 @@ fn check_lock_files(files: &DirLockFiles) -> Result<(), String> {
             Err(e) => e,
         };
         match e.raw_os_error() {
-            // A token made as a link by a peer on NFS: a live latch, not a planted link.
+            // A token made as a link by a peer on NFS is a live latch, not a planted link; so is
+            // one gone or replaced by a file since the open saw it.
             Some(libc::ELOOP)
-                if name != LockFileName::Table
-                    && crate::lock::files::token_link_contents(&file).is_ok() =>
+                if name != LockFileName::Table && !crate::lock::files::planted_link(&file) =>
             {
                 continue;
             }

@@ -13,6 +13,11 @@ pub fn server_size(path: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.len())
 }
 
+pub fn revalidate_entry(path: &Path) -> io::Result<()> {
+    // No forced revalidation is available; a fresh `lstat` is the best the platform offers.
+    std::fs::symlink_metadata(path).map(drop)
+}
+
 pub fn drop_cached_pages(_fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }

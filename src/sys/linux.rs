@@ -64,6 +64,29 @@ pub fn server_size(path: &Path) -> io::Result<u64> {
     Ok(unsafe { buf.assume_init() }.stx_size)
 }
 
+/// Asks the file server for the attributes of whatever `path` names now, not following a
+/// link (`statx(AT_STATX_FORCE_SYNC | AT_SYMLINK_NOFOLLOW)`). On NFS a link read from a
+/// cached entry could be one the server no longer has; the forced request fails on it with
+/// ESTALE, and the kernel then looks the name up afresh.
+pub fn revalidate_entry(path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a NUL-terminated path relative to AT_FDCWD and a writable statx buffer.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_FORCE_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_TYPE,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Drops the clean pages the kernel caches for the file, whatever descriptor cached them:
 /// the next reads go to the server. Dirty pages stay (they are written back first).
 pub fn drop_cached_pages(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -7,7 +7,8 @@ use std::path::Path;
 use super::{FsStat, c_path};
 
 pub use super::fallback::{
-    drop_cached_pages, get_xattr, range_is_locked, server_size, set_range_lock, set_xattr,
+    drop_cached_pages, get_xattr, range_is_locked, revalidate_entry, server_size, set_range_lock,
+    set_xattr,
 };
 
 /// Darwin's CLOCK_MONOTONIC keeps counting while asleep.

@@ -33,7 +33,8 @@ mod other;
 use other as platform;
 
 pub use platform::{
-    drop_cached_pages, get_xattr, range_is_locked, server_size, set_range_lock, set_xattr, statfs,
+    drop_cached_pages, get_xattr, range_is_locked, revalidate_entry, server_size, set_range_lock,
+    set_xattr, statfs,
 };
 
 fn c_path(path: &Path) -> io::Result<CString> {

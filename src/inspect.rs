@@ -784,15 +784,12 @@ fn lock_file_findings(report: &mut Report, files: &DirLockFiles) {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        // A token made as a link (NFS) is a lock held for a moment, not a problem; so is one
-        // released since the look above.
-        if meta.file_type().is_symlink()
-            && name != LockFileName::Table
-            && !crate::lock::files::planted_link(&path)
-        {
-            continue;
-        }
         if meta.file_type().is_symlink() {
+            // A token made as a link (NFS) is a lock held for a moment, not a problem; so is
+            // one released since the look above.
+            if name != LockFileName::Table && !crate::lock::files::planted_link(&path) {
+                continue;
+            }
             report.add(
                 "lock-file-symlink",
                 Severity::Problem,

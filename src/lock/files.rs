@@ -259,21 +259,22 @@ impl DirLockFiles {
     /// where links are made, a file first elsewhere.
     fn read_token(&self, name: LockFileName) -> io::Result<Option<Vec<u8>>> {
         let path = self.path(name);
+        let read_link = || match token_link_contents(&path) {
+            Ok(contents) => Ok(Some(contents)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
         if self.style == TokenStyle::Symlink {
-            match token_link_contents(&path) {
-                Ok(contents) => return Ok(Some(contents)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            match read_link() {
                 // Not a link: a file made by a peer that sees the export as its local disk.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(self.context(name, "read", e)),
+                read => return read.map_err(|e| self.context(name, "read", e)),
             }
         }
         match self.read_path(name, &path) {
-            Err(e) if os_error_code(&e) == Some(libc::ELOOP) => match token_link_contents(&path) {
-                Ok(contents) => Ok(Some(contents)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(self.context(name, "read", e)),
-            },
+            Err(e) if os_error_code(&e) == Some(libc::ELOOP) => {
+                read_link().map_err(|e| self.context(name, "read", e))
+            }
             read => read,
         }
     }

@@ -45,23 +45,7 @@ pub fn statfs(path: &Path) -> io::Result<FsStat> {
 /// Linux `statx(AT_STATX_FORCE_SYNC)` makes FUSE and NFS clients ask the server; the kernel's
 /// cached `i_size` is refreshed as a side effect, so later reads past the old size work.
 pub fn server_size(path: &Path) -> io::Result<u64> {
-    let c = c_path(path)?;
-    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: a NUL-terminated path relative to AT_FDCWD and a writable statx buffer.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_FORCE_SYNC,
-            libc::STATX_SIZE,
-            buf.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statx returned 0, so it filled the struct.
-    Ok(unsafe { buf.assume_init() }.stx_size)
+    Ok(forced_statx(path, 0, libc::STATX_SIZE)?.stx_size)
 }
 
 /// Asks the file server for the attributes of whatever `path` names now, not following a
@@ -69,6 +53,11 @@ pub fn server_size(path: &Path) -> io::Result<u64> {
 /// cached entry could be one the server no longer has; the forced request fails on it with
 /// ESTALE, and the kernel then looks the name up afresh.
 pub fn revalidate_entry(path: &Path) -> io::Result<()> {
+    forced_statx(path, libc::AT_SYMLINK_NOFOLLOW, libc::STATX_TYPE).map(drop)
+}
+
+/// `statx(AT_STATX_FORCE_SYNC | flags)` of `path` for the fields in `mask`.
+fn forced_statx(path: &Path, flags: libc::c_int, mask: libc::c_uint) -> io::Result<libc::statx> {
     let c = c_path(path)?;
     let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: a NUL-terminated path relative to AT_FDCWD and a writable statx buffer.
@@ -76,15 +65,16 @@ pub fn revalidate_entry(path: &Path) -> io::Result<()> {
         libc::statx(
             libc::AT_FDCWD,
             c.as_ptr(),
-            libc::AT_STATX_FORCE_SYNC | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_TYPE,
+            libc::AT_STATX_FORCE_SYNC | flags,
+            mask,
             buf.as_mut_ptr(),
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    // SAFETY: statx returned 0, so it filled the struct.
+    Ok(unsafe { buf.assume_init() })
 }
 
 /// Drops the clean pages the kernel caches for the file, whatever descriptor cached them:

@@ -97,6 +97,11 @@ const UNLOCK_LATCH_WAIT: Duration = Duration::from_secs(5);
 /// How long a lingering release (see "Lingering releases") may stay unpublished while the
 /// connection is idle.
 pub const RELEASE_LINGER: Duration = Duration::from_millis(20);
+/// How long a connection is refused SHARED before the table records it as waiting, which
+/// makes a writer keeping its lock give way (see "Kept write locks"). Shorter waits are the
+/// ordinary turns of writers taking each other's place; recording each would add a table
+/// write to most of them.
+const RECORD_WAIT_AFTER: Duration = Duration::from_millis(20);
 
 /// Time, sleep and same-host liveness: the environment a lock runs in (faked in tests).
 pub trait Environment: Send + Sync {
@@ -136,8 +141,10 @@ impl Environment for SystemEnvironment {
 /// What a lock request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acquired {
-    /// Granted; `generation` is the table's data generation at that moment.
-    Granted { generation: u64 },
+    /// Granted; `generation` is the table's data generation at that moment. `kept`: from a
+    /// write lock this connection kept since its last transaction (see "Kept write locks"),
+    /// so nobody else can have written the database or its journal since.
+    Granted { generation: u64, kept: bool },
     /// Another holder stands in the way (or the latch could not be had in time).
     Busy,
 }
@@ -197,6 +204,20 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     owed_since: Option<Duration>,
     /// When the table last got our entry as it stands (the latch time of that write).
     entry_written_at: Option<Duration>,
+    /// The level our entry shows in the table as our last edit left it: above `level` while a
+    /// release is owed (see "Lingering releases").
+    in_table: Level,
+    /// This transaction runs on a write lock kept from the last one (see "Kept write locks"):
+    /// requests up to `in_table` are ours without an edit. The table generation it was
+    /// reused at.
+    kept_at: Option<u64>,
+    /// The table records us as waiting (refused SHARED, and not granted a lock since).
+    waiting: bool,
+    /// Since when our SHARED requests have been refused.
+    refused_shared_since: Option<Duration>,
+    /// The table showed somebody else waiting when we last read it: a write lock is then
+    /// not kept past its transaction.
+    others_waiting: bool,
     /// Our entry was removed by others while we held a lock: every request fails, and the
     /// lease reads as expired, until SQLite unlocks to NONE.
     lease_lost: bool,
@@ -263,6 +284,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             last_refused: None,
             owed_since: None,
             entry_written_at: None,
+            in_table: Level::None,
+            kept_at: None,
+            waiting: false,
+            refused_shared_since: None,
+            others_waiting: false,
             lease_lost: false,
             sweep_log: None,
         }
@@ -324,22 +350,47 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             return Err(LockError::LeaseLost);
         }
         if want <= self.level {
-            return Ok(Acquired::Granted { generation: 0 });
+            return Ok(Acquired::Granted {
+                generation: 0,
+                kept: false,
+            });
+        }
+        if let Some(generation) = self.kept_at
+            && want <= self.in_table
+        {
+            self.level = want;
+            return Ok(Acquired::Granted {
+                generation,
+                kept: true,
+            });
         }
         if want == Level::Shared
-            && let Some(generation) = self.reuse_lingering_shared()
+            && let Some(generation) = self.reuse_kept_entry()
         {
-            return Ok(Acquired::Granted { generation });
+            return Ok(Acquired::Granted {
+                generation,
+                kept: self.kept_at.is_some(),
+            });
         }
-        if self.last_refused == Some(want) && self.refused_at_a_glance(want) {
+        let record_wait = want == Level::Shared
+            && self
+                .refused_shared_since
+                .is_some_and(|since| self.env.now().saturating_sub(since) >= RECORD_WAIT_AFTER);
+        if self.last_refused == Some(want) && self.refused_at_a_glance(want, record_wait) {
             return Ok(Acquired::Busy);
         }
         let me = self.me.clone();
         let seq = self.seq + 1;
         let outcome = self.edit_table(LATCH_WAIT, |table| {
             let result = table.request(&me, want, seq);
+            if result.is_err() && record_wait {
+                table.note_waiting(&me, seq);
+            }
             (result, table.level_of(&me))
         })?;
+        if want == Level::Shared && !matches!(outcome, Some(((Ok(_), _), _))) {
+            self.refused_shared_since.get_or_insert(self.env.now());
+        }
         let Some(((result, level_after), generation)) = outcome else {
             self.last_refused = Some(want);
             return Ok(Acquired::Busy);
@@ -349,7 +400,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         match result {
             Ok(_) => {
                 self.last_refused = None;
-                Ok(Acquired::Granted { generation })
+                self.refused_shared_since = None;
+                Ok(Acquired::Granted {
+                    generation,
+                    kept: false,
+                })
             }
             Err(busy) => {
                 tracing::trace!(want = %want, blocker = %busy.blocker, blocker_level = %busy.blocker_level, "lock busy");
@@ -370,12 +425,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// request would surely be refused again. True only if the request would leave the table
     /// as it is (so a writer still records PENDING through a real edit) and no holder in the
     /// way is suspected dead. A stale or torn snapshot costs only a retry. This keeps the
-    /// busy-handler retries of waiting processes off the latch.
-    fn refused_at_a_glance(&mut self, want: Level) -> bool {
+    /// busy-handler retries of waiting processes off the latch. `record_wait`: our wait is to
+    /// be in the table, so a table without it needs an edit.
+    fn refused_at_a_glance(&mut self, want: Level, record_wait: bool) -> bool {
         let Some(table) = self.glance_at_table() else {
             tracing::trace!(want = %want, "glance: table unreadable");
             return false;
         };
+        if record_wait && !table.is_waiting(&self.me) {
+            tracing::trace!(want = %want, "glance: our wait is to be recorded");
+            return false;
+        }
         if table.level_of(&self.me) != self.level {
             tracing::trace!(want = %want, recorded = %table.level_of(&self.me), "glance: our entry differs");
             return false;
@@ -393,30 +453,41 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let now = self.env.now();
         let (lease, env, tracker, me) = (self.lease, &self.env, &mut self.stale, &self.me);
         !table.holders.iter().any(|h| {
-            &h.owner != me && stale_reason(env, tracker, &me.host, lease, now, h).is_some()
+            &h.owner != me
+                && stale_reason(env, tracker, &me.host, lease, now, &h.owner, h.seq).is_some()
         })
     }
 
-    /// A new read transaction right after the last one: if our SHARED entry is still in the
-    /// table, recent enough that nobody can have judged it stale, and no writer waits for
-    /// readers to leave, it is ours again without an edit. Returns the table's generation.
-    fn reuse_lingering_shared(&mut self) -> Option<u64> {
+    /// A new transaction right after the last one: if our entry is still in the table as the
+    /// last one left it (a lingering SHARED, or a write lock kept at EXCLUSIVE), recent enough
+    /// that nobody can have judged it stale, and reusable as [`LockTable::kept_reusable_by`]
+    /// says, it is ours again without an edit. Returns the table's generation. A kept
+    /// EXCLUSIVE serves this transaction's RESERVED and EXCLUSIVE as well (`kept_at`).
+    fn reuse_kept_entry(&mut self) -> Option<u64> {
         let written = self.entry_written_at?;
+        let kept = self.in_table;
+        // An owed generation bump is carried on only under EXCLUSIVE, which nobody else has
+        // been able to read past since our write.
         if self.owed_since.is_none()
             || self.level != Level::None
-            || self.owed_generation_bump
+            || (self.owed_generation_bump && kept < Level::Exclusive)
             || self.env.now().saturating_sub(written) >= self.lease / 2
         {
             return None;
         }
         let table = self.glance_at_table()?;
-        if !table.shared_reusable_by(&self.me) {
+        self.others_waiting = table.others_waiting(&self.me);
+        if !table.kept_reusable_by(&self.me, kept) {
             return None;
         }
         self.level = Level::Shared;
         self.owed_since = None;
         self.last_refused = None;
+        self.refused_shared_since = None;
         self.set_renewed_at(Some(written));
+        if kept == Level::Exclusive {
+            self.kept_at = Some(table.generation);
+        }
         Some(table.generation)
     }
 
@@ -439,6 +510,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if to >= self.level && !changed_file {
             return Ok(None);
         }
+        self.kept_at = None;
         // A refused write request sends SQLite to its busy handler, which first lets go of
         // SHARED. Lingering there, our entry would keep the writer ahead of us out of
         // EXCLUSIVE until the heartbeat published it: every connection that found a journal
@@ -448,8 +520,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         // without the busy handler: its end is published at once too, which costs one edit.)
         let refused_write = matches!(self.last_refused, Some(Level::Reserved | Level::Exclusive));
         let lingers = match (self.level, to) {
-            // The end of a read transaction; not the end of a write, whose deferred
-            // downgrade to SHARED is owed and is published now, in the same edit.
+            // The end of a write transaction keeps the write lock (see "Kept write locks");
+            // the end of a read lets SHARED linger.
+            (Level::Shared, Level::None) if self.in_table == Level::Exclusive => {
+                !refused_write && !self.others_waiting
+            }
             (Level::Shared, Level::None) => {
                 !changed_file && self.owed_since.is_none() && !refused_write
             }
@@ -526,8 +601,13 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         Ok(())
     }
 
-    /// Publishes whatever is owed before the connection goes away: nobody would later.
+    /// Publishes whatever is owed before the connection goes away, and ends a wait the table
+    /// records for it: nobody would later.
     pub fn settle_before_close(&mut self) -> Result<(), LockError> {
+        if self.waiting {
+            let me = self.me.clone();
+            self.edit_table(UNLOCK_LATCH_WAIT, |table| table.forget_waiter(&me))?;
+        }
         self.settle(UNLOCK_LATCH_WAIT)
     }
 
@@ -670,6 +750,10 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         // Any release we owed is in the table now (`check_own_entry` made it).
         self.owed_since = None;
+        self.in_table = table.level_of(&self.me);
+        self.kept_at = None;
+        self.waiting = table.is_waiting(&self.me);
+        self.others_waiting = table.others_waiting(&self.me);
         self.stale.retain_current(&table);
         Ok(Some((result, table.generation)))
     }
@@ -679,9 +763,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// the owed release is made now.
     fn check_own_entry(&mut self, table: &mut LockTable) -> Result<(), LockError> {
         let recorded = table.level_of(&self.me);
+        if recorded == Level::None && self.level == Level::None && self.in_table > Level::None {
+            // Only a lingering release's entry was judged stale (we stalled for a lease while
+            // idle): nothing we hold was taken, and the removal moved the generation on.
+            tracing::warn!(owner = %self.me, level = %self.in_table, "our lingering lock entry was removed as stale while idle");
+            self.owed_generation_bump = false;
+        }
         if recorded == Level::None && self.level > Level::None {
             tracing::error!(owner = %self.me, level = %self.level, "lock lease lost: our entry was removed by another process");
             self.level = Level::None;
+            self.in_table = Level::None;
+            self.kept_at = None;
             self.lease_lost = true;
             self.set_renewed_at(None);
             return Err(LockError::LeaseLost);
@@ -702,10 +794,16 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             (self.lease, &self.env, &mut self.stale, &self.me.host);
         let mut reasons = Vec::new();
         let removed = table.remove_stale(&self.me, |h| {
-            let reason = stale_reason(env, tracker, my_host, lease, now, h);
+            let reason = stale_reason(env, tracker, my_host, lease, now, &h.owner, h.seq);
             reasons.extend(reason);
             reason.is_some()
         });
+        let waiters = table.remove_stale_waiters(&self.me, |owner, seq| {
+            stale_reason(env, tracker, my_host, lease, now, owner, seq).is_some()
+        });
+        for w in waiters {
+            tracing::debug!(waiter = %w.owner, "stale waiter removed");
+        }
         for (h, why) in removed.into_iter().zip(reasons) {
             tracing::warn!(holder = %h.owner, level = %h.level, reason = why, table = %self.files.describe(LockFileName::Table), "stale lock broken");
             if let Some(log) = &mut self.sweep_log {
@@ -737,18 +835,20 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     }
 }
 
-/// Why `holder` is judged dead, if it is (the staleness table in the module doc). Every holder
-/// passes through here, so the observation clock of the tracker starts at first sight.
+/// Why the owner of a holder's or waiter's entry showing `seq` is judged dead, if it is (the
+/// staleness table in the module doc). Every entry passes through here, so the observation
+/// clock of the tracker starts at first sight.
 fn stale_reason<E: Environment>(
     env: &E,
     tracker: &mut StaleTracker,
     my_host: &str,
     lease: Duration,
     now: Duration,
-    holder: &Holder,
+    owner: &OwnerId,
+    seq: u64,
 ) -> Option<&'static str> {
-    let silent = tracker.unchanged_for(&holder.owner, holder.seq, now, lease);
-    if holder.owner.host == my_host && !env.process_alive(&holder.owner) {
+    let silent = tracker.unchanged_for(owner, seq, now, lease);
+    if owner.host == my_host && !env.process_alive(owner) {
         Some("process is gone")
     } else if silent {
         Some("lease expired")
@@ -948,7 +1048,7 @@ pub(crate) mod tests {
         files.remove(LockFileName::Table).unwrap();
         assert!(granted(writer.lock(Level::Exclusive).unwrap()));
         writer.unlock(Level::None, true).unwrap();
-        let Acquired::Granted { generation } = reader.lock(Level::Shared).unwrap() else {
+        let Acquired::Granted { generation, .. } = reader.lock(Level::Shared).unwrap() else {
             panic!("busy with no holder");
         };
         assert!(
@@ -1042,7 +1142,7 @@ pub(crate) mod tests {
         let generation = a.unlock(Level::None, true).unwrap();
         assert_eq!(generation, Some(1));
         match b.lock(Level::Shared).unwrap() {
-            Acquired::Granted { generation } => assert_eq!(generation, 1),
+            Acquired::Granted { generation, .. } => assert_eq!(generation, 1),
             Acquired::Busy => panic!("busy with no holder"),
         }
         // The latch is never left behind.
@@ -1142,32 +1242,180 @@ pub(crate) mod tests {
         assert!(granted(w.lock(Level::Exclusive).unwrap()));
     }
 
+    /// `r` asks for SHARED and is refused, long enough for its wait to be recorded.
+    fn refused_shared_until_recorded(r: &mut DbLock<FakeFiles, FakeEnv>, env: &FakeEnv) {
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        env.advance(RECORD_WAIT_AFTER);
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+    }
+
+    fn write_transaction(w: &mut DbLock<FakeFiles, FakeEnv>) {
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(w.lock(level).unwrap()), "{level} refused");
+        }
+        assert_eq!(w.unlock(Level::Shared, true).unwrap(), None, "lingers");
+        assert_eq!(w.unlock(Level::None, false).unwrap(), None, "kept");
+    }
+
     #[test]
-    fn end_of_a_write_transaction_is_one_edit() {
+    fn a_lone_writer_keeps_its_write_lock_across_transactions_with_one_look_each() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut w = client(&files, &env, "h1", 1);
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(w.lock(level).unwrap()));
+        write_transaction(&mut w);
+        assert!(w.release_owed());
+        let (writes, reads) = (table_writes(&files), files.reads_of(LockFileName::Table));
+        for _ in 0..3 {
+            write_transaction(&mut w);
         }
-        let writes = table_writes(&files);
-        assert_eq!(w.unlock(Level::Shared, true).unwrap(), None, "owed");
-        assert_eq!(w.level(), Level::Shared);
-        assert_eq!(w.unlock(Level::None, false).unwrap(), Some(1));
-        assert_eq!(table_writes(&files), writes + 1);
-        assert!(!w.release_owed());
+        assert_eq!(table_writes(&files), writes, "no edit");
+        assert_eq!(
+            files.reads_of(LockFileName::Table),
+            reads + 3,
+            "one look each"
+        );
+        // The grant says so: nobody else can have written since this writer's last commit.
+        assert_eq!(
+            w.lock(Level::Shared).unwrap(),
+            Acquired::Granted {
+                generation: 0,
+                kept: true
+            }
+        );
+        w.unlock(Level::None, false).unwrap();
         let table = table_of(&files);
-        assert!(table.holders.is_empty());
-        // A downgrade not followed by NONE is published once the connection is idle.
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(w.lock(level).unwrap()));
-        }
-        w.unlock(Level::Shared, true).unwrap();
+        assert_eq!(table.level_of(w.owner()), Level::Exclusive);
+        assert_eq!(table.generation, 0, "the bump is owed");
+        // Once the writer is idle, the heartbeat publishes the end of its last transaction.
+        assert!(!w.settle_due());
         env.advance(RELEASE_LINGER);
         assert!(w.settle_due());
         w.settle(LATCH_WAIT).unwrap();
         let table = table_of(&files);
+        assert!(table.holders.is_empty());
+        assert_eq!(table.generation, 1, "one bump for the kept transactions");
+    }
+
+    #[test]
+    fn a_kept_write_lock_gives_way_at_the_next_transaction_to_a_refused_reader() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        write_transaction(&mut w);
+        refused_shared_until_recorded(&mut r, &env);
+        assert!(table_of(&files).is_waiting(r.owner()));
+        // The writer's next transaction sees the waiter: it edits, publishing its release.
+        let writes = table_writes(&files);
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert_eq!(table_writes(&files), writes + 1);
+        let table = table_of(&files);
         assert_eq!(table.level_of(w.owner()), Level::Shared);
-        assert_eq!(table.generation, 2);
+        assert_eq!(table.generation, 1);
+        let Acquired::Granted { generation, .. } = r.lock(Level::Shared).unwrap() else {
+            panic!("the reader still waits");
+        };
+        assert_eq!(generation, 1);
+        assert!(
+            !table_of(&files).is_waiting(r.owner()),
+            "granted, no longer waiting"
+        );
+        // RESERVED takes an edit again: the lock is not kept once given up.
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
+        assert_eq!(table_of(&files).level_of(w.owner()), Level::Reserved);
+    }
+
+    #[test]
+    fn only_a_wait_longer_than_the_ordinary_turn_of_writers_is_recorded_and_only_once() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        write_transaction(&mut w);
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert!(table_of(&files).waiters.is_empty());
+        env.advance(RECORD_WAIT_AFTER / 2);
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert!(table_of(&files).waiters.is_empty());
+        env.advance(RECORD_WAIT_AFTER / 2);
+        let writes = table_writes(&files);
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert_eq!(table_writes(&files), writes + 1);
+        assert!(table_of(&files).is_waiting(r.owner()));
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert_eq!(table_writes(&files), writes + 1, "a retry only looks");
+    }
+
+    #[test]
+    fn a_write_lock_that_never_reached_exclusive_is_not_kept() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut a = client(&files, &env, "h1", 1);
+        // BEGIN IMMEDIATE; ROLLBACK: RESERVED, then back to NONE.
+        assert!(granted(a.lock(Level::Shared).unwrap()));
+        assert!(granted(a.lock(Level::Reserved).unwrap()));
+        assert_eq!(a.unlock(Level::Shared, false).unwrap(), None);
+        assert!(a.unlock(Level::None, false).unwrap().is_some(), "published");
+        assert!(table_of(&files).holders.is_empty());
+    }
+
+    #[test]
+    fn a_writer_that_saw_others_waiting_publishes_the_end_of_its_transaction() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        write_transaction(&mut w);
+        refused_shared_until_recorded(&mut r, &env);
+        // w gives way at its next transaction, and commits it while r still waits (asleep in
+        // its busy handler): the end of this one is published at once.
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(w.lock(level).unwrap()));
+        }
+        assert_eq!(w.unlock(Level::Shared, true).unwrap(), None);
+        assert!(w.unlock(Level::None, false).unwrap().is_some(), "published");
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+    }
+
+    #[test]
+    fn a_kept_write_lock_is_not_reused_once_half_a_lease_old() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        write_transaction(&mut w);
+        env.advance(LEASE / 2);
+        let writes = table_writes(&files);
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert_eq!(
+            table_writes(&files),
+            writes + 1,
+            "an edit that renews the entry"
+        );
+        assert_eq!(table_of(&files).level_of(w.owner()), Level::Shared);
+    }
+
+    #[test]
+    fn a_waiter_that_closes_leaves_no_waiter_behind() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        write_transaction(&mut w);
+        refused_shared_until_recorded(&mut r, &env);
+        r.settle_before_close().unwrap();
+        assert!(table_of(&files).waiters.is_empty());
+        let writes = table_writes(&files);
+        write_transaction(&mut w);
+        assert_eq!(table_writes(&files), writes, "kept again");
+    }
+
+    #[test]
+    fn a_dead_waiter_is_removed_and_the_write_lock_kept_again() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h1", 2);
+        write_transaction(&mut w);
+        refused_shared_until_recorded(&mut r, &env);
+        env.kill(2);
+        // The writer's next transaction edits (the waiter is in the way) and removes it.
+        write_transaction(&mut w);
+        assert!(table_of(&files).waiters.is_empty());
+        let writes = table_writes(&files);
+        write_transaction(&mut w);
+        assert_eq!(table_writes(&files), writes, "kept again");
     }
 
     #[test]
@@ -1225,10 +1473,10 @@ pub(crate) mod tests {
         assert!(granted(remote.lock(Level::Shared).unwrap()));
     }
 
-    /// The soak's stalled SMB writers: a writer whose entry was removed while its commit's
-    /// release lingered learns of it from the unlock to NONE itself. That unlock is SQLite
-    /// letting go of everything, so it must end the lost lease; SQLite will not unlock again
-    /// from NONE, and every later request would fail for the life of the connection.
+    /// The soak's stalled SMB writers: a writer whose entry was removed while it stalled
+    /// learns of it from the unlock to NONE itself. That unlock is SQLite letting go of
+    /// everything, so it must end the lost lease; SQLite will not unlock again from NONE, and
+    /// every later request would fail for the life of the connection.
     #[test]
     fn a_lease_found_lost_by_the_unlock_to_none_ends_with_it() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
@@ -1237,18 +1485,43 @@ pub(crate) mod tests {
         assert!(granted(writer.lock(Level::Shared).unwrap()));
         assert!(granted(writer.lock(Level::Reserved).unwrap()));
         assert!(granted(writer.lock(Level::Exclusive).unwrap()));
-        // The commit's release to SHARED lingers; the writer then stalls for a lease.
-        assert_eq!(writer.unlock(Level::Shared, true).unwrap(), None);
         assert_eq!(other.lock(Level::Shared).unwrap(), Acquired::Busy);
         env.advance(LEASE);
         assert!(granted(other.lock(Level::Shared).unwrap()));
+        // SQLite gives up the failed transaction straight from EXCLUSIVE.
         assert!(matches!(
-            writer.unlock(Level::None, false),
+            writer.unlock(Level::None, true),
             Err(LockError::LeaseLost)
         ));
         assert!(!writer.lease_expired());
         assert!(granted(writer.lock(Level::Shared).unwrap()));
         assert!(granted(writer.lock(Level::Reserved).unwrap()));
+    }
+
+    /// A writer that stalls for a lease after its commit, its write lock kept: the entry is
+    /// judged stale and removed, which takes nothing from the writer (it holds nothing), and
+    /// its next transaction starts afresh at the moved generation.
+    #[test]
+    fn a_kept_write_lock_judged_stale_while_its_writer_was_idle_is_simply_gone() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut writer = client(&files, &env, "h2", 1);
+        let mut other = client(&files, &env, "h1", 2);
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(writer.lock(level).unwrap()));
+        }
+        assert_eq!(writer.unlock(Level::Shared, true).unwrap(), None);
+        assert_eq!(writer.unlock(Level::None, false).unwrap(), None, "kept");
+        assert_eq!(other.lock(Level::Shared).unwrap(), Acquired::Busy);
+        env.advance(LEASE);
+        let Acquired::Granted { generation, .. } = other.lock(Level::Shared).unwrap() else {
+            panic!("the stale writer is still in the way");
+        };
+        assert!(generation >= 1, "readers must drop their caches");
+        other.unlock(Level::None, false).unwrap();
+        other.settle(LATCH_WAIT).unwrap();
+        assert!(granted(writer.lock(Level::Shared).unwrap()));
+        assert!(granted(writer.lock(Level::Reserved).unwrap()));
+        assert_eq!(table_of(&files).generation, generation, "bumped once");
     }
 
     #[test]

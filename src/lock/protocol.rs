@@ -8,13 +8,19 @@
 //!
 //! | request            | granted when                                   | otherwise                         |
 //! |--------------------|------------------------------------------------|-----------------------------------|
-//! | NONE -> SHARED     | no other holder is PENDING or EXCLUSIVE        | BUSY, nothing recorded            |
+//! | NONE -> SHARED     | no other holder is PENDING or EXCLUSIVE        | BUSY, no level recorded           |
 //! | SHARED -> RESERVED | no other holder is RESERVED or above           | BUSY, stays SHARED                |
-//! | SHARED -> EXCLUSIVE (a hot-journal rollback) | no other holder at all    | BUSY, nothing recorded (as `unixLock`, which takes PENDING only from RESERVED) |
+//! | SHARED -> EXCLUSIVE (a hot-journal rollback) | no other holder at all    | BUSY, no level recorded (as `unixLock`, which takes PENDING only from RESERVED) |
 //! | RESERVED -> EXCLUSIVE | no other holder is RESERVED or above, then: no other holder at all | first step fails: BUSY, level kept; second: recorded as PENDING, BUSY |
 //! | PENDING -> EXCLUSIVE | no other holder at all                       | BUSY, stays PENDING               |
 //! | any -> SHARED      | always (downgrade)                             |                                   |
 //! | any -> NONE        | always (the entry is removed)                  |                                   |
+//!
+//! A connection refused SHARED for a while records itself as a [`Waiter`]
+//! ([`LockTable::note_waiting`]) until it is granted a lock. A writer that kept its entry
+//! after its transaction ended reuses it for the next one only while nobody waits (see
+//! [`LockTable::kept_reusable_by`]): every request of another connection starts with SHARED,
+//! and that is what a kept write lock refuses.
 //!
 //! Invariants the table keeps after every transition:
 //! 1. at most one holder is RESERVED, PENDING or EXCLUSIVE ("the writer");
@@ -131,6 +137,14 @@ pub struct Holder {
     pub seq: u64,
 }
 
+/// A connection that was refused SHARED and, as far as the table knows, still asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    pub owner: OwnerId,
+    /// The waiter's sequence number when it was recorded, timed for staleness as a holder's.
+    pub seq: u64,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
@@ -147,6 +161,7 @@ pub struct LockTable {
     /// renew, so silence before a break is not held against anyone ([`StaleTracker`]).
     pub latch_breaks: u64,
     pub holders: Vec<Holder>,
+    pub waiters: Vec<Waiter>,
 }
 
 /// The table file could not be understood.
@@ -184,6 +199,9 @@ impl LockTable {
         );
         for h in &self.holders {
             body.push_str(&format!("holder {} {} {}\n", h.owner, h.level, h.seq));
+        }
+        for w in &self.waiters {
+            body.push_str(&format!("waiting {} {}\n", w.owner, w.seq));
         }
         let sum = fnv1a(body.as_bytes());
         body.push_str(&format!("end {sum:016x}\n"));
@@ -240,14 +258,20 @@ impl LockTable {
             }
             None => 0,
         };
-        let mut holders = Vec::new();
+        let (mut holders, mut waiters) = (Vec::new(), Vec::new());
         for line in lines {
             let bad = || ParseError::Malformed(format!("bad lock table line: {line:?}"));
             let mut fields = line.split(' ');
-            if fields.next() != Some("holder") {
+            let kind = fields.next();
+            if kind != Some("holder") && kind != Some("waiting") {
                 return Err(bad());
             }
             let owner = OwnerId::parse_fields(&mut fields).ok_or_else(bad)?;
+            if kind == Some("waiting") {
+                let seq = fields.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+                waiters.push(Waiter { owner, seq });
+                continue;
+            }
             let level = fields.next().and_then(Level::parse).ok_or_else(bad)?;
             let seq = fields.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
             holders.push(Holder { owner, level, seq });
@@ -256,6 +280,7 @@ impl LockTable {
             generation,
             latch_breaks,
             holders,
+            waiters,
         })
     }
 
@@ -294,8 +319,45 @@ impl LockTable {
 
     /// Applies a lock request from `me`, writing `seq` into its entry when the table changes.
     /// Returns the level `me` holds afterwards, or `Busy` (the table may still have changed:
-    /// a refused EXCLUSIVE leaves `me` at PENDING, as SQLite expects).
+    /// a refused EXCLUSIVE leaves `me` at PENDING, as SQLite expects). A grant ends a wait
+    /// recorded for `me`.
     pub fn request(&mut self, me: &OwnerId, want: Level, seq: u64) -> Result<Level, Busy> {
+        let result = self.transition(me, want, seq);
+        if result.is_ok() {
+            self.forget_waiter(me);
+        }
+        result
+    }
+
+    /// Records `me`, refused SHARED, as waiting (once: a waiter already recorded is left as it
+    /// is, so a retry refused again leaves the table unchanged).
+    pub fn note_waiting(&mut self, me: &OwnerId, seq: u64) {
+        debug_assert_eq!(self.level_of(me), Level::None, "only SHARED is waited for");
+        if !self.is_waiting(me) {
+            self.waiters.push(Waiter {
+                owner: me.clone(),
+                seq,
+            });
+        }
+    }
+
+    /// Removes `me`'s waiter, if any (its connection closes).
+    pub fn forget_waiter(&mut self, me: &OwnerId) {
+        self.waiters.retain(|w| &w.owner != me);
+    }
+
+    /// Whether anybody but `me` is recorded as waiting.
+    pub fn others_waiting(&self, me: &OwnerId) -> bool {
+        self.waiters.iter().any(|w| &w.owner != me)
+    }
+
+    /// Whether `me` is recorded as waiting.
+    pub fn is_waiting(&self, me: &OwnerId) -> bool {
+        self.waiters.iter().any(|w| &w.owner == me)
+    }
+
+    /// The transition table above, without the waiters.
+    fn transition(&mut self, me: &OwnerId, want: Level, seq: u64) -> Result<Level, Busy> {
         let have = self.level_of(me);
         if want <= have {
             return Ok(have);
@@ -380,12 +442,15 @@ impl LockTable {
         }
     }
 
-    /// Whether `me`'s SHARED entry, left in place after its last read transaction, may serve
-    /// the next one as it is: exactly what a fresh SHARED request would be granted, with the
-    /// table unchanged.
-    pub fn shared_reusable_by(&self, me: &OwnerId) -> bool {
-        self.level_of(me) == Level::Shared
+    /// Whether `me`'s entry, left at `kept` (SHARED or EXCLUSIVE) after its last transaction
+    /// ended, may serve the next one as it is: `me`'s fresh requests from NONE up to `kept`
+    /// would be granted (for EXCLUSIVE this holds by invariant 2), and a kept EXCLUSIVE
+    /// keeps nobody waiting for SHARED.
+    pub fn kept_reusable_by(&self, me: &OwnerId, kept: Level) -> bool {
+        (kept == Level::Shared || kept == Level::Exclusive)
+            && self.level_of(me) == kept
             && self.first_other_at_least(me, Level::Pending).is_none()
+            && (kept == Level::Shared || !self.others_waiting(me))
     }
 
     /// Whether anybody (including `me`) holds RESERVED or above.
@@ -408,6 +473,20 @@ impl LockTable {
         if stale.iter().any(|h| h.level >= Level::Reserved) {
             self.generation += 1;
         }
+        stale
+    }
+
+    /// Removes the waiters `is_stale` condemns (never `me`) and returns them. A waiter holds
+    /// nothing, so the generation stays.
+    pub fn remove_stale_waiters(
+        &mut self,
+        me: &OwnerId,
+        mut is_stale: impl FnMut(&OwnerId, u64) -> bool,
+    ) -> Vec<Waiter> {
+        let (stale, live): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| &w.owner != me && is_stale(&w.owner, w.seq));
+        self.waiters = live;
         stale
     }
 }
@@ -444,13 +523,12 @@ impl StaleTracker {
         now.saturating_sub(first) >= lease
     }
 
-    /// Forgets observations of entries that are no longer in the table.
+    /// Forgets observations of entries (holders and waiters) no longer in the table.
     pub fn retain_current(&mut self, table: &LockTable) {
         self.first_seen.retain(|(owner, seq), _| {
-            table
-                .holders
-                .iter()
-                .any(|h| &h.owner == owner && h.seq == *seq)
+            let holder = |h: &Holder| &h.owner == owner && h.seq == *seq;
+            let waiter = |w: &Waiter| &w.owner == owner && w.seq == *seq;
+            table.holders.iter().any(holder) || table.waiters.iter().any(waiter)
         });
     }
 
@@ -613,7 +691,10 @@ mod tests {
                 } else if actions[a] == Level::Exclusive && have == Level::None {
                     continue; // and EXCLUSIVE only with a lock held
                 } else {
-                    let _ = t.request(o, actions[a], step);
+                    let refused = t.request(o, actions[a], step).is_err();
+                    if refused && actions[a] == Level::Shared {
+                        t.note_waiting(o, step);
+                    }
                 }
                 let writers = t
                     .holders
@@ -624,16 +705,35 @@ mod tests {
                 if t.holders.iter().any(|h| h.level == Level::Exclusive) {
                     assert_eq!(t.holders.len(), 1, "EXCLUSIVE not alone: {t:?}");
                 }
-                // A lingering SHARED is reused only where a fresh request would be granted.
+                // A kept entry is reused only where fresh requests would be granted, and
+                // only while nobody waits for a level it stands in the way of.
                 for o in &owners {
-                    if t.shared_reusable_by(o) {
+                    let kept = t.level_of(o);
+                    if !t.kept_reusable_by(o, kept) {
+                        continue;
+                    }
+                    let mut fresh = t.clone();
+                    fresh.release(o, Level::None, 99, false);
+                    for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+                        if level <= kept {
+                            assert!(
+                                fresh.request(o, level, 99).is_ok(),
+                                "{o} reused {kept} where a fresh {level} would wait: {t:?}"
+                            );
+                        }
+                    }
+                    for w in t.waiters.iter().filter(|w| &w.owner != o) {
                         let mut fresh = t.clone();
-                        fresh.release(o, Level::None, 99, false);
                         assert!(
-                            fresh.request(o, Level::Shared, 99).is_ok(),
-                            "reused SHARED where a fresh one would wait: {t:?}"
+                            fresh.request(&w.owner, Level::Shared, 99).is_ok(),
+                            "{o} reused {kept} while {} waits for SHARED: {t:?}",
+                            w.owner
                         );
                     }
+                }
+                // A grant ends the wait.
+                for w in &t.waiters {
+                    assert_eq!(t.level_of(&w.owner), Level::None, "a holder waits: {t:?}");
                 }
                 count += 1;
             }
@@ -646,12 +746,16 @@ mod tests {
         let mut t = LockTable {
             generation: 42,
             latch_breaks: 3,
-            holders: vec![],
+            ..LockTable::default()
         };
         t.request(&owner("host-a/1f2e", 1), Level::Shared, 9)
             .unwrap();
         t.request(&owner("b", 2), Level::Shared, 3).unwrap();
         t.request(&owner("b", 2), Level::Reserved, 4).unwrap();
+        t.request(&owner("b", 2), Level::Exclusive, 5).unwrap_err();
+        t.request(&owner("c", 3), Level::Shared, 6).unwrap_err();
+        t.note_waiting(&owner("c", 3), 6);
+        assert_eq!(t.waiters.len(), 1);
         let bytes = t.encode(0);
         assert_eq!(bytes.len(), TABLE_BLOCK);
         assert_eq!(LockTable::decode(&bytes), Ok(t.clone()));

@@ -39,6 +39,18 @@ impl OpenDatabase {
                 | ffi::SQLITE_OPEN_READONLY
         }
     }
+
+    /// Tells the journal registry that the end of our last write transaction is published
+    /// (or, under a kept write lock, as good as published), if a lock call just made it so.
+    fn note_published_write(&mut self) {
+        if let Some(generation) = self.file.take_published_write() {
+            journal::note_write_published(
+                &self.registry_name,
+                self.file.journal_permit(),
+                generation,
+            );
+        }
+    }
 }
 
 impl Drop for OpenDatabase {
@@ -69,18 +81,14 @@ impl SqliteFile for OpenDatabase {
     }
 
     fn lock(&mut self, level: Level) -> Result<(), FileError> {
-        self.file.lock(level)
+        let locked = self.file.lock(level);
+        self.note_published_write();
+        locked
     }
 
     fn unlock(&mut self, level: Level) -> Result<(), FileError> {
         let unlocked = self.file.unlock(level);
-        if let Some(generation) = self.file.take_published_write() {
-            journal::note_write_published(
-                &self.registry_name,
-                self.file.journal_permit(),
-                generation,
-            );
-        }
+        self.note_published_write();
         unlocked
     }
 

@@ -530,11 +530,19 @@ impl NetworkFile {
     }
 
     fn lock_shared(&mut self) -> Result<(), FileError> {
-        let Acquired::Granted { generation } = self.lock_files(Level::Shared)? else {
+        let Acquired::Granted { generation, kept } = self.lock_files(Level::Shared)? else {
             return Err(FileError::Busy);
         };
         self.set_level(Level::Shared);
         self.journal_permit.set_shared_granted_at(generation);
+        if kept && self.own_change_unpublished {
+            // Nobody can have passed our kept write lock: what we wrote last is, for us, as
+            // good as published at this generation (our cache matches it, and a journal we
+            // emptied is still empty).
+            self.synced_generation = Some(generation);
+            self.published_write = Some(generation);
+            self.own_change_unpublished = false;
+        }
         let native = self.refresh_if_changed(generation).and_then(|()| {
             self.native
                 .lock(&self.file, Level::Shared)

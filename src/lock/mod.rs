@@ -20,11 +20,17 @@
 //! | unlock                                   | the table gets                 | published by |
 //! |------------------------------------------|--------------------------------|--------------|
 //! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
+//! | SHARED → NONE after a write that reached EXCLUSIVE, nobody seen waiting | nothing yet: the write lock is kept | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | any other, and SHARED → NONE after a refused RESERVED or EXCLUSIVE (SQLite's busy handler lets go of SHARED before it sleeps) | the release | this edit |
 //!
-//! A lingering SHARED entry serves the next read transaction after a latch-free look at the
-//! table ([`LockTable::shared_reusable_by`]); no writer can pass it meanwhile.
+//! # Kept write locks
+//! The entry a release left behind serves the connection's next transaction after a
+//! latch-free look at the table ([`LockTable::kept_reusable_by`]): a lingering SHARED, which
+//! no writer can pass meanwhile, or a kept EXCLUSIVE, which nobody can pass at all and which
+//! then also grants that transaction's RESERVED and EXCLUSIVE without an edit. A connection
+//! refused SHARED for [`RECORD_WAIT_AFTER`] records itself as waiting, and a kept EXCLUSIVE
+//! is not reused while anybody waits.
 //!
 //! # Staleness
 //! | holder                      | judged dead when                                         |
@@ -101,7 +107,7 @@ pub const RELEASE_LINGER: Duration = Duration::from_millis(20);
 /// makes a writer keeping its lock give way (see "Kept write locks"). Shorter waits are the
 /// ordinary turns of writers taking each other's place; recording each would add a table
 /// write to most of them.
-const RECORD_WAIT_AFTER: Duration = Duration::from_millis(20);
+pub const RECORD_WAIT_AFTER: Duration = Duration::from_millis(20);
 
 /// Time, sleep and same-host liveness: the environment a lock runs in (faked in tests).
 pub trait Environment: Send + Sync {

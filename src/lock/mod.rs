@@ -213,10 +213,8 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     /// The level our entry shows in the table as our last edit left it: above `level` while a
     /// release is owed (see "Lingering releases").
     in_table: Level,
-    /// This transaction runs on a write lock kept from the last one (see "Kept write locks"):
-    /// requests up to `in_table` are ours without an edit. The table generation it was
-    /// reused at.
-    kept_at: Option<u64>,
+    /// Where our write lock kept past its transaction stands (see "Kept write locks").
+    kept_write: KeptWrite,
     /// The table records us as waiting (refused SHARED, and not granted a lock since).
     waiting: bool,
     /// Since when our SHARED requests have been refused.
@@ -230,6 +228,19 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     /// What this lock removed as stale, kept only during [`Self::sweep_stale`] (`None` for a
     /// connection's lock, whose removals are traced and forgotten).
     sweep_log: Option<Vec<Removed>>,
+}
+
+/// A write lock kept past the end of its transaction (see "Kept write locks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeptWrite {
+    No,
+    /// The end of a write transaction left our entry at EXCLUSIVE, unpublished.
+    Idle,
+    /// This transaction took the kept entry back at the table generation `generation`:
+    /// its requests up to EXCLUSIVE are granted without an edit.
+    Reused {
+        generation: u64,
+    },
 }
 
 /// Something a lock removed because its owner was judged dead, as [`DbLock::sweep_stale`]
@@ -291,7 +302,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             owed_since: None,
             entry_written_at: None,
             in_table: Level::None,
-            kept_at: None,
+            kept_write: KeptWrite::No,
             waiting: false,
             refused_shared_since: None,
             others_waiting: false,
@@ -361,7 +372,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 kept: false,
             });
         }
-        if let Some(generation) = self.kept_at
+        if let KeptWrite::Reused { generation } = self.kept_write
             && want <= self.in_table
         {
             self.level = want;
@@ -375,7 +386,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         {
             return Ok(Acquired::Granted {
                 generation,
-                kept: self.kept_at.is_some(),
+                kept: matches!(self.kept_write, KeptWrite::Reused { .. }),
             });
         }
         let record_wait = want == Level::Shared
@@ -468,15 +479,18 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// last one left it (a lingering SHARED, or a write lock kept at EXCLUSIVE), recent enough
     /// that nobody can have judged it stale, and reusable as [`LockTable::kept_reusable_by`]
     /// says, it is ours again without an edit. Returns the table's generation. A kept
-    /// EXCLUSIVE serves this transaction's RESERVED and EXCLUSIVE as well (`kept_at`).
+    /// EXCLUSIVE serves this transaction's RESERVED and EXCLUSIVE as well.
     fn reuse_kept_entry(&mut self) -> Option<u64> {
         let written = self.entry_written_at?;
         let kept = self.in_table;
-        // An owed generation bump is carried on only under EXCLUSIVE, which nobody else has
-        // been able to read past since our write.
+        // An EXCLUSIVE is reused only where the end of a write kept it, never a release that
+        // only found the latch busy. An owed generation bump is carried on only under it:
+        // nobody else has been able to read past it since our write.
+        let kept_write = kept == Level::Exclusive && self.kept_write == KeptWrite::Idle;
         if self.owed_since.is_none()
             || self.level != Level::None
-            || (self.owed_generation_bump && kept < Level::Exclusive)
+            || (kept == Level::Exclusive && !kept_write)
+            || (self.owed_generation_bump && !kept_write)
             || self.env.now().saturating_sub(written) >= self.lease / 2
         {
             return None;
@@ -491,8 +505,10 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         self.last_refused = None;
         self.refused_shared_since = None;
         self.set_renewed_at(Some(written));
-        if kept == Level::Exclusive {
-            self.kept_at = Some(table.generation);
+        if kept_write {
+            self.kept_write = KeptWrite::Reused {
+                generation: table.generation,
+            };
         }
         Some(table.generation)
     }
@@ -516,7 +532,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if to >= self.level && !changed_file {
             return Ok(None);
         }
-        self.kept_at = None;
+        self.kept_write = KeptWrite::No;
         // A refused write request sends SQLite to its busy handler, which first lets go of
         // SHARED. Lingering there, our entry would keep the writer ahead of us out of
         // EXCLUSIVE until the heartbeat published it: every connection that found a journal
@@ -538,6 +554,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             _ => false,
         };
         if lingers && self.entry_written_at.is_some() {
+            if self.in_table == Level::Exclusive && to == Level::None {
+                self.kept_write = KeptWrite::Idle;
+            }
             self.lower_owing(to, changed_file);
             return Ok(None);
         }
@@ -610,11 +629,14 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// Publishes whatever is owed before the connection goes away, and ends a wait the table
     /// records for it: nobody would later.
     pub fn settle_before_close(&mut self) -> Result<(), LockError> {
-        if self.waiting {
+        let forgotten = if self.waiting {
             let me = self.me.clone();
-            self.edit_table(UNLOCK_LATCH_WAIT, |table| table.forget_waiter(&me))?;
-        }
-        self.settle(UNLOCK_LATCH_WAIT)
+            self.edit_table(UNLOCK_LATCH_WAIT, |table| table.forget_waiter(&me))
+                .map(drop)
+        } else {
+            Ok(())
+        };
+        self.settle(UNLOCK_LATCH_WAIT).and(forgotten)
     }
 
     /// SQLite's `xCheckReservedLock`: does anybody hold RESERVED or above? `None`: the latch
@@ -677,6 +699,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         wait: Duration,
         change: impl FnOnce(&mut LockTable) -> R,
     ) -> Result<Option<(R, u64)>, LockError> {
+        // Whatever this edit comes to, the transaction no longer counts on a kept write lock:
+        // a write that reached the table but answered an error may have lowered our entry.
+        self.kept_write = KeptWrite::No;
         let urgent = self.renewal_overdue();
         let Ok(latch) = self.latches.take(&mut parties!(self), wait, urgent)? else {
             return Ok(None);
@@ -753,11 +778,15 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                     self.set_renewed_at(None);
                 }
             }
+            // A waiting line's number is ours too: the entry a grant writes later must not
+            // repeat it, or observers would time the entry from when they saw the line.
+            if let Some(w) = table.waiters.iter().find(|w| w.owner == self.me) {
+                self.seq = self.seq.max(w.seq);
+            }
         }
         // Any release we owed is in the table now (`check_own_entry` made it).
         self.owed_since = None;
         self.in_table = table.level_of(&self.me);
-        self.kept_at = None;
         self.waiting = table.is_waiting(&self.me);
         self.others_waiting = table.others_waiting(&self.me);
         self.stale.retain_current(&table);
@@ -779,7 +808,6 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             tracing::error!(owner = %self.me, level = %self.level, "lock lease lost: our entry was removed by another process");
             self.level = Level::None;
             self.in_table = Level::None;
-            self.kept_at = None;
             self.lease_lost = true;
             self.set_renewed_at(None);
             return Err(LockError::LeaseLost);
@@ -884,6 +912,8 @@ pub(crate) mod tests {
         read_cost: Arc<Mutex<Option<(FakeEnv, Duration)>>>,
         /// Reads of whole files so far, by name.
         reads: Arc<Mutex<HashMap<LockFileName, u64>>>,
+        /// The next table write lands but answers EIO (a reply lost after the server wrote).
+        fail_after_write: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl FakeFiles {
@@ -939,6 +969,9 @@ pub(crate) mod tests {
         fn write_all(&mut self, contents: &[u8]) -> io::Result<()> {
             self.files.writes.fetch_add(1, Ordering::Relaxed);
             self.files.write(LockFileName::Table, contents);
+            if self.files.fail_after_write.swap(false, Ordering::Relaxed) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             Ok(())
         }
     }
@@ -1350,6 +1383,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_release_from_exclusive_that_found_the_latch_busy_is_not_taken_for_a_kept_lock() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(w.lock(level).unwrap()));
+        }
+        // SQLite gives the transaction up straight from EXCLUSIVE (a failed statement's
+        // rollback), while another process holds the latch.
+        files
+            .create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n")
+            .unwrap();
+        assert_eq!(w.unlock(Level::None, true).unwrap(), None, "owed");
+        files.remove(LockFileName::Latch).unwrap();
+        let writes = table_writes(&files);
+        assert_eq!(
+            w.lock(Level::Shared).unwrap(),
+            Acquired::Granted {
+                generation: 1,
+                kept: false
+            }
+        );
+        assert_eq!(table_writes(&files), writes + 1, "an edit, not a kept lock");
+    }
+
+    #[test]
     fn a_write_lock_that_never_reached_exclusive_is_not_kept() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut a = client(&files, &env, "h1", 1);
@@ -1376,6 +1434,73 @@ pub(crate) mod tests {
         assert_eq!(w.unlock(Level::Shared, true).unwrap(), None);
         assert!(w.unlock(Level::None, false).unwrap().is_some(), "published");
         assert!(granted(r.lock(Level::Shared).unwrap()));
+    }
+
+    impl FakeFiles {
+        /// The next table write reaches the file but answers EIO.
+        pub fn fail_after_next_table_write(&self) {
+            self.fail_after_write.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A waiter's line and the entry its grant writes must not share a sequence number:
+    /// observers time silence by (owner, number), and the entry would inherit the line's age.
+    #[test]
+    fn a_reader_granted_after_a_long_wait_is_not_judged_by_how_long_it_waited() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
+            assert!(granted(w.lock(level).unwrap()));
+        }
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        env.advance(RECORD_WAIT_AFTER);
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        assert!(table_of(&files).is_waiting(r.owner()));
+        w.renew().unwrap(); // w first sees r's waiting line
+        env.advance(LEASE * 8 / 10);
+        w.renew().unwrap();
+        w.unlock(Level::Shared, true).unwrap();
+        assert!(w.unlock(Level::None, false).unwrap().is_some());
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        env.advance(LEASE / 5);
+        assert!(!r.lease_expired(), "r believes its lease good");
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert_eq!(
+            table_of(&files).level_of(r.owner()),
+            Level::Shared,
+            "r's SHARED entry, granted 2 s ago, removed as stale while its lease runs"
+        );
+    }
+
+    /// A renewal whose write reached the table (lowering the kept entry to what SQLite holds)
+    /// but answered an error: the transaction may no longer count on the kept entry.
+    #[test]
+    fn a_kept_lock_is_not_counted_on_after_an_edit_that_failed() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        write_transaction(&mut w);
+        assert_eq!(
+            w.lock(Level::Shared).unwrap(),
+            Acquired::Granted {
+                generation: 0,
+                kept: true
+            }
+        );
+        env.advance(LEASE / 4);
+        assert!(w.renewal_due());
+        files.fail_after_next_table_write();
+        assert!(w.renew().is_err(), "the table shows w at SHARED now");
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        assert!(granted(r.lock(Level::Reserved).unwrap()));
+        let w_res = w.lock(Level::Reserved).unwrap();
+        let w_exc = w.lock(Level::Exclusive).unwrap();
+        assert!(
+            !(granted(w_res) && granted(w_exc)),
+            "w granted RESERVED {w_res:?} and EXCLUSIVE {w_exc:?} while r holds RESERVED: {:?}",
+            table_of(&files)
+        );
     }
 
     #[test]

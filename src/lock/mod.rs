@@ -1288,10 +1288,15 @@ pub(crate) mod tests {
         assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
     }
 
-    fn write_transaction(w: &mut DbLock<FakeFiles, FakeEnv>) {
+    /// SHARED, RESERVED and EXCLUSIVE, each granted, as SQLite asks for them to write.
+    fn take_exclusive(w: &mut DbLock<FakeFiles, FakeEnv>) {
         for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
             assert!(granted(w.lock(level).unwrap()), "{level} refused");
         }
+    }
+
+    fn write_transaction(w: &mut DbLock<FakeFiles, FakeEnv>) {
+        take_exclusive(w);
         assert_eq!(w.unlock(Level::Shared, true).unwrap(), None, "lingers");
         assert_eq!(w.unlock(Level::None, false).unwrap(), None, "kept");
     }
@@ -1386,9 +1391,7 @@ pub(crate) mod tests {
     fn a_release_from_exclusive_that_found_the_latch_busy_is_not_taken_for_a_kept_lock() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut w = client(&files, &env, "h1", 1);
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(w.lock(level).unwrap()));
-        }
+        take_exclusive(&mut w);
         // SQLite gives the transaction up straight from EXCLUSIVE (a failed statement's
         // rollback), while another process holds the latch.
         files
@@ -1428,9 +1431,7 @@ pub(crate) mod tests {
         refused_shared_until_recorded(&mut r, &env);
         // w gives way at its next transaction, and commits it while r still waits (asleep in
         // its busy handler): the end of this one is published at once.
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(w.lock(level).unwrap()));
-        }
+        take_exclusive(&mut w);
         assert_eq!(w.unlock(Level::Shared, true).unwrap(), None);
         assert!(w.unlock(Level::None, false).unwrap().is_some(), "published");
         assert!(granted(r.lock(Level::Shared).unwrap()));
@@ -1450,9 +1451,7 @@ pub(crate) mod tests {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut w = client(&files, &env, "h1", 1);
         let mut r = client(&files, &env, "h2", 2);
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(w.lock(level).unwrap()));
-        }
+        take_exclusive(&mut w);
         assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
         env.advance(RECORD_WAIT_AFTER);
         assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
@@ -1637,9 +1636,7 @@ pub(crate) mod tests {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut writer = client(&files, &env, "h2", 1);
         let mut other = client(&files, &env, "h1", 2);
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(writer.lock(level).unwrap()));
-        }
+        take_exclusive(&mut writer);
         assert_eq!(writer.unlock(Level::Shared, true).unwrap(), None);
         assert_eq!(writer.unlock(Level::None, false).unwrap(), None, "kept");
         assert_eq!(other.lock(Level::Shared).unwrap(), Acquired::Busy);
@@ -1992,9 +1989,7 @@ pub(crate) mod tests {
     fn unlock_that_could_not_be_published_is_settled_later() {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut a = client(&files, &env, "h1", 1);
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(a.lock(level).unwrap()));
-        }
+        take_exclusive(&mut a);
         // Somebody else holds the latch throughout the unlock (a live remote process).
         files
             .create_exclusive(LockFileName::Latch, b"h9 9 1 9 1\n")
@@ -2021,9 +2016,7 @@ pub(crate) mod tests {
         let (files, env) = (FakeFiles::default(), FakeEnv::default());
         let mut w = client(&files, &env, "h1", 1);
         let mut r = client(&files, &env, "h1", 2);
-        for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
-            assert!(granted(w.lock(level).unwrap()));
-        }
+        take_exclusive(&mut w);
         assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
         // Someone else holds the latch now: a retry that needed it would wait LATCH_WAIT.
         files

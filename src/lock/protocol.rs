@@ -9,18 +9,23 @@
 //! | request            | granted when                                   | otherwise                         |
 //! |--------------------|------------------------------------------------|-----------------------------------|
 //! | NONE -> SHARED     | no other holder is PENDING or EXCLUSIVE        | BUSY, no level recorded           |
-//! | SHARED -> RESERVED | no other holder is RESERVED or above           | BUSY, stays SHARED                |
+//! | SHARED -> RESERVED | no other holder is RESERVED or above, and no other connection heads the writers' queue | BUSY, stays SHARED |
 //! | SHARED -> EXCLUSIVE (a hot-journal rollback) | no other holder at all    | BUSY, no level recorded (as `unixLock`, which takes PENDING only from RESERVED) |
 //! | RESERVED -> EXCLUSIVE | no other holder is RESERVED or above, then: no other holder at all | first step fails: BUSY, level kept; second: recorded as PENDING, BUSY |
 //! | PENDING -> EXCLUSIVE | no other holder at all                       | BUSY, stays PENDING               |
 //! | any -> SHARED      | always (downgrade)                             |                                   |
 //! | any -> NONE        | always (the entry is removed)                  |                                   |
 //!
-//! A connection refused SHARED for a while records itself as a [`Waiter`]
-//! ([`LockTable::note_waiting`]) until it is granted a lock. A writer that kept its entry
-//! after its transaction ended reuses it for the next one only while nobody waits (see
-//! [`LockTable::kept_reusable_by`]): every request of another connection starts with SHARED,
-//! and that is what a kept write lock refuses.
+//! A connection refused SHARED or RESERVED for a while records itself as a [`Waiter`]
+//! ([`LockTable::note_waiting`]) until it is granted what it waits for. Waiting lines do two
+//! things:
+//! - a writer that kept its entry after its transaction ended reuses it for the next one
+//!   only while nobody waits (see [`LockTable::kept_reusable_by`]): every request of another
+//!   connection starts with SHARED, and that is what a kept write lock refuses;
+//! - the waiters for RESERVED form the writers' queue, in the order they were recorded: while
+//!   one waits, nobody else is granted RESERVED ([`LockTable::first_in_writers_queue`]). A
+//!   writer's retry lands at a moment its busy handler picks, and without the queue a
+//!   writer committing back to back holds RESERVED at almost every such moment.
 //!
 //! Invariants the table keeps after every transition:
 //! 1. at most one holder is RESERVED, PENDING or EXCLUSIVE ("the writer");
@@ -137,19 +142,24 @@ pub struct Holder {
     pub seq: u64,
 }
 
-/// A connection that was refused SHARED and, as far as the table knows, still asks for it.
+/// A connection that was refused a level and, as far as the table knows, still asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waiter {
     pub owner: OwnerId,
-    /// The waiter's sequence number when it was recorded, timed for staleness as a holder's.
+    /// The waiter's sequence number when its line was last written, timed for silence as a
+    /// holder's (a waiter rewrites its line while it keeps asking).
     pub seq: u64,
+    /// SHARED or RESERVED.
+    pub wants: Level,
 }
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
-    /// The holder that stands in the way (the first one found).
+    /// The holder that stands in the way (the first one found), or the writer ahead in the
+    /// queue.
     pub blocker: OwnerId,
+    /// What `blocker` holds: NONE or SHARED for a writer ahead in the queue.
     pub blocker_level: Level,
 }
 
@@ -201,7 +211,7 @@ impl LockTable {
             body.push_str(&format!("holder {} {} {}\n", h.owner, h.level, h.seq));
         }
         for w in &self.waiters {
-            body.push_str(&format!("waiting {} {}\n", w.owner, w.seq));
+            body.push_str(&format!("waiting {} {} {}\n", w.owner, w.seq, w.wants));
         }
         let sum = fnv1a(body.as_bytes());
         body.push_str(&format!("end {sum:016x}\n"));
@@ -269,7 +279,14 @@ impl LockTable {
             let owner = OwnerId::parse_fields(&mut fields).ok_or_else(bad)?;
             if kind == Some("waiting") {
                 let seq = fields.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-                waiters.push(Waiter { owner, seq });
+                // Lines written before waits for RESERVED were recorded name no level.
+                let wants = match fields.next() {
+                    None => Level::Shared,
+                    Some(level) => Level::parse(level)
+                        .filter(|l| matches!(l, Level::Shared | Level::Reserved))
+                        .ok_or_else(bad)?,
+                };
+                waiters.push(Waiter { owner, seq, wants });
                 continue;
             }
             let level = fields.next().and_then(Level::parse).ok_or_else(bad)?;
@@ -319,26 +336,79 @@ impl LockTable {
 
     /// Applies a lock request from `me`, writing `seq` into its entry when the table changes.
     /// Returns the level `me` holds afterwards, or `Busy` (the table may still have changed:
-    /// a refused EXCLUSIVE leaves `me` at PENDING, as SQLite expects). A grant ends a wait
-    /// recorded for `me`.
+    /// a refused EXCLUSIVE leaves `me` at PENDING, as SQLite expects). A grant of what `me`
+    /// waits for ends its wait.
     pub fn request(&mut self, me: &OwnerId, want: Level, seq: u64) -> Result<Level, Busy> {
         let result = self.transition(me, want, seq);
-        if result.is_ok() {
+        if let Ok(level) = result
+            && self.waiter(me).is_some_and(|w| level >= w.wants)
+        {
             self.forget_waiter(me);
         }
         result
     }
 
-    /// Records `me`, refused SHARED, as waiting (once: a waiter already recorded is left as it
-    /// is, so a retry refused again leaves the table unchanged).
-    pub fn note_waiting(&mut self, me: &OwnerId, seq: u64) {
-        debug_assert_eq!(self.level_of(me), Level::None, "only SHARED is waited for");
-        if !self.is_waiting(me) {
-            self.waiters.push(Waiter {
+    /// Records `me` as waiting for `wants` (SHARED or RESERVED), above what it holds. A line
+    /// already there is rewritten in place: it keeps its place in the queue, takes `seq`
+    /// (its owner still asks) and the higher of the two levels.
+    pub fn note_waiting(&mut self, me: &OwnerId, seq: u64, wants: Level) {
+        debug_assert!(matches!(wants, Level::Shared | Level::Reserved));
+        debug_assert!(
+            self.level_of(me) < wants,
+            "a holder waits for what it holds"
+        );
+        match self.waiters.iter_mut().find(|w| &w.owner == me) {
+            Some(w) => {
+                w.seq = seq;
+                w.wants = w.wants.max(wants);
+            }
+            None => self.waiters.push(Waiter {
                 owner: me.clone(),
                 seq,
-            });
+                wants,
+            }),
         }
+    }
+
+    /// `me`'s waiting line, if the table has one.
+    pub fn waiter(&self, me: &OwnerId) -> Option<&Waiter> {
+        self.waiters.iter().find(|w| &w.owner == me)
+    }
+
+    /// The first waiter for RESERVED in the order the lines were recorded: the only
+    /// connection RESERVED may be granted to while it waits.
+    pub fn first_in_writers_queue(&self) -> Option<&Waiter> {
+        self.waiters.iter().find(|w| w.wants >= Level::Reserved)
+    }
+
+    /// Whether a fresh request of `me` for RESERVED would find the writer's place free: no
+    /// other holder at RESERVED or above, nobody ahead of `me` in the writers' queue.
+    pub fn writers_turn(&self, me: &OwnerId) -> bool {
+        self.first_other_at_least(me, Level::Reserved).is_none()
+            && self.queued_ahead_of(me).is_none()
+    }
+
+    /// SHARED for `me` retrying a refused write: granted only where RESERVED, which SQLite
+    /// asks for next, would be granted too ([`Self::writers_turn`]). Refusing it at once
+    /// spares the table the grant of SHARED, the refusal of RESERVED and the release.
+    pub fn request_to_write(&mut self, me: &OwnerId, seq: u64) -> Result<Level, Busy> {
+        if let Some(busy) = self
+            .first_other_at_least(me, Level::Reserved)
+            .or_else(|| self.queued_ahead_of(me))
+        {
+            return Err(busy);
+        }
+        self.request(me, Level::Shared, seq)
+    }
+
+    /// Refuses `me` the writer's place while another connection heads the writers' queue.
+    fn queued_ahead_of(&self, me: &OwnerId) -> Option<Busy> {
+        self.first_in_writers_queue()
+            .filter(|w| &w.owner != me)
+            .map(|w| Busy {
+                blocker: w.owner.clone(),
+                blocker_level: self.level_of(&w.owner),
+            })
     }
 
     /// Removes `me`'s waiter, if any (its connection closes).
@@ -353,7 +423,7 @@ impl LockTable {
 
     /// Whether `me` is recorded as waiting.
     pub fn is_waiting(&self, me: &OwnerId) -> bool {
-        self.waiters.iter().any(|w| &w.owner == me)
+        self.waiter(me).is_some()
     }
 
     /// The transition table above, without the waiters.
@@ -379,6 +449,9 @@ impl LockTable {
                 if let Some(busy) = self.first_other_at_least(me, Level::Reserved) {
                     return Err(busy);
                 }
+                if let Some(busy) = self.queued_ahead_of(me) {
+                    return Err(busy);
+                }
                 self.set_level(me, Level::Reserved, seq);
                 Ok(Level::Reserved)
             }
@@ -399,6 +472,11 @@ impl LockTable {
                     // Another writer (RESERVED or above) excludes us; without one, PENDING
                     // is ours and new readers are held off from here on.
                     if let Some(busy) = self.first_other_at_least(me, Level::Reserved) {
+                        return Err(busy);
+                    }
+                    if have < Level::Reserved
+                        && let Some(busy) = self.queued_ahead_of(me)
+                    {
                         return Err(busy);
                     }
                     self.set_level(me, Level::Pending, seq);
@@ -691,9 +769,24 @@ mod tests {
                 } else if actions[a] == Level::Exclusive && have == Level::None {
                     continue; // and EXCLUSIVE only with a lock held
                 } else {
-                    let refused = t.request(o, actions[a], step).is_err();
-                    if refused && actions[a] == Level::Shared {
-                        t.note_waiting(o, step);
+                    let head = t.first_in_writers_queue().map(|w| w.owner.clone());
+                    match t.request(o, actions[a], step) {
+                        Ok(level) if level >= Level::Reserved && have < Level::Reserved => {
+                            assert!(
+                                head.as_ref().is_none_or(|h| h == o),
+                                "{o} took the writer's place ahead of {head:?}: {t:?}"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(_) if actions[a] == Level::Shared => {
+                            t.note_waiting(o, step, Level::Shared);
+                        }
+                        // SQLite's busy handler lets go of SHARED before it sleeps.
+                        Err(_) if actions[a] == Level::Reserved => {
+                            t.release(o, Level::None, step, false);
+                            t.note_waiting(o, step, Level::Reserved);
+                        }
+                        Err(_) => {}
                     }
                 }
                 let writers = t
@@ -731,9 +824,9 @@ mod tests {
                         );
                     }
                 }
-                // A grant ends the wait.
+                // A grant of what was waited for ends the wait.
                 for w in &t.waiters {
-                    assert_eq!(t.level_of(&w.owner), Level::None, "a holder waits: {t:?}");
+                    assert!(t.level_of(&w.owner) < w.wants, "a holder waits: {t:?}");
                 }
                 count += 1;
             }
@@ -754,8 +847,9 @@ mod tests {
         t.request(&owner("b", 2), Level::Reserved, 4).unwrap();
         t.request(&owner("b", 2), Level::Exclusive, 5).unwrap_err();
         t.request(&owner("c", 3), Level::Shared, 6).unwrap_err();
-        t.note_waiting(&owner("c", 3), 6);
-        assert_eq!(t.waiters.len(), 1);
+        t.note_waiting(&owner("c", 3), 6, Level::Shared);
+        t.note_waiting(&owner("d", 4), 7, Level::Reserved);
+        assert_eq!(t.waiters.len(), 2);
         let bytes = t.encode(0);
         assert_eq!(bytes.len(), TABLE_BLOCK);
         assert_eq!(LockTable::decode(&bytes), Ok(t.clone()));
@@ -784,6 +878,72 @@ mod tests {
         let at = String::from_utf8_lossy(&bytes).find("SHARED").unwrap();
         flipped[at] = b'X';
         assert_eq!(LockTable::decode(&flipped), Err(ParseError::Incomplete));
+    }
+
+    #[test]
+    fn reserved_goes_to_the_writers_queue_in_the_order_waits_were_recorded() {
+        let (a, b, c) = (owner("a", 1), owner("b", 2), owner("c", 3));
+        let mut t = LockTable::default();
+        t.request(&a, Level::Shared, 1).unwrap();
+        t.request(&a, Level::Reserved, 2).unwrap();
+        // b, then c, are refused RESERVED and wait for it holding nothing.
+        for (o, seq) in [(&b, 1), (&c, 1)] {
+            t.request(o, Level::Shared, seq).unwrap();
+            t.request(o, Level::Reserved, seq + 1).unwrap_err();
+            t.release(o, Level::None, seq + 2, false);
+            t.note_waiting(o, seq + 2, Level::Reserved);
+        }
+        t.release(&a, Level::None, 3, true);
+        // a comes back first, and c before b: neither passes b.
+        t.request(&a, Level::Shared, 4).unwrap();
+        let busy = t.request(&a, Level::Reserved, 5).unwrap_err();
+        assert_eq!(busy.blocker, b);
+        t.release(&a, Level::None, 6, false);
+        t.request(&c, Level::Shared, 4).unwrap();
+        assert_eq!(t.request(&c, Level::Reserved, 5).unwrap_err().blocker, b);
+        // b is granted; its line goes, and c heads the queue now.
+        t.request(&b, Level::Shared, 4).unwrap();
+        assert!(t.is_waiting(&b), "SHARED is not what b waits for");
+        t.request(&b, Level::Reserved, 5).unwrap();
+        assert!(!t.is_waiting(&b));
+        assert_eq!(t.first_in_writers_queue().unwrap().owner, c);
+        // Readers are never held up by the queue.
+        t.request(&a, Level::Shared, 7).unwrap();
+    }
+
+    #[test]
+    fn a_rewritten_waiting_line_keeps_its_place_and_the_higher_level() {
+        let (b, c) = (owner("b", 2), owner("c", 3));
+        let mut t = LockTable::default();
+        t.note_waiting(&b, 1, Level::Shared);
+        t.note_waiting(&c, 1, Level::Reserved);
+        t.note_waiting(&b, 2, Level::Reserved);
+        t.note_waiting(&b, 3, Level::Shared);
+        let first = t.first_in_writers_queue().unwrap();
+        assert_eq!(
+            (&first.owner, first.seq, first.wants),
+            (&b, 3, Level::Reserved)
+        );
+    }
+
+    #[test]
+    fn a_waiting_line_without_a_level_waits_for_shared() {
+        let mut t = LockTable::default();
+        t.note_waiting(&owner("c", 3), 6, Level::Shared);
+        let text = String::from_utf8(t.encode(0)).unwrap();
+        let body = text
+            .split("end ")
+            .next()
+            .unwrap()
+            .replace(" 6 SHARED\n", " 6\n");
+        let bytes = format!("{body}end {:016x}\n", fnv1a(body.as_bytes()));
+        assert_eq!(LockTable::decode(bytes.as_bytes()), Ok(t));
+        let bad = body.replace(" 6\n", " 6 EXCLUSIVE\n");
+        let bytes = format!("{bad}end {:016x}\n", fnv1a(bad.as_bytes()));
+        assert!(matches!(
+            LockTable::decode(bytes.as_bytes()),
+            Err(ParseError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -36,8 +36,9 @@
 //! |---|---|
 //! | refused SHARED or RESERVED for [`RECORD_WAIT_AFTER`] | writes a waiting line naming the level at its next edit (a refused write's release is one) |
 //! | still asking | rewrites the line every quarter of [`WAIT_LINE_SILENCE`] |
-//! | retrying a refused write (its SHARED request) | waits up to [`TURN_WAIT`] for the writer's turn, looking without the latch; refused at once where RESERVED would be |
-//! | granted RESERVED, done with a transaction it was not refused in, or closing | drops its line at its next edit |
+//! | retrying a refused write (its SHARED request, within [`WRITE_RETRY_WINDOW`]) | waits up to [`TURN_WAIT`] for the writer's turn, looking without the latch; refused at once where RESERVED would be |
+//! | granted RESERVED, or closing | drops its line at its next edit |
+//! | done with a transaction it was not refused in | publishes its release and drops its line at once |
 //! | silent for [`WAIT_LINE_SILENCE`] since it retried | starts afresh: its next SHARED is an ordinary one |
 //!
 //! Others remove a line unchanged for [`WAIT_LINE_SILENCE`]. The first line waiting for
@@ -124,9 +125,15 @@ pub const RECORD_WAIT_AFTER: Duration = Duration::from_millis(20);
 pub const WAIT_LINE_SILENCE: Duration = Duration::from_secs(1);
 
 /// How long a retried write may wait for its turn inside its SHARED request (see "Waiting
-/// lines"): about the longest sleep of SQLite's default busy handler, so a waiting writer is
-/// awake when its turn comes instead of leaving the database idle until its next retry.
+/// lines"), at most: about the longest sleep of SQLite's default busy handler, so a waiting
+/// writer is awake when its turn comes instead of leaving the database idle until its next
+/// retry. Never longer than the connection has waited already, so a busy timeout lasts at
+/// most about twice as long.
 const TURN_WAIT: Duration = Duration::from_millis(100);
+/// For how long after a refused write a SHARED request counts as that write's retry, and may
+/// be refused where RESERVED would be. A read asked right after a write gave up is the same
+/// request to us: this bounds how long it can be held up.
+const WRITE_RETRY_WINDOW: Duration = Duration::from_millis(250);
 /// How often a waiting writer looks at the table: eight times as long as a look takes, so
 /// its looks keep a network filesystem's client busy an eighth of the time at most, within
 /// these bounds.
@@ -263,6 +270,9 @@ struct Wait {
     since: Duration,
     /// The latest refusal.
     latest: Duration,
+    /// The latest release after a refused RESERVED: SQLite's busy handler let go of SHARED
+    /// to retry the write.
+    write_refused_at: Option<Duration>,
     /// The highest level refused since: SHARED or RESERVED.
     wants: Level,
 }
@@ -445,13 +455,17 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         {
             self.wait = None;
         }
-        // SHARED asked again after a refused write is the first step of that write's retry:
+        // SHARED asked soon after a refused write is the first step of that write's retry:
         // it waits for the writer's turn here, awake, rather than in the busy handler's sleep.
+        let now = self.env.now();
         let retried_write = want == Level::Shared
-            && self.wait.is_some_and(|w| w.wants >= Level::Reserved)
-            && self.owed_since.is_none();
-        if retried_write {
-            let deadline = self.env.now() + self.turn_wait;
+            && self.owed_since.is_none()
+            && self.wait.is_some_and(|w| {
+                w.write_refused_at
+                    .is_some_and(|at| now.saturating_sub(at) < WRITE_RETRY_WINDOW)
+            });
+        if let (true, Some(wait)) = (retried_write, self.wait) {
+            let deadline = now + self.turn_wait.min(now.saturating_sub(wait.since));
             loop {
                 if self.refused_before_the_writers_turn(deadline) {
                     self.note_refusal(want);
@@ -463,6 +477,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 if answer != Acquired::Busy || self.env.now() >= deadline {
                     return Ok(answer);
                 }
+                self.env.sleep(TURN_POLL.0);
             }
         }
         if self.last_refused == Some(want)
@@ -533,6 +548,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         let wait = self.wait.get_or_insert(Wait {
             since: now,
             latest: now,
+            write_refused_at: None,
             wants: want,
         });
         wait.wants = wait.wants.max(want);
@@ -717,23 +733,26 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         // The transaction is over, and got what it waited for; or its busy handler lets go
         // of SHARED to ask again, and the release below rewrites our waiting line.
         let mut line = None;
+        let mut line_to_drop = false;
         if to == Level::None {
-            if refused_write {
-                line = self
-                    .wait
-                    .filter(|w| self.env.now().saturating_sub(w.since) >= RECORD_WAIT_AFTER);
+            let now = self.env.now();
+            if let Some(wait) = self.wait.as_mut().filter(|_| refused_write) {
+                wait.write_refused_at = Some(now);
+                line = Some(*wait).filter(|w| now.saturating_sub(w.since) >= RECORD_WAIT_AFTER);
             } else {
                 self.wait = None;
+                // A line left standing would hold the writers behind it until its silence.
+                line_to_drop = self.line.is_some();
             }
         }
         let lingers = match (self.level, to) {
             // The end of a write transaction keeps the write lock (see "Kept write locks");
             // the end of a read lets SHARED linger.
             (Level::Shared, Level::None) if self.in_table == Level::Exclusive => {
-                !refused_write && !self.others_waiting
+                !refused_write && !self.others_waiting && !line_to_drop
             }
             (Level::Shared, Level::None) => {
-                !changed_file && self.owed_since.is_none() && !refused_write
+                !changed_file && self.owed_since.is_none() && !refused_write && !line_to_drop
             }
             (from, Level::Shared) => from >= Level::Reserved,
             _ => false,
@@ -1214,17 +1233,27 @@ pub(crate) mod tests {
         }
     }
 
+    /// A move of another process, made while the lock under test sleeps.
+    type OtherProcessStep = Box<dyn FnOnce() + Send>;
+
     /// A clock that moves only when slept on or advanced, and a set of dead pids.
     #[derive(Clone, Default)]
     pub struct FakeEnv {
         now: Arc<Mutex<Duration>>,
         dead: Arc<Mutex<HashSet<u32>>>,
         fresh: Arc<Mutex<u64>>,
+        /// What another process does once a sleep reaches the given time.
+        meanwhile: Arc<Mutex<Vec<(Duration, OtherProcessStep)>>>,
     }
 
     impl FakeEnv {
         fn advance(&self, d: Duration) {
             *self.now.lock() += d;
+        }
+        /// Runs `step` (another process's move) when a sleep first reaches `after` from now.
+        fn meanwhile(&self, after: Duration, step: impl FnOnce() + Send + 'static) {
+            let at = self.now() + after;
+            self.meanwhile.lock().push((at, Box::new(step)));
         }
         fn kill(&self, pid: u32) {
             self.dead.lock().insert(pid);
@@ -1237,6 +1266,18 @@ pub(crate) mod tests {
         }
         fn sleep(&self, d: Duration) {
             self.advance(d);
+            let now = self.now();
+            let due: Vec<_> = {
+                let mut steps = self.meanwhile.lock();
+                let (due, later) = std::mem::take(&mut *steps)
+                    .into_iter()
+                    .partition(|(at, _)| *at <= now);
+                *steps = later;
+                due
+            };
+            for (_, step) in due {
+                step();
+            }
         }
         fn process_alive(&self, owner: &OwnerId) -> bool {
             !self.dead.lock().contains(&owner.pid)
@@ -1591,17 +1632,30 @@ pub(crate) mod tests {
 
     #[test]
     fn a_retried_write_waits_awake_for_its_turn_and_writes_nothing_while_it_waits() {
-        let (files, env, mut a, mut b) = a_writer_and_a_queued_one();
+        let (files, env, a, mut b) = a_writer_and_a_queued_one();
         let (writes, t0) = (table_writes(&files), env.now());
         assert_eq!(b.lock(Level::Shared).unwrap(), Acquired::Busy);
-        assert_eq!(env.now() - t0, TURN_WAIT, "it looked until its time was up");
+        let waited = env.now() - t0;
+        assert!(
+            waited > Duration::ZERO && waited <= TURN_WAIT,
+            "it looked until its time was up: {waited:?}"
+        );
         assert_eq!(table_writes(&files), writes, "looks only");
-        // Its turn comes: the request that follows is granted, RESERVED with it.
-        a.unlock(Level::None, false).unwrap();
+        // a commits while b's next retry waits: b is granted within a look of it.
+        let a = Arc::new(Mutex::new(a));
+        let writer = a.clone();
+        env.meanwhile(Duration::from_millis(10), move || {
+            writer.lock().unlock(Level::None, false).unwrap();
+        });
         let t1 = env.now();
         assert!(granted(b.lock(Level::Shared).unwrap()));
-        assert_eq!(env.now(), t1, "no wait once it is b's turn");
+        let took = env.now() - t1;
+        assert!(
+            took >= Duration::from_millis(10) && took <= Duration::from_millis(11),
+            "b was granted {took:?} into its wait, a released at 10 ms"
+        );
         assert!(granted(b.lock(Level::Reserved).unwrap()));
+        assert_eq!(a.lock().level(), Level::None);
     }
 
     #[test]
@@ -1615,12 +1669,22 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_connection_that_gave_up_its_write_then_reads_without_waiting_for_writers() {
+    fn a_read_right_after_a_write_gave_up_is_held_up_only_briefly_and_drops_the_line() {
         let (files, env, _a, mut b) = a_writer_and_a_queued_one();
-        // Long after its last refusal, b asks for SHARED again: a read, granted beside a's
-        // RESERVED, and b is no longer in the queue.
-        env.advance(WAIT_LINE_SILENCE);
-        assert!(granted(b.lock(Level::Shared).unwrap()));
+        // b's application gave up on BUSY and now reads, retrying every 100 ms, beside a's
+        // RESERVED that lasts: to us the first tries look like the write's retries.
+        let gave_up = env.now();
+        while !granted(b.lock(Level::Shared).unwrap()) {
+            env.advance(Duration::from_millis(100));
+        }
+        let held = env.now() - gave_up;
+        assert!(
+            held <= WRITE_RETRY_WINDOW + TURN_WAIT,
+            "the read waited {held:?} beside a RESERVED"
+        );
+        // The read ends: its line goes with it, at once.
+        assert!(table_of(&files).is_waiting(b.owner()));
+        b.unlock(Level::None, false).unwrap();
         assert!(!table_of(&files).is_waiting(b.owner()));
     }
 

@@ -35,7 +35,7 @@
 //! | a connection | what it does |
 //! |---|---|
 //! | refused SHARED or RESERVED for [`RECORD_WAIT_AFTER`] | writes a waiting line naming the level at its next edit (a refused write's release is one) |
-//! | still asking | rewrites the line every quarter of [`WAIT_LINE_SILENCE`] |
+//! | still asking | rewrites the line every half of [`WAIT_LINE_SILENCE`] |
 //! | retrying a refused write (its SHARED request, within [`WRITE_RETRY_WINDOW`]) | waits up to [`TURN_WAIT`] for the writer's turn, looking without the latch; refused at once where RESERVED would be |
 //! | granted RESERVED, or closing | drops its line at its next edit |
 //! | done with a transaction it was not refused in | publishes its release and drops its line at once |
@@ -121,7 +121,7 @@ pub const RELEASE_LINGER: Duration = Duration::from_millis(20);
 pub const RECORD_WAIT_AFTER: Duration = Duration::from_millis(20);
 /// How long a waiting line may stand unchanged before others remove it (or the lease, if
 /// shorter): its owner stopped asking. A waiter still asking rewrites its line every
-/// quarter of this.
+/// half of this.
 pub const WAIT_LINE_SILENCE: Duration = Duration::from_secs(1);
 
 /// How long a retried write may wait for its turn inside its SHARED request (see "Waiting
@@ -131,13 +131,17 @@ pub const WAIT_LINE_SILENCE: Duration = Duration::from_secs(1);
 /// most about twice as long.
 const TURN_WAIT: Duration = Duration::from_millis(100);
 /// For how long after a refused write a SHARED request counts as that write's retry, and may
-/// be refused where RESERVED would be. A read asked right after a write gave up is the same
-/// request to us: this bounds how long it can be held up.
+/// be refused where RESERVED would be, at least; eight of our own write transactions if
+/// longer (on a slow file server a turn takes longer). A read asked right after a write gave
+/// up is the same request to us: this bounds how long it can be held up.
 const WRITE_RETRY_WINDOW: Duration = Duration::from_millis(250);
-/// How often a waiting writer looks at the table: eight times as long as a look takes, so
-/// its looks keep a network filesystem's client busy an eighth of the time at most, within
-/// these bounds.
-const TURN_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(10));
+/// How often a waiting writer looks at the table, within these bounds: eight times as long
+/// as a look takes (its looks keep a network filesystem's client busy an eighth of the time
+/// at most), or, if longer, a quarter of its own last write transaction at the head of the
+/// queue and one such transaction per writer ahead of it further back (its turn comes no
+/// sooner than they are done). The head looks at most [`TURN_POLL`]`.1` apart, the others at
+/// most [`TURN_WAIT`] apart.
+const TURN_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(25));
 
 /// Time, sleep and same-host liveness: the environment a lock runs in (faked in tests).
 pub trait Environment: Send + Sync {
@@ -251,6 +255,11 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     line: Option<Line>,
     /// How long a retried write waits for its turn inside one request ([`TURN_WAIT`]).
     turn_wait: Duration,
+    /// When our current write transaction was granted RESERVED.
+    write_began: Option<Duration>,
+    /// How long our last write transaction held RESERVED or above: paces our looks while we
+    /// wait for a turn.
+    write_took: Duration,
     /// The table showed somebody else waiting when we last read it: a write lock is then
     /// not kept past its transaction.
     others_waiting: bool,
@@ -362,6 +371,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             wait: None,
             line: None,
             turn_wait: TURN_WAIT,
+            write_began: None,
+            write_took: Duration::ZERO,
             others_waiting: false,
             lease_lost: false,
             sweep_log: None,
@@ -432,6 +443,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if let KeptWrite::Reused { generation } = self.kept_write
             && want <= self.in_table
         {
+            if want >= Level::Reserved {
+                self.write_began.get_or_insert(self.env.now());
+            }
             self.level = want;
             return Ok(Acquired::Granted {
                 generation,
@@ -462,7 +476,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             && self.owed_since.is_none()
             && self.wait.is_some_and(|w| {
                 w.write_refused_at
-                    .is_some_and(|at| now.saturating_sub(at) < WRITE_RETRY_WINDOW)
+                    .is_some_and(|at| now.saturating_sub(at) < self.write_retry_window())
             });
         if let (true, Some(wait)) = (retried_write, self.wait) {
             let deadline = now + self.turn_wait.min(now.saturating_sub(wait.since));
@@ -513,7 +527,10 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             _ => None,
         };
         match granted {
-            Some(level) if level >= Level::Reserved => self.wait = None,
+            Some(level) if level >= Level::Reserved => {
+                self.wait = None;
+                self.write_began.get_or_insert(self.env.now());
+            }
             Some(_) => {}
             None => self.note_refusal(want),
         }
@@ -537,6 +554,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 Ok(Acquired::Busy)
             }
         }
+    }
+
+    /// See [`WRITE_RETRY_WINDOW`].
+    fn write_retry_window(&self) -> Duration {
+        WRITE_RETRY_WINDOW.max(self.write_took * 8)
     }
 
     /// A refusal of SHARED or RESERVED starts or continues our wait (see "Waiting lines").
@@ -580,7 +602,15 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             if now >= deadline {
                 return !self.someone_in_the_way_suspected_dead(&table);
             }
-            let pause = (now.saturating_sub(looked_at) * 8).clamp(TURN_POLL.0, TURN_POLL.1);
+            let look = now.saturating_sub(looked_at) * 8;
+            let pause = match table.writers_ahead_of(&self.me) as u32 {
+                0 => look
+                    .max(self.write_took / 4)
+                    .clamp(TURN_POLL.0, TURN_POLL.1),
+                ahead => look
+                    .max(self.write_took * ahead)
+                    .clamp(TURN_POLL.0, TURN_WAIT),
+            };
             self.env.sleep(pause);
         }
     }
@@ -647,7 +677,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
 
     /// The level our waiting line must name, if it is to be written now: we have waited for
     /// [`RECORD_WAIT_AFTER`], and our last edit left no line, one naming less, or one written
-    /// a quarter of [`WAIT_LINE_SILENCE`] ago.
+    /// half of [`WAIT_LINE_SILENCE`] ago.
     fn line_due(&self) -> Option<Level> {
         let wait = self.wait?;
         let now = self.env.now();
@@ -657,7 +687,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         match self.line {
             Some(line)
                 if line.wants >= wait.wants
-                    && now.saturating_sub(line.written_at) < WAIT_LINE_SILENCE / 4 =>
+                    && now.saturating_sub(line.written_at) < WAIT_LINE_SILENCE / 2 =>
             {
                 None
             }
@@ -720,6 +750,11 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         }
         if to >= self.level && !changed_file {
             return Ok(None);
+        }
+        if to < Level::Reserved
+            && let Some(began) = self.write_began.take()
+        {
+            self.write_took = self.env.now().saturating_sub(began);
         }
         self.kept_write = KeptWrite::No;
         // A refused write request sends SQLite to its busy handler, which first lets go of

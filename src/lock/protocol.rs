@@ -381,6 +381,16 @@ impl LockTable {
         self.waiters.iter().find(|w| w.wants >= Level::Reserved)
     }
 
+    /// How many waiters for RESERVED stand before `me` in the writers' queue (all of them, if
+    /// `me` is not in it).
+    pub fn writers_ahead_of(&self, me: &OwnerId) -> usize {
+        self.waiters
+            .iter()
+            .take_while(|w| &w.owner != me)
+            .filter(|w| w.wants >= Level::Reserved)
+            .count()
+    }
+
     /// Whether a fresh request of `me` for RESERVED would find the writer's place free: no
     /// other holder at RESERVED or above, nobody ahead of `me` in the writers' queue.
     pub fn writers_turn(&self, me: &OwnerId) -> bool {

@@ -497,6 +497,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         if self.last_refused == Some(want)
             && self.refused_at_a_glance(want, self.line_due().is_some() && waits)
         {
+            // A refusal at a look is a refusal: a wait that lapsed (we stalled for a second)
+            // starts again here, or it would never be recorded while looks keep refusing.
+            self.note_refusal(want);
             return Ok(Acquired::Busy);
         }
         self.request_in_edit(want, false)
@@ -1721,6 +1724,30 @@ pub(crate) mod tests {
         assert!(table_of(&files).is_waiting(b.owner()));
         b.unlock(Level::None, false).unwrap();
         assert!(!table_of(&files).is_waiting(b.owner()));
+    }
+
+    /// Found on two NFS guests: a writer on the surviving guest stalled for over a second
+    /// while the other guest crashed, its wait lapsed, and from then on every retry was
+    /// refused at a look that recorded nothing, while a keeper committed 6 500 times.
+    #[test]
+    fn a_wait_that_lapsed_while_its_connection_stalled_is_recorded_again() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        write_transaction(&mut w);
+        assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+        // r stalls; meanwhile the keeper's idle release is published and it keeps again.
+        env.advance(WAIT_LINE_SILENCE);
+        w.settle(LATCH_WAIT).unwrap();
+        write_transaction(&mut w);
+        for _ in 0..3 {
+            assert_eq!(r.lock(Level::Shared).unwrap(), Acquired::Busy);
+            env.advance(RECORD_WAIT_AFTER);
+        }
+        assert!(
+            table_of(&files).is_waiting(r.owner()),
+            "r's wait is not in the table: the keeper never gives way"
+        );
     }
 
     #[test]

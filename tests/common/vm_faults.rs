@@ -63,7 +63,9 @@ pub fn recovery_after(tb: &mut VmTestbed, label: &str, fault: GuestFault) {
     let plan = fault_plan(tb, label);
     let mut run = FaultRun::start(&plan);
     let stalled = run.wait_for_progress(Duration::from_secs(180));
-    assert!(stalled.is_empty(), "writers {stalled:?} never committed");
+    if !stalled.is_empty() {
+        fail_keeping_evidence(run, label, &stalled, "never committed");
+    }
     let (first, second): (Vec<usize>, Vec<usize>) = (0..plan.writers).partition(|i| i % 2 == 0);
     let aimed = run.slots[0].wait_for_phase("reserved", Duration::from_secs(60));
     let at = Instant::now();
@@ -82,15 +84,18 @@ pub fn recovery_after(tb: &mut VmTestbed, label: &str, fault: GuestFault) {
         std::thread::sleep((at + LEASE * 3).saturating_duration_since(Instant::now()));
         tb.guests[0].thaw();
         let stalled = run.wait_for_progress(Duration::from_secs(180));
-        assert!(
-            stalled.is_empty(),
-            "writers {stalled:?} stuck after the thaw"
+        if !stalled.is_empty() {
+            fail_keeping_evidence(run, label, &stalled, "stuck after the thaw");
+        }
+    }
+    if !stalled.is_empty() {
+        fail_keeping_evidence(
+            run,
+            label,
+            &stalled,
+            "of the second guest never committed again",
         );
     }
-    assert!(
-        stalled.is_empty(),
-        "the second guest's writers {stalled:?} never committed again"
-    );
     let report = run.finish(Duration::from_secs(180));
     report.print(label);
     let server_lease = tb
@@ -104,4 +109,13 @@ pub fn recovery_after(tb: &mut VmTestbed, label: &str, fault: GuestFault) {
         LEASE.as_secs()
     );
     assert!(report.correct(), "{}", report.figures(label));
+}
+
+/// Ends a run whose writers `stalled`, keeping its evidence (worker logs and traces) for the
+/// failure report, then fails the test.
+fn fail_keeping_evidence(mut run: FaultRun, label: &str, stalled: &[usize], what: &str) -> ! {
+    run.stalled_writers = stalled.len() as u64;
+    let report = run.finish(Duration::from_secs(180));
+    report.print(label);
+    panic!("writers {stalled:?} {what}: {}", report.figures(label));
 }

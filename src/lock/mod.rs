@@ -596,10 +596,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 return false;
             };
             let now = self.env.now();
-            if table.writers_turn(&self.me)
-                || (self.line.is_some() && !table.is_waiting(&self.me))
-                || table.level_of(&self.me) != self.level
-            {
+            if table.writers_turn(&self.me) || self.table_differs_from_our_view(&table) {
                 return false;
             }
             if now >= deadline {
@@ -640,12 +637,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             tracing::trace!(want = %want, "glance: table unreadable");
             return false;
         };
-        if self.line.is_some() && !table.is_waiting(&self.me) {
-            tracing::trace!(want = %want, "glance: our waiting line is gone");
-            return false;
-        }
-        if table.level_of(&self.me) != self.level {
-            tracing::trace!(want = %want, recorded = %table.level_of(&self.me), "glance: our entry differs");
+        if self.table_differs_from_our_view(&table) {
+            tracing::trace!(want = %want, recorded = %table.level_of(&self.me), "glance: our entry or waiting line differs");
             return false;
         }
         let mut trial = table.clone();
@@ -658,6 +651,13 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             return false;
         }
         !self.someone_in_the_way_suspected_dead(&table)
+    }
+
+    /// Whether `table`, read without the latch, shows our entry at another level than we hold,
+    /// or lacks the waiting line our last edit left: only an edit can settle that.
+    fn table_differs_from_our_view(&self, table: &LockTable) -> bool {
+        table.level_of(&self.me) != self.level
+            || (self.line.is_some() && !table.is_waiting(&self.me))
     }
 
     /// Whether a holder or a waiting line of others in `table` would be removed as stale by an

@@ -142,6 +142,12 @@ const WRITE_RETRY_WINDOW: Duration = Duration::from_millis(250);
 /// sooner than they are done). The head looks at most [`TURN_POLL`]`.1` apart, the others at
 /// most [`TURN_WAIT`] apart.
 const TURN_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(25));
+/// How long a writer keeps its write lock past its transactions once it sees others waiting,
+/// counted for each waiting line from when we first saw it (see "Kept write locks"): four of
+/// our own write transactions, within these bounds. A turn handed to another host costs that
+/// host a fresh view of the database; a short burst shares that cost among a few commits.
+const KEEP_TURN_FOR: (Duration, Duration) = (Duration::from_millis(25), Duration::from_millis(250));
+const KEEP_TURN_TRANSACTIONS: u32 = 4;
 
 /// Time, sleep and same-host liveness: the environment a lock runs in (faked in tests).
 pub trait Environment: Send + Sync {
@@ -257,12 +263,15 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     turn_wait: Duration,
     /// When our current write transaction was granted RESERVED.
     write_began: Option<Duration>,
+    /// When an edit last granted us RESERVED: our turn at writing began then, and a burst
+    /// kept past waiters ([`KEEP_TURN_FOR`]) counts from then at the earliest.
+    turn_began: Duration,
     /// How long our last write transaction held RESERVED or above: paces our looks while we
     /// wait for a turn.
     write_took: Duration,
-    /// The table showed somebody else waiting when we last read it: a write lock is then
-    /// not kept past its transaction.
-    others_waiting: bool,
+    /// The other connections' waiting lines we saw when we last read the table, and since
+    /// when: a write lock is kept past its transaction only for a short burst after them.
+    waiters_seen: WaitersSeen,
     /// Our entry was removed by others while we held a lock: every request fails, and the
     /// lease reads as expired, until SQLite unlocks to NONE.
     lease_lost: bool,
@@ -293,6 +302,62 @@ struct Line {
     wants: Level,
     /// The latch time of the edit that wrote `seq`.
     written_at: Duration,
+}
+
+/// When we first saw each other connection's wait, on our clock. A line rewritten while its
+/// owner goes on asking is the same wait; so is a line that gave way to an entry and came
+/// back (a writer granted SHARED, then refused RESERVED). A wait ends when its owner is
+/// neither waiting nor holding anything.
+#[derive(Debug, Default)]
+struct WaitersSeen(Vec<SeenWaiting>);
+
+#[derive(Debug)]
+struct SeenWaiting {
+    owner: OwnerId,
+    since: Duration,
+    /// What the table we last read shows it waiting for: RESERVED, SHARED, or nothing (only
+    /// its entry is there).
+    wants: Level,
+}
+
+impl WaitersSeen {
+    fn observe(&mut self, table: &LockTable, me: &OwnerId, now: Duration) {
+        self.0
+            .retain(|s| table.is_waiting(&s.owner) || table.level_of(&s.owner) > Level::None);
+        for s in self.0.iter_mut() {
+            s.wants = table.waiter(&s.owner).map_or(Level::None, |w| w.wants);
+        }
+        for w in table.waiters.iter().filter(|w| &w.owner != me) {
+            if !self.0.iter().any(|s| s.owner == w.owner) {
+                self.0.push(SeenWaiting {
+                    owner: w.owner.clone(),
+                    since: now,
+                    wants: w.wants,
+                });
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.0.iter().any(|s| s.wants > Level::None)
+    }
+
+    /// Whether every wait the table shows is a writer's in the writers' queue, and none has
+    /// lasted `burst` since `turn_began` as far as we know. A reader's wait is never
+    /// prolonged: a connection refused SHARED sleeps in SQLite's busy handler, and would miss
+    /// the turn when it comes.
+    fn all_in_queue_for_less_than(
+        &self,
+        burst: Duration,
+        turn_began: Duration,
+        now: Duration,
+    ) -> bool {
+        self.0.iter().all(|s| {
+            s.wants == Level::None
+                || (s.wants == Level::Reserved
+                    && now.saturating_sub(s.since.max(turn_began)) < burst)
+        })
+    }
 }
 
 /// A write lock kept past the end of its transaction (see "Kept write locks").
@@ -372,8 +437,9 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             line: None,
             turn_wait: TURN_WAIT,
             write_began: None,
+            turn_began: Duration::ZERO,
             write_took: Duration::ZERO,
-            others_waiting: false,
+            waiters_seen: WaitersSeen::default(),
             lease_lost: false,
             sweep_log: None,
         }
@@ -532,7 +598,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         match granted {
             Some(level) if level >= Level::Reserved => {
                 self.wait = None;
-                self.write_began.get_or_insert(self.env.now());
+                self.turn_began = self.env.now();
+                self.write_began.get_or_insert(self.turn_began);
             }
             Some(_) => {}
             None => self.note_refusal(want),
@@ -562,6 +629,15 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
     /// See [`WRITE_RETRY_WINDOW`].
     fn write_retry_window(&self) -> Duration {
         WRITE_RETRY_WINDOW.max(self.write_took * 8)
+    }
+
+    /// Whether a write lock we kept may serve another transaction although others wait: every
+    /// line we see is younger than our burst ([`KEEP_TURN_FOR`]).
+    fn in_a_burst(&self) -> bool {
+        let burst =
+            (self.write_took * KEEP_TURN_TRANSACTIONS).clamp(KEEP_TURN_FOR.0, KEEP_TURN_FOR.1);
+        self.waiters_seen
+            .all_in_queue_for_less_than(burst, self.turn_began, self.env.now())
     }
 
     /// A refusal of SHARED or RESERVED starts or continues our wait (see "Waiting lines").
@@ -719,8 +795,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             return None;
         }
         let table = self.glance_at_table()?;
-        self.others_waiting = table.others_waiting(&self.me);
-        if !table.kept_reusable_by(&self.me, kept) {
+        self.waiters_seen.observe(&table, &self.me, self.env.now());
+        if !table.kept_reusable_by(&self.me, kept, self.in_a_burst()) {
             return None;
         }
         self.level = Level::Shared;
@@ -787,7 +863,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             // The end of a write transaction keeps the write lock (see "Kept write locks");
             // the end of a read lets SHARED linger.
             (Level::Shared, Level::None) if self.in_table == Level::Exclusive => {
-                !refused_write && !self.others_waiting && !line_to_drop
+                !refused_write && (!self.waiters_seen.any() || self.in_a_burst()) && !line_to_drop
             }
             (Level::Shared, Level::None) => {
                 !changed_file && self.owed_since.is_none() && !refused_write && !line_to_drop
@@ -1043,7 +1119,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
                 _ => latch.taken_at,
             },
         });
-        self.others_waiting = table.others_waiting(&self.me);
+        self.waiters_seen.observe(&table, &self.me, self.env.now());
         self.stale.retain_current(&table);
         Ok(Some((result, table.generation)))
     }
@@ -1199,6 +1275,18 @@ pub(crate) mod tests {
         }
 
         /// Reads of the file `name` so far.
+        pub fn table_debug(&self) -> String {
+            let t = self
+                .files
+                .lock()
+                .get(&LockFileName::Table)
+                .cloned()
+                .unwrap_or_default();
+            format!(
+                "{:?}",
+                LockTable::decode(&t).map(|t| (t.holders, t.waiters))
+            )
+        }
         pub fn reads_of(&self, name: LockFileName) -> u64 {
             self.reads.lock().get(&name).copied().unwrap_or(0)
         }
@@ -1653,10 +1741,11 @@ pub(crate) mod tests {
         let (files, env, mut a, mut b) = a_writer_and_a_queued_one();
         let mut c = client(&files, &env, "h3", 3);
         assert!(granted(a.lock(Level::Exclusive).unwrap()));
+        env.advance(KEEP_TURN_FOR.1);
         a.unlock(Level::Shared, true).unwrap();
         assert!(
             a.unlock(Level::None, false).unwrap().is_some(),
-            "b waits: published"
+            "b waits, a's burst is over: published"
         );
         // A newcomer reads, but may not write ahead of b.
         assert!(granted(c.lock(Level::Shared).unwrap()));
@@ -1666,6 +1755,39 @@ pub(crate) mod tests {
         assert!(granted(b.lock(Level::Shared).unwrap()));
         assert!(granted(b.lock(Level::Reserved).unwrap()));
         assert!(table_of(&files).waiters.is_empty());
+    }
+
+    #[test]
+    fn a_writer_keeps_its_turn_for_a_short_burst_past_the_writers_queue_then_gives_way() {
+        let (files, env, mut a, mut b) = a_writer_and_a_queued_one();
+        assert!(granted(a.lock(Level::Exclusive).unwrap()));
+        a.unlock(Level::Shared, true).unwrap();
+        assert_eq!(a.unlock(Level::None, false).unwrap(), None, "kept");
+        // Inside its burst, a's transactions reuse the kept lock, one look each, and b's
+        // retries are refused by looks (at once: a wait inside them would run the clock).
+        b.turn_wait = Duration::ZERO;
+        let writes = table_writes(&files);
+        let mut kept = 0;
+        while let Acquired::Granted { kept: true, .. } = a.lock(Level::Shared).unwrap() {
+            assert_eq!(table_writes(&files), writes, "no edit in the burst");
+            assert!(granted(a.lock(Level::Reserved).unwrap()));
+            assert!(granted(a.lock(Level::Exclusive).unwrap()));
+            a.unlock(Level::Shared, true).unwrap();
+            a.unlock(Level::None, false).unwrap();
+            kept += 1;
+            assert_eq!(b.lock(Level::Shared).unwrap(), Acquired::Busy);
+            env.advance(Duration::from_millis(5));
+        }
+        // a's transactions take no time here: the burst is the shortest, counted from when
+        // a first saw b's line (its EXCLUSIVE edit).
+        assert_eq!(kept, KEEP_TURN_FOR.0.as_millis() / 5);
+        // Then a gives way: that SHARED was an edit that published its release, and it
+        // queues behind b.
+        assert_eq!(table_of(&files).level_of(a.owner()), Level::Shared);
+        assert_eq!(a.lock(Level::Reserved).unwrap(), Acquired::Busy);
+        a.unlock(Level::None, false).unwrap();
+        assert!(granted(b.lock(Level::Shared).unwrap()));
+        assert!(granted(b.lock(Level::Reserved).unwrap()));
     }
 
     #[test]
@@ -1782,6 +1904,14 @@ pub(crate) mod tests {
                 self.writing = false;
                 self.retries = 0;
                 self.commits += 1;
+                if env.now() < Duration::from_millis(400) {
+                    eprintln!(
+                        "{:?} commit {} {:?}",
+                        env.now(),
+                        self.lock.me,
+                        self.lock.files.table_debug()
+                    );
+                }
                 return;
             }
             let began = granted(self.lock.lock(Level::Shared).unwrap());

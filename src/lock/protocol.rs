@@ -533,12 +533,13 @@ impl LockTable {
     /// Whether `me`'s entry, left at `kept` (SHARED or EXCLUSIVE) after its last transaction
     /// ended, may serve the next one as it is: `me`'s fresh requests from NONE up to `kept`
     /// would be granted (for EXCLUSIVE this holds by invariant 2), and a kept EXCLUSIVE
-    /// keeps nobody waiting for SHARED.
-    pub fn kept_reusable_by(&self, me: &OwnerId, kept: Level) -> bool {
+    /// keeps nobody waiting for SHARED, unless `in_a_burst`: its holder's short burst after
+    /// it first saw them waiting is not over (the clock is the holder's).
+    pub fn kept_reusable_by(&self, me: &OwnerId, kept: Level, in_a_burst: bool) -> bool {
         (kept == Level::Shared || kept == Level::Exclusive)
             && self.level_of(me) == kept
             && self.first_other_at_least(me, Level::Pending).is_none()
-            && (kept == Level::Shared || !self.others_waiting(me))
+            && (kept == Level::Shared || in_a_burst || !self.others_waiting(me))
     }
 
     /// Whether anybody (including `me`) holds RESERVED or above.
@@ -821,15 +822,19 @@ mod tests {
                 if t.holders.iter().any(|h| h.level == Level::Exclusive) {
                     assert_eq!(t.holders.len(), 1, "EXCLUSIVE not alone: {t:?}");
                 }
-                // A kept entry is reused only where fresh requests would be granted, and
-                // only while nobody waits for a level it stands in the way of.
-                for o in &owners {
+                // A kept entry is reused only where fresh requests would be granted, and,
+                // outside its holder's burst, only while nobody waits for a level it stands in
+                // the way of. In a burst it passes waiting lines, never a holder.
+                for (o, in_a_burst) in owners.iter().flat_map(|o| [(o, false), (o, true)]) {
                     let kept = t.level_of(o);
-                    if !t.kept_reusable_by(o, kept) {
+                    if !t.kept_reusable_by(o, kept, in_a_burst) {
                         continue;
                     }
                     let mut fresh = t.clone();
                     fresh.release(o, Level::None, 99, false);
+                    if in_a_burst {
+                        fresh.waiters.clear();
+                    }
                     for level in [Level::Shared, Level::Reserved, Level::Exclusive] {
                         if level <= kept {
                             assert!(
@@ -838,7 +843,7 @@ mod tests {
                             );
                         }
                     }
-                    for w in t.waiters.iter().filter(|w| &w.owner != o) {
+                    for w in t.waiters.iter().filter(|w| &w.owner != o && !in_a_burst) {
                         let mut fresh = t.clone();
                         assert!(
                             fresh.request(&w.owner, Level::Shared, 99).is_ok(),

@@ -3,8 +3,8 @@
 //! This module owns two operations:
 //! - [`examine`] (`sqlite-netfs doctor`): a read-only look at the mode decision, the lock table
 //!   and tokens (parsed by `protocol`, read through `lock::files` with `O_NOFOLLOW`, or as a
-//!   token link's target), the holders'
-//!   liveness, the journal, `-wal`/`-shm` companions, the lock files' type, owner and mode, and
+//!   token link's target), the holders' liveness, the waiting lines and the writers' queue,
+//!   the journal, `-wal`/`-shm` companions, the lock files' type, owner and mode, and
 //!   hazards in the mount table. It creates, writes and removes nothing.
 //! - [`unlock_stale`] (`sqlite-netfs unlock --stale`): removal of what dead holders left, by
 //!   the lock protocol's own edit (`lock::DbLock::sweep_stale`) under its latch.
@@ -111,11 +111,7 @@ pub struct HolderReport {
 impl HolderReport {
     /// Its host as people read it: `this host`, or the other host's id.
     pub fn host_label(&self) -> &str {
-        if self.this_host {
-            "this host"
-        } else {
-            &self.host
-        }
+        labelled(&self.host, self.this_host)
     }
 }
 
@@ -146,7 +142,11 @@ fn owner_label(contents: &str) -> &str {
 
 /// A holder's host as people read it, `this host` when it is `me`.
 fn host_label<'a>(host: &'a str, me: &str) -> &'a str {
-    if host == me { "this host" } else { host }
+    labelled(host, host == me)
+}
+
+fn labelled(host: &str, this_host: bool) -> &str {
+    if this_host { "this host" } else { host }
 }
 
 /// The lock table file as read.
@@ -179,6 +179,28 @@ pub enum JournalState {
     },
 }
 
+/// One waiting line of the lock table: a connection refused SHARED or RESERVED for a while
+/// (`lock`, "Waiting lines").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaiterReport {
+    pub host: String,
+    pub pid: u32,
+    pub connection: u64,
+    /// `SHARED` or `RESERVED`.
+    pub wants: String,
+    pub this_host: bool,
+    /// Its place in the writers' queue, from 1, if it waits for RESERVED: only the first may
+    /// be granted RESERVED.
+    pub place: Option<usize>,
+}
+
+impl WaiterReport {
+    /// Its host as people read it: `this host`, or the other host's id.
+    pub fn host_label(&self) -> &str {
+        labelled(&self.host, self.this_host)
+    }
+}
+
 /// What [`examine`] found.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -187,6 +209,8 @@ pub struct Report {
     pub detection: Detection,
     pub table: TableState,
     pub holders: Vec<HolderReport>,
+    /// The waiting lines, in the table's order.
+    pub waiters: Vec<WaiterReport>,
     pub latch: Option<TokenReport>,
     pub break_token: Option<TokenReport>,
     pub journal: JournalState,
@@ -320,6 +344,13 @@ pub fn examine(
                 .collect()
         })
         .unwrap_or_default();
+    let waiters = snapshot
+        .table
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .map(|t| waiter_reports(t, me))
+        .unwrap_or_default();
     let token = |name: LockFileName, read: &Result<Option<Vec<u8>>, String>| {
         let contents = read.as_ref().ok()?.as_ref()?;
         let owner = parse_owner(contents);
@@ -369,6 +400,7 @@ pub fn examine(
         detection,
         table,
         holders,
+        waiters,
         latch,
         break_token,
         journal,
@@ -384,6 +416,28 @@ pub fn examine(
 }
 
 /// The database path made absolute, after checking that it names an existing file.
+fn waiter_reports(table: &LockTable, me: &str) -> Vec<WaiterReport> {
+    let mut writers_ahead = 0;
+    table
+        .waiters
+        .iter()
+        .map(|w| {
+            let place = (w.wants >= Level::Reserved).then(|| {
+                writers_ahead += 1;
+                writers_ahead
+            });
+            WaiterReport {
+                host: w.owner.host.clone(),
+                pid: w.owner.pid,
+                connection: w.owner.conn,
+                wants: w.wants.to_string(),
+                this_host: w.owner.host == me,
+                place,
+            }
+        })
+        .collect()
+}
+
 fn existing_database(db: &Path) -> Result<PathBuf, String> {
     if db.as_os_str().is_empty() {
         return Err("an empty path names no database".into());
@@ -1206,6 +1260,22 @@ pub fn to_json(report: &Report, check: Option<&CheckJson<'_>>) -> String {
         })
         .collect();
     field(&mut out, "holders", &format!("[{}]", holders.join(",")));
+    let waiters: Vec<String> = report
+        .waiters
+        .iter()
+        .map(|w| {
+            format!(
+                r#"{{"host":{},"pid":{},"connection":{},"wants":{},"this_host":{},"writers_queue_place":{}}}"#,
+                json_str(&w.host),
+                w.pid,
+                w.connection,
+                json_str(&w.wants),
+                w.this_host,
+                w.place.map_or("null".to_owned(), |p| p.to_string()),
+            )
+        })
+        .collect();
+    field(&mut out, "waiting", &format!("[{}]", waiters.join(",")));
     for (key, token) in [("latch", &report.latch), ("break", &report.break_token)] {
         let value = token.as_ref().map_or("null".to_owned(), |t| {
             format!(
@@ -1296,6 +1366,42 @@ pub fn json_str(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::protocol::Waiter;
+
+    #[test]
+    fn only_waiters_for_reserved_have_places_in_the_writers_queue_in_table_order() {
+        let waiter = |host: &str, pid, wants| Waiter {
+            owner: OwnerId {
+                host: host.into(),
+                pid,
+                start: 0,
+                conn: 1,
+            },
+            seq: 1,
+            wants,
+        };
+        let table = LockTable {
+            waiters: vec![
+                waiter("h1", 1, Level::Reserved),
+                waiter("h2", 2, Level::Shared),
+                waiter("h1", 3, Level::Reserved),
+            ],
+            ..LockTable::default()
+        };
+        let reports = waiter_reports(&table, "h1");
+        let shown: Vec<_> = reports
+            .iter()
+            .map(|w| (w.pid, w.wants.as_str(), w.place, w.host_label()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (1, "RESERVED", Some(1), "this host"),
+                (2, "SHARED", None, "h2"),
+                (3, "RESERVED", Some(2), "this host"),
+            ]
+        );
+    }
 
     fn mount(point: &Path, fstype: &str, options: &str) -> MountEntry {
         MountEntry {

@@ -390,3 +390,43 @@ fn a_database_file_that_is_itself_a_bind_mount_is_a_problem() {
     // Outside the namespace the file was never mounted over.
     assert_eq!(std::fs::metadata(&seen).unwrap().len(), 0);
 }
+
+#[test]
+fn a_connection_waiting_behind_a_writer_is_shown_with_what_it_waits_for() {
+    let (_dir, db) = cli_support::network_database(50);
+    let writer = Holder::start(&db, Hold::Write, None);
+    sqlite_netfs::register().unwrap();
+    let uri = cli_support::uri(&db);
+    // The writer spilled its pages: it holds EXCLUSIVE, so this connection is refused even
+    // SHARED, and after 20 ms of refusals the table records its wait.
+    let waiter = std::thread::spawn(move || {
+        let conn = sqlite_netfs::rusqlite::Connection::open(uri).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(20))
+            .unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE; UPDATE t SET x = 1; COMMIT;")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = run(&["doctor", path(&db), "--json", "--no-wait"]);
+    let json = out.stdout.trim();
+    let waiting = &json[json.find(r#""waiting":["#).expect("a waiting list")..];
+    let waiting = &waiting[..waiting.find(']').unwrap()];
+    let pid = std::process::id();
+    assert!(
+        waiting.contains(&format!(r#""pid":{pid},"connection":"#))
+            && waiting.contains(r#""wants":"SHARED","this_host":true,"writers_queue_place":null"#),
+        "{json}"
+    );
+    let text = run(&["doctor", path(&db), "--no-wait"]);
+    let shown = text
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("waiting"))
+        .unwrap_or_else(|| panic!("no waiting line in {}", text.stdout));
+    assert!(
+        shown.contains(&format!("this host pid {pid} connection "))
+            && shown.ends_with(": for SHARED"),
+        "{shown}"
+    );
+    assert!(writer.commit());
+    waiter.join().unwrap().unwrap();
+}

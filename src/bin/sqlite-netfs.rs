@@ -236,8 +236,9 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
             generation,
             latch_breaks,
         } => println!(
-            "lock table  generation {generation}, latch breaks {latch_breaks}, {} holder(s)",
-            r.holders.len()
+            "lock table  generation {generation}, latch breaks {latch_breaks}, {} holder(s), {} waiting",
+            r.holders.len(),
+            r.waiters.len()
         ),
         TableState::Unreadable(why) => println!("lock table  unreadable: {why}"),
     }
@@ -254,6 +255,20 @@ fn print_report(r: &Report, check: Option<(CheckKind, &[String])>) {
             h.pid,
             h.connection,
             h.liveness
+        );
+    }
+    for w in &r.waiters {
+        let place = match w.place {
+            Some(1) => ", first in the writers' queue".to_owned(),
+            Some(n) => format!(", number {n} in the writers' queue"),
+            None => String::new(),
+        };
+        println!(
+            "  waiting   {} pid {} connection {}: for {}{place}",
+            w.host_label(),
+            w.pid,
+            w.connection,
+            w.wants
         );
     }
     for (label, token) in [("latch", &r.latch), ("break", &r.break_token)] {

@@ -20,7 +20,7 @@
 //! | unlock                                   | the table gets                 | published by |
 //! |------------------------------------------|--------------------------------|--------------|
 //! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
-//! | SHARED → NONE after a write that reached EXCLUSIVE, nobody seen waiting | nothing yet: the write lock is kept | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
+//! | SHARED → NONE after a write that reached EXCLUSIVE, nobody seen waiting but writers queued for less than a burst | nothing yet: the write lock is kept | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | any other, and SHARED → NONE after a refused RESERVED or EXCLUSIVE (SQLite's busy handler lets go of SHARED before it sleeps) | the release | this edit |
 //!
@@ -29,7 +29,9 @@
 //! latch-free look at the table ([`LockTable::kept_reusable_by`]): a lingering SHARED, which
 //! no writer can pass meanwhile, or a kept EXCLUSIVE, which nobody can pass at all and which
 //! then also grants that transaction's RESERVED and EXCLUSIVE without an edit. A kept
-//! EXCLUSIVE is not reused while anybody waits.
+//! EXCLUSIVE is not reused while anybody waits, except in a short burst while only writers in
+//! the writers' queue wait ([`KEEP_TURN_FOR`], counted from the start of our turn or the
+//! first sight of each line, whichever is later).
 //!
 //! # Waiting lines
 //! | a connection | what it does |

@@ -20,8 +20,9 @@
 //! ([`LockTable::note_waiting`]) until it is granted what it waits for. Waiting lines do two
 //! things:
 //! - a writer that kept its entry after its transaction ended reuses it for the next one
-//!   only while nobody waits (see [`LockTable::kept_reusable_by`]): every request of another
-//!   connection starts with SHARED, and that is what a kept write lock refuses;
+//!   only while nobody waits, or in a short burst its holder times (see
+//!   [`LockTable::kept_reusable_by`]): every request of another connection starts with
+//!   SHARED, and that is what a kept write lock refuses;
 //! - the waiters for RESERVED form the writers' queue, in the order they were recorded: while
 //!   one waits, nobody else is granted RESERVED ([`LockTable::first_in_writers_queue`]). A
 //!   writer's retry lands at a moment its busy handler picks, and without the queue a

@@ -37,7 +37,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use crate::client_cache::{SizeRefresh, retry_eio};
 
@@ -127,6 +130,32 @@ impl TokenStyle {
     }
 }
 
+/// How a [`DirLockFiles`] gets at the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableAccess {
+    /// Opened by name for every look and every edit: each open asks the server afresh
+    /// (close-to-open), which sshfs, SMB and FUSE clients need for a fresh view.
+    OpenEachTime,
+    /// One descriptor kept open; for the kernel NFS client, reading and writing past the
+    /// client's cache (`direct`: `O_DIRECT`, so every read asks the server). Every open of a file is an NFSv4 OPEN, and a CLOSE follows;
+    /// all processes of one user on a client share one open-owner, and Linux 6.1's client
+    /// lets an OPEN wait in `update_open_stateid` for as long as other processes keep opening
+    /// and closing the same file (kernel stacks sampled in a guest: a writer's heartbeat
+    /// thread there for 362 s while the writer beside it committed 5 000 times; it went on
+    /// the moment the others stopped). Before each edit the name is checked to still be this
+    /// file, so a table deleted and made anew is opened again.
+    KeptOpen { direct: bool },
+}
+
+impl TableAccess {
+    pub fn for_fs_type(fs_type: &str) -> TableAccess {
+        match fs_type {
+            "nfs" | "nfs4" => TableAccess::KeptOpen { direct: true },
+            _ => TableAccess::OpenEachTime,
+        }
+    }
+}
+
 /// Lock files next to a database file.
 #[derive(Debug, Clone)]
 pub struct DirLockFiles {
@@ -134,6 +163,9 @@ pub struct DirLockFiles {
     style: TokenStyle,
     /// How the table's size is asked of the server when a read of it comes back short.
     size_refresh: SizeRefresh,
+    table_access: TableAccess,
+    /// The table's descriptor under [`TableAccess::KeptOpen`], once opened.
+    kept_table: Arc<Mutex<Option<Arc<File>>>>,
 }
 
 /// How long `remove` keeps retrying a file that SMB refuses to remove because another client
@@ -153,7 +185,58 @@ impl DirLockFiles {
             db_path: db_path.to_owned(),
             style,
             size_refresh,
+            table_access: TableAccess::OpenEachTime,
+            kept_table: Arc::default(),
         }
+    }
+
+    /// These lock files with the table reached as `access` says.
+    pub fn with_table_access(mut self, access: TableAccess) -> DirLockFiles {
+        self.table_access = access;
+        self
+    }
+
+    /// The kept table descriptor ([`TableAccess::KeptOpen`]), opened if there is none.
+    /// `check_name`: first make sure the table's name still leads to it (before an edit).
+    fn kept_table(&self, check_name: bool) -> io::Result<Arc<File>> {
+        let mut kept = self.kept_table.lock();
+        if let Some(file) = kept.as_ref() {
+            if !check_name || self.names_the_table(file)? {
+                return Ok(file.clone());
+            }
+            tracing::warn!(table = %self.describe(LockFileName::Table), "the lock table was replaced; opening it again");
+        }
+        let direct = matches!(self.table_access, TableAccess::KeptOpen { direct: true });
+        let file = Arc::new(self.open_table_file(if direct { libc::O_DIRECT } else { 0 })?);
+        *kept = Some(file.clone());
+        Ok(file)
+    }
+
+    /// Whether the table's name leads to `file` (not to a table deleted and made anew, nor to
+    /// nothing). A planted link there is an error, as the open with `O_NOFOLLOW` would be.
+    fn names_the_table(&self, file: &File) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let at_name = match std::fs::symlink_metadata(self.path(LockFileName::Table)) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.context(LockFileName::Table, "stat", e)),
+        };
+        if at_name.file_type().is_symlink() {
+            return Err(self.context(
+                LockFileName::Table,
+                "open",
+                io::Error::from_raw_os_error(libc::ELOOP),
+            ));
+        }
+        let open = file
+            .metadata()
+            .map_err(|e| self.context(LockFileName::Table, "stat", e))?;
+        Ok((at_name.dev(), at_name.ino()) == (open.dev(), open.ino()))
+    }
+
+    /// Forgets a kept table descriptor that failed: the next use opens the table again.
+    fn drop_kept_table(&self) {
+        *self.kept_table.lock() = None;
     }
 
     /// `O_CREAT|O_EXCL`; `Ok(false)` when the file is there.
@@ -379,8 +462,9 @@ impl DirLockFiles {
     }
 
     /// Read-write, created if missing; read-only where the filesystem allows no more, so a
-    /// reader still gets the table's own error message from the rewrite.
-    fn open_table_file(&self) -> io::Result<File> {
+    /// reader still gets the table's own error message from the rewrite. `flags`: more
+    /// open flags (`O_DIRECT`).
+    fn open_table_file(&self, flags: i32) -> io::Result<File> {
         let path = self.path(LockFileName::Table);
         let open = |write: bool| {
             retry_eio(|| {
@@ -388,7 +472,7 @@ impl DirLockFiles {
                     .read(true)
                     .write(write)
                     .create(write)
-                    .custom_flags(libc::O_NOFOLLOW)
+                    .custom_flags(libc::O_NOFOLLOW | flags)
                     .open(&path)
             })
         };
@@ -552,6 +636,13 @@ impl LockFiles for DirLockFiles {
                     .unwrap_or_default(),
             ));
         }
+        if name == LockFileName::Table && self.table_access != TableAccess::OpenEachTime {
+            let file = self.kept_table(false)?;
+            return read_whole(&file).map(Some).map_err(|e| {
+                self.drop_kept_table();
+                self.context(name, "read", e)
+            });
+        }
         if name == LockFileName::Table {
             return self.read_path(name, &self.path(name));
         }
@@ -559,7 +650,10 @@ impl LockFiles for DirLockFiles {
     }
 
     fn open_table(&self) -> io::Result<DirTableFile> {
-        let file = self.open_table_file()?;
+        let file = match self.table_access {
+            TableAccess::OpenEachTime => Arc::new(self.open_table_file(0)?),
+            TableAccess::KeptOpen { .. } => self.kept_table(true)?,
+        };
         Ok(DirTableFile {
             files: self.clone(),
             file,
@@ -609,12 +703,12 @@ fn read_whole(file: &File) -> io::Result<Vec<u8>> {
 /// The table of a [`DirLockFiles`], open for one edit.
 pub struct DirTableFile {
     files: DirLockFiles,
-    file: File,
+    file: Arc<File>,
 }
 
 impl TableFile for DirTableFile {
     fn read_all(&mut self) -> io::Result<Vec<u8>> {
-        read_whole(&self.file).map_err(|e| self.files.context(LockFileName::Table, "read", e))
+        read_whole(&self.file).map_err(|e| self.failed("read", e))
     }
 
     fn revalidate(&mut self) -> io::Result<()> {
@@ -622,7 +716,11 @@ impl TableFile for DirTableFile {
         // it (see [`SizeRefresh`]): on sshfs the open's refresh alone loses its race with any
         // other write on the mount, so a table another process had just grown kept reading
         // short until the edit gave up with an I/O error (seen under ordinary contention).
-        self.file = self.files.open_table_file()?;
+        self.files.drop_kept_table();
+        self.file = match self.files.table_access {
+            TableAccess::OpenEachTime => Arc::new(self.files.open_table_file(0)?),
+            TableAccess::KeptOpen { .. } => self.files.kept_table(false)?,
+        };
         let path = self.files.path(LockFileName::Table);
         let refresh = self.files.size_refresh;
         retry_eio(|| refresh.server_size(&self.file, &path))
@@ -637,7 +735,16 @@ impl TableFile for DirTableFile {
     fn write_all(&mut self, contents: &[u8]) -> io::Result<()> {
         self.file
             .write_all_at(contents, 0)
-            .map_err(|e| self.files.context(LockFileName::Table, "write", e))
+            .map_err(|e| self.failed("write", e))
+    }
+}
+
+impl DirTableFile {
+    /// A failed kept descriptor is not used again (the file may be gone, or the server lost
+    /// its state).
+    fn failed(&self, op: &str, e: io::Error) -> io::Error {
+        self.files.drop_kept_table();
+        self.files.context(LockFileName::Table, op, e)
     }
 }
 
@@ -696,6 +803,45 @@ mod tests {
             "times not set"
         );
         assert_eq!(std::fs::read(&path).unwrap(), vec![1u8; 5000]);
+    }
+
+    #[test]
+    fn a_kept_table_descriptor_serves_looks_and_edits_and_an_edit_follows_a_table_made_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_for(&dir.path().join("app.db"), TokenStyle::File)
+            .with_table_access(TableAccess::KeptOpen { direct: false });
+        files.open_table().unwrap().write_all(b"first").unwrap();
+        assert_eq!(files.read(LockFileName::Table).unwrap().unwrap(), b"first");
+        // Somebody deletes the table and makes a new one under its name.
+        let path = files.path(LockFileName::Table);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"second").unwrap();
+        // A look may still read the old file; an edit checks the name and opens the new one.
+        let mut edit = files.open_table().unwrap();
+        assert_eq!(edit.read_all().unwrap(), b"second");
+        assert_eq!(files.read(LockFileName::Table).unwrap().unwrap(), b"second");
+        // A link planted at the name is refused, as the open by name refuses it.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
+        let refused = files.open_table().err().expect("a planted link");
+        assert_eq!(os_error_code(&refused), Some(libc::ELOOP), "{refused}");
+    }
+
+    #[test]
+    fn only_nfs_keeps_its_table_open() {
+        for fs in ["nfs", "nfs4"] {
+            assert_eq!(
+                TableAccess::for_fs_type(fs),
+                TableAccess::KeptOpen { direct: true }
+            );
+        }
+        for fs in ["fuse.sshfs", "cifs", "9p", "virtiofs", "ext4"] {
+            assert_eq!(
+                TableAccess::for_fs_type(fs),
+                TableAccess::OpenEachTime,
+                "{fs}"
+            );
+        }
     }
 
     #[test]

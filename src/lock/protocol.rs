@@ -9,7 +9,7 @@
 //! | request            | granted when                                   | otherwise                         |
 //! |--------------------|------------------------------------------------|-----------------------------------|
 //! | NONE -> SHARED     | no other holder is PENDING or EXCLUSIVE        | BUSY, no level recorded           |
-//! | SHARED -> RESERVED | no other holder is RESERVED or above, and no other connection heads the writers' queue | BUSY, stays SHARED |
+//! | SHARED -> RESERVED | no other holder is RESERVED or above, no other connection heads the writers' queue, and none waits for SHARED | BUSY, stays SHARED |
 //! | SHARED -> EXCLUSIVE (a hot-journal rollback) | no other holder at all    | BUSY, no level recorded (as `unixLock`, which takes PENDING only from RESERVED) |
 //! | RESERVED -> EXCLUSIVE | no other holder is RESERVED or above, then: no other holder at all | first step fails: BUSY, level kept; second: recorded as PENDING, BUSY |
 //! | PENDING -> EXCLUSIVE | no other holder at all                       | BUSY, stays PENDING               |
@@ -26,7 +26,9 @@
 //! - the waiters for RESERVED form the writers' queue, in the order they were recorded: while
 //!   one waits, nobody else is granted RESERVED ([`LockTable::first_in_writers_queue`]). A
 //!   writer's retry lands at a moment its busy handler picks, and without the queue a
-//!   writer committing back to back holds RESERVED at almost every such moment.
+//!   writer committing back to back holds RESERVED at almost every such moment;
+//! - a waiter for SHARED comes before them all: while one waits, nobody else is granted
+//!   RESERVED, so the writer past RESERVED finishes and the waiter gets its moment.
 //!
 //! Invariants the table keeps after every transition:
 //! 1. at most one holder is RESERVED, PENDING or EXCLUSIVE ("the writer");
@@ -412,10 +414,16 @@ impl LockTable {
         self.request(me, Level::Shared, seq)
     }
 
-    /// Refuses `me` the writer's place while another connection heads the writers' queue.
+    /// Refuses `me` the writer's place while another connection waits for SHARED or heads
+    /// the writers' queue. A wait for SHARED comes first: it needs only a moment without a
+    /// writer past RESERVED, and its owner asks again when SQLite's busy handler wakes it, so
+    /// a writer granted RESERVED meanwhile would take that moment away every time. (A writer
+    /// refused SHARED by a kept write lock waits for SHARED first, and starved so on kernel NFS.)
     fn queued_ahead_of(&self, me: &OwnerId) -> Option<Busy> {
-        self.first_in_writers_queue()
-            .filter(|w| &w.owner != me)
+        self.waiters
+            .iter()
+            .find(|w| &w.owner != me && w.wants == Level::Shared)
+            .or_else(|| self.first_in_writers_queue().filter(|w| &w.owner != me))
             .map(|w| Busy {
                 blocker: w.owner.clone(),
                 blocker_level: self.level_of(&w.owner),
@@ -791,6 +799,10 @@ mod tests {
                     continue; // and EXCLUSIVE only with a lock held
                 } else {
                     let head = t.first_in_writers_queue().map(|w| w.owner.clone());
+                    let reader_waits = t
+                        .waiters
+                        .iter()
+                        .any(|w| &w.owner != o && w.wants == Level::Shared);
                     // A hot-journal rollback (SHARED straight to EXCLUSIVE) passes the queue.
                     let rollback = have == Level::Shared && actions[a] == Level::Exclusive;
                     match t.request(o, actions[a], step) {
@@ -800,6 +812,10 @@ mod tests {
                             assert!(
                                 head.as_ref().is_none_or(|h| h == o),
                                 "{o} took the writer's place ahead of {head:?}: {t:?}"
+                            );
+                            assert!(
+                                !reader_waits,
+                                "{o} took the writer's place while another waits for SHARED: {t:?}"
                             );
                         }
                         Ok(_) => {}

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use crate::Options;
 use crate::client_cache::SizeRefresh;
 use crate::detect::mode::{self, Detection, Mode};
-use crate::lock::files::{DirLockFiles, LockFileName, TokenStyle};
+use crate::lock::files::{DirLockFiles, LockFileName, TableAccess, TokenStyle};
 use crate::lock::protocol::Level;
 use crate::lock::{DbLock, SystemEnvironment};
 use crate::network::database::OpenDatabase;
@@ -224,7 +224,8 @@ fn open_network(
         });
     }
     let refresh = SizeRefresh::for_fs_type(&detection.fs_type);
-    let files = DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type), refresh);
+    let files = DirLockFiles::new(path, TokenStyle::for_fs_type(&detection.fs_type), refresh)
+        .with_table_access(TableAccess::for_fs_type(&detection.fs_type));
     check_lock_files(&files).map_err(cant)?;
     let lock = Arc::new(Mutex::new(DbLock::new(
         files,

@@ -86,6 +86,8 @@ pub fn read_log(out: &Path) -> LogSummary {
             *s.errors.entry(kind.to_owned()).or_default() += 1;
         } else if line.starts_with("# unknown-outcome") {
             s.unknown_outcomes += 1;
+        } else if let Some(rest) = line.strip_prefix("# reader-progress checks=") {
+            s.reader_checks += rest.parse::<u64>().unwrap_or(0);
         } else if line.starts_with("# torn") {
             s.torn += 1;
         } else if let Some(rest) = line.strip_prefix("# done ") {

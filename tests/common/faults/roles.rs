@@ -279,8 +279,15 @@ fn fault_reader(job: &Job) {
         return tally.close(&mut log, "open-failed");
     };
     let mut rng = Rng::new(u64::from(std::process::id()) << 20 | u64::from(job.worker_id));
+    // Counted since the last progress line: a reader SIGKILLed by the driver never writes its
+    // `done` line, and its checks would be lost from the report.
     let mut checks = 0u64;
+    let mut reported_at = Instant::now();
     while !job.stop_file.exists() {
+        if reported_at.elapsed() >= Duration::from_secs(1) {
+            log.line(&format!("# reader-progress checks={checks}"));
+            (checks, reported_at) = (0, Instant::now());
+        }
         let result = (|| -> rusqlite::Result<(i64, i64)> {
             conn.execute_batch("BEGIN")?;
             let read = (|| {

@@ -10,8 +10,9 @@
 //! Every change follows the same four steps:
 //! 1. take the latch: create `-netfs-latch` exclusively, retrying with backoff for at most
 //!    [`LATCH_WAIT`] (the latch is held for milliseconds, never across a transaction);
-//! 2. open the table afresh and read it (a torn or short read fails its checksum and is read
-//!    again after revalidating the size);
+//! 2. open the table afresh (on NFS: take the descriptor `files` keeps, see
+//!    [`files::TableAccess`]) and read it (a torn or short read fails its checksum and is
+//!    read again after revalidating the size);
 //! 3. drop stale holders, apply the transition, write the table back through the same
 //!    descriptor if it changed;
 //! 4. remove the latch.

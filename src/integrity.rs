@@ -59,7 +59,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::client_cache::SizeRefresh;
-use crate::lock::files::{DirLockFiles, LockFileName, TokenStyle};
+use crate::lock::files::{DirLockFiles, LockFileName, TableAccess, TokenStyle};
 use crate::lock::protocol::Level;
 use crate::lock::{Acquired, DbLock, SystemEnvironment};
 
@@ -332,7 +332,8 @@ impl ReadLock {
             db,
             TokenStyle::for_fs_type(&fs_type),
             SizeRefresh::for_fs_type(&fs_type),
-        );
+        )
+        .with_table_access(TableAccess::for_fs_type(&fs_type));
         let mut lock = DbLock::new(
             files,
             SystemEnvironment,

@@ -5,8 +5,9 @@
 //! |------------------------|--------------------------------------------------------------------|
 //! | exclusive create of a token | decided by the server: `O_CREAT\|O_EXCL`, `symlink` on NFS, or `mkdir` on SMB (see [`TokenStyle`]) |
 //! | read of a fresh open   | a new open revalidates; a stale size is caught by the table checksum |
+//! | read through the table descriptor kept on NFS | `O_DIRECT`: every read is a READ at the server ([`TableAccess`]) |
 //! | read of a token link   | a forced `statx` of the entry first (a link's target is served from the client's cache without one) |
-//! | table edit             | read and rewritten through one new descriptor, closed before the latch goes |
+//! | table edit             | read and rewritten through one new descriptor, closed before the latch goes; on NFS through the kept one, after a forced `statx` of the name shows it is still that file, the direct write at the server when it returns |
 //! | unlink, rmdir          | decided by the server                                               |
 //!
 //! Never trusted for an answer: `stat`/`access`/`readdir` (served from stale client caches).
@@ -216,7 +217,16 @@ impl DirLockFiles {
     /// nothing). A planted link there is an error, as the open with `O_NOFOLLOW` would be.
     fn names_the_table(&self, file: &File) -> io::Result<bool> {
         use std::os::unix::fs::MetadataExt;
-        let at_name = match std::fs::symlink_metadata(self.path(LockFileName::Table)) {
+        let path = self.path(LockFileName::Table);
+        // The name as the server has it now, not as the client's caches remember it: a table
+        // made anew by another host is a new file there. (ESTALE here makes the kernel look
+        // the name up afresh for the stat below.)
+        if let Err(e) = retry_eio(|| crate::sys::revalidate_entry(&path))
+            && e.kind() == io::ErrorKind::NotFound
+        {
+            return Ok(false);
+        }
+        let at_name = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(self.context(LockFileName::Table, "stat", e)),
@@ -708,7 +718,17 @@ pub struct DirTableFile {
 
 impl TableFile for DirTableFile {
     fn read_all(&mut self) -> io::Result<Vec<u8>> {
-        read_whole(&self.file).map_err(|e| self.failed("read", e))
+        match read_whole(&self.file) {
+            Ok(bytes) => Ok(bytes),
+            // A kept descriptor whose file the server no longer has (ESTALE), or whose open
+            // state it lost: once more, through a fresh open by name, within this edit.
+            Err(_) if self.files.table_access != TableAccess::OpenEachTime => {
+                self.files.drop_kept_table();
+                self.file = self.files.kept_table(false)?;
+                read_whole(&self.file).map_err(|e| self.failed("read", e))
+            }
+            Err(e) => Err(self.failed("read", e)),
+        }
     }
 
     fn revalidate(&mut self) -> io::Result<()> {

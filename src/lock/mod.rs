@@ -21,7 +21,7 @@
 //! | unlock                                   | the table gets                 | published by |
 //! |------------------------------------------|--------------------------------|--------------|
 //! | RESERVED and above → SHARED (a commit)   | nothing yet                    | the NONE that follows, in one edit; else the heartbeat |
-//! | SHARED → NONE after a write that reached EXCLUSIVE, nobody seen waiting but writers queued for less than a burst | nothing yet: the write lock is kept | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
+//! | SHARED → NONE after a write that reached EXCLUSIVE, nobody seen waiting, or only queued writers within our burst | nothing yet: the write lock is kept | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | SHARED → NONE after a read transaction   | nothing yet: the entry lingers | the heartbeat after [`RELEASE_LINGER`] idle, the next edit, or closing |
 //! | any other, and SHARED → NONE after a refused RESERVED or EXCLUSIVE (SQLite's busy handler lets go of SHARED before it sleeps) | the release | this edit |
 //!
@@ -146,8 +146,9 @@ const WRITE_RETRY_WINDOW: Duration = Duration::from_millis(250);
 /// most [`TURN_WAIT`] apart.
 const TURN_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(25));
 /// How long a writer keeps its write lock past its transactions once it sees others waiting,
-/// counted for each waiting line from when we first saw it (see "Kept write locks"): four of
-/// our own write transactions, within these bounds. A turn handed to another host costs that
+/// counted for each waiting line from when we first saw it or from the start of our turn,
+/// whichever is later (see "Kept write locks"): four of our own write transactions, within
+/// these bounds. A turn handed to another host costs that
 /// host a fresh view of the database; a short burst shares that cost among a few commits.
 const KEEP_TURN_FOR: (Duration, Duration) = (Duration::from_millis(25), Duration::from_millis(250));
 const KEEP_TURN_TRANSACTIONS: u32 = 4;
@@ -266,8 +267,9 @@ pub struct DbLock<F: LockFiles, E: Environment> {
     turn_wait: Duration,
     /// When our current write transaction was granted RESERVED.
     write_began: Option<Duration>,
-    /// When an edit last granted us RESERVED: our turn at writing began then, and a burst
-    /// kept past waiters ([`KEEP_TURN_FOR`]) counts from then at the earliest.
+    /// When an edit last granted us RESERVED (not a hot-journal rollback's EXCLUSIVE): our
+    /// turn at writing began then, and a burst kept past waiters ([`KEEP_TURN_FOR`]) counts
+    /// from then at the earliest.
     turn_began: Duration,
     /// How long our last write transaction held RESERVED or above: paces our looks while we
     /// wait for a turn.
@@ -598,11 +600,18 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             Some(((Ok(level), _), _)) => Some(*level),
             _ => None,
         };
+        // A grant of what we waited for ends the wait, as it ends our line in the table.
+        // (A reader's wait left standing would make the release after a refused hot-journal
+        // rollback write a line for SHARED, which holds every writer back.)
+        if granted.is_some_and(|level| self.wait.is_some_and(|w| level >= w.wants)) {
+            self.wait = None;
+        }
         match granted {
             Some(level) if level >= Level::Reserved => {
-                self.wait = None;
-                self.turn_began = self.env.now();
-                self.write_began.get_or_insert(self.turn_began);
+                if want == Level::Reserved {
+                    self.turn_began = self.env.now();
+                }
+                self.write_began.get_or_insert(self.env.now());
             }
             Some(_) => {}
             None => self.note_refusal(want),
@@ -1278,18 +1287,6 @@ pub(crate) mod tests {
         }
 
         /// Reads of the file `name` so far.
-        pub fn table_debug(&self) -> String {
-            let t = self
-                .files
-                .lock()
-                .get(&LockFileName::Table)
-                .cloned()
-                .unwrap_or_default();
-            format!(
-                "{:?}",
-                LockTable::decode(&t).map(|t| (t.holders, t.waiters))
-            )
-        }
         pub fn reads_of(&self, name: LockFileName) -> u64 {
             self.reads.lock().get(&name).copied().unwrap_or(0)
         }
@@ -1907,14 +1904,6 @@ pub(crate) mod tests {
                 self.writing = false;
                 self.retries = 0;
                 self.commits += 1;
-                if env.now() < Duration::from_millis(400) {
-                    eprintln!(
-                        "{:?} commit {} {:?}",
-                        env.now(),
-                        self.lock.me,
-                        self.lock.files.table_debug()
-                    );
-                }
                 return;
             }
             let began = granted(self.lock.lock(Level::Shared).unwrap());
@@ -2005,6 +1994,30 @@ pub(crate) mod tests {
         // RESERVED takes an edit again: the lock is not kept once given up.
         assert!(granted(w.lock(Level::Reserved).unwrap()));
         assert_eq!(table_of(&files).level_of(w.owner()), Level::Reserved);
+    }
+
+    #[test]
+    fn a_refused_hot_journal_rollback_after_a_wait_for_shared_leaves_no_line_to_hold_writers() {
+        let (files, env) = (FakeFiles::default(), FakeEnv::default());
+        let mut w = client(&files, &env, "h1", 1);
+        let mut r = client(&files, &env, "h2", 2);
+        let mut q = client(&files, &env, "h3", 3);
+        take_exclusive(&mut w);
+        refused_shared_until_recorded(&mut r, &env);
+        w.unlock(Level::None, true).unwrap();
+        // r gets SHARED, finds the journal hot, and is refused its rollback (q reads).
+        assert!(granted(r.lock(Level::Shared).unwrap()));
+        assert!(granted(q.lock(Level::Shared).unwrap()));
+        assert_eq!(r.lock(Level::Exclusive).unwrap(), Acquired::Busy);
+        r.unlock(Level::None, false).unwrap();
+        assert!(
+            !table_of(&files).is_waiting(r.owner()),
+            "r waits for nothing a line could say: {:?}",
+            table_of(&files)
+        );
+        // So a writer is not held back by it.
+        assert!(granted(w.lock(Level::Shared).unwrap()));
+        assert!(granted(w.lock(Level::Reserved).unwrap()));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! | any -> NONE        | always (the entry is removed)                  |                                   |
 //!
 //! A connection refused SHARED or RESERVED for a while records itself as a [`Waiter`]
-//! ([`LockTable::note_waiting`]) until it is granted what it waits for. Waiting lines do two
+//! ([`LockTable::note_waiting`]) until it is granted what it waits for. Waiting lines do three
 //! things:
 //! - a writer that kept its entry after its transaction ended reuses it for the next one
 //!   only while nobody waits, or in a short burst its holder times (see

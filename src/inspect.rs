@@ -317,11 +317,8 @@ pub fn examine(
         },
         Err(why) => TableState::Unreadable(why.clone()),
     };
-    let holders: Vec<HolderReport> = snapshot
-        .table
-        .as_ref()
-        .ok()
-        .and_then(Option::as_ref)
+    let parsed = snapshot.table.as_ref().ok().and_then(Option::as_ref);
+    let holders: Vec<HolderReport> = parsed
         .map(|t| {
             t.holders
                 .iter()
@@ -344,13 +341,7 @@ pub fn examine(
                 .collect()
         })
         .unwrap_or_default();
-    let waiters = snapshot
-        .table
-        .as_ref()
-        .ok()
-        .and_then(Option::as_ref)
-        .map(|t| waiter_reports(t, me))
-        .unwrap_or_default();
+    let waiters = parsed.map(|t| waiter_reports(t, me)).unwrap_or_default();
     let token = |name: LockFileName, read: &Result<Option<Vec<u8>>, String>| {
         let contents = read.as_ref().ok()?.as_ref()?;
         let owner = parse_owner(contents);
@@ -368,8 +359,7 @@ pub fn examine(
     let latch = token(LockFileName::Latch, &snapshot.latch);
     let break_token = token(LockFileName::Break, &snapshot.break_token);
 
-    let levels = snapshot.table.as_ref().ok().and_then(Option::as_ref);
-    let levels = levels.map(|t| t.holders.iter().map(|h| h.level));
+    let levels = parsed.map(|t| t.holders.iter().map(|h| h.level));
     let writer_alive = levels
         .into_iter()
         .flatten()

@@ -138,8 +138,9 @@ pub enum TableAccess {
     /// (close-to-open), which sshfs, SMB and FUSE clients need for a fresh view.
     OpenEachTime,
     /// One descriptor kept open; for the kernel NFS client, reading and writing past the
-    /// client's cache (`direct`: `O_DIRECT`, so every read asks the server). Every open of a file is an NFSv4 OPEN, and a CLOSE follows;
-    /// all processes of one user on a client share one open-owner, and Linux 6.1's client
+    /// client's cache (`direct`: `O_DIRECT`, so every read asks the server). Every open of a
+    /// file is an NFSv4 OPEN, and a CLOSE follows; all processes of one user on a client
+    /// share one open-owner, and Linux 6.1's client
     /// lets an OPEN wait in `update_open_stateid` for as long as other processes keep opening
     /// and closing the same file (kernel stacks sampled in a guest: a writer's heartbeat
     /// thread there for 362 s while the writer beside it committed 5 000 times; it went on
@@ -166,7 +167,7 @@ pub struct DirLockFiles {
     size_refresh: SizeRefresh,
     table_access: TableAccess,
     /// The table's descriptor under [`TableAccess::KeptOpen`], once opened.
-    kept_table: Arc<Mutex<Option<Arc<File>>>>,
+    kept_table: Arc<Mutex<Option<KeptTable>>>,
 }
 
 /// How long `remove` keeps retrying a file that SMB refuses to remove because another client
@@ -197,26 +198,38 @@ impl DirLockFiles {
         self
     }
 
-    /// The kept table descriptor ([`TableAccess::KeptOpen`]), opened if there is none.
-    /// `check_name`: first make sure the table's name still leads to it (before an edit).
-    fn kept_table(&self, check_name: bool) -> io::Result<Arc<File>> {
+    /// The table's descriptor: a new one, or under [`TableAccess::KeptOpen`] the kept one,
+    /// opened if there is none. `check_name`: first make sure the table's name still leads to
+    /// the kept one (before an edit).
+    fn table_descriptor(&self, check_name: bool) -> io::Result<Arc<File>> {
+        let TableAccess::KeptOpen { direct } = self.table_access else {
+            return Ok(Arc::new(self.open_table_file(0)?));
+        };
         let mut kept = self.kept_table.lock();
-        if let Some(file) = kept.as_ref() {
-            if !check_name || self.names_the_table(file)? {
-                return Ok(file.clone());
+        if let Some(table) = kept.as_ref() {
+            if !check_name || self.names_the_table(table.identity)? {
+                return Ok(table.file.clone());
             }
             tracing::warn!(table = %self.describe(LockFileName::Table), "the lock table was replaced; opening it again");
         }
-        let direct = matches!(self.table_access, TableAccess::KeptOpen { direct: true });
-        let file = Arc::new(self.open_table_file(if direct { libc::O_DIRECT } else { 0 })?);
-        *kept = Some(file.clone());
+        let file = self.open_table_file(if direct { libc::O_DIRECT } else { 0 })?;
+        let identity = file_identity(
+            &file
+                .metadata()
+                .map_err(|e| self.context(LockFileName::Table, "stat", e))?,
+        );
+        let file = Arc::new(file);
+        *kept = Some(KeptTable {
+            file: file.clone(),
+            identity,
+        });
         Ok(file)
     }
 
-    /// Whether the table's name leads to `file` (not to a table deleted and made anew, nor to
-    /// nothing). A planted link there is an error, as the open with `O_NOFOLLOW` would be.
-    fn names_the_table(&self, file: &File) -> io::Result<bool> {
-        use std::os::unix::fs::MetadataExt;
+    /// Whether the table's name leads to the file `identity` names (not to a table deleted and
+    /// made anew, nor to nothing). A planted link there is an error, as the open with
+    /// `O_NOFOLLOW` would be.
+    fn names_the_table(&self, identity: (u64, u64)) -> io::Result<bool> {
         let path = self.path(LockFileName::Table);
         // The name as the server has it now, not as the client's caches remember it: a table
         // made anew by another host is a new file there. (ESTALE here makes the kernel look
@@ -238,10 +251,7 @@ impl DirLockFiles {
                 io::Error::from_raw_os_error(libc::ELOOP),
             ));
         }
-        let open = file
-            .metadata()
-            .map_err(|e| self.context(LockFileName::Table, "stat", e))?;
-        Ok((at_name.dev(), at_name.ino()) == (open.dev(), open.ino()))
+        Ok(file_identity(&at_name) == identity)
     }
 
     /// Forgets a kept table descriptor that failed: the next use opens the table again.
@@ -647,7 +657,7 @@ impl LockFiles for DirLockFiles {
             ));
         }
         if name == LockFileName::Table && self.table_access != TableAccess::OpenEachTime {
-            let file = self.kept_table(false)?;
+            let file = self.table_descriptor(false)?;
             return read_whole(&file).map(Some).map_err(|e| {
                 self.drop_kept_table();
                 self.context(name, "read", e)
@@ -660,10 +670,7 @@ impl LockFiles for DirLockFiles {
     }
 
     fn open_table(&self) -> io::Result<DirTableFile> {
-        let file = match self.table_access {
-            TableAccess::OpenEachTime => Arc::new(self.open_table_file(0)?),
-            TableAccess::KeptOpen { .. } => self.kept_table(true)?,
-        };
+        let file = self.table_descriptor(true)?;
         Ok(DirTableFile {
             files: self.clone(),
             file,
@@ -710,6 +717,18 @@ fn read_whole(file: &File) -> io::Result<Vec<u8>> {
     }
 }
 
+/// The kept table descriptor and the (device, inode) of its file, taken when it was opened.
+#[derive(Debug)]
+struct KeptTable {
+    file: Arc<File>,
+    identity: (u64, u64),
+}
+
+fn file_identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
 /// The table of a [`DirLockFiles`], open for one edit.
 pub struct DirTableFile {
     files: DirLockFiles,
@@ -724,7 +743,7 @@ impl TableFile for DirTableFile {
             // state it lost: once more, through a fresh open by name, within this edit.
             Err(_) if self.files.table_access != TableAccess::OpenEachTime => {
                 self.files.drop_kept_table();
-                self.file = self.files.kept_table(false)?;
+                self.file = self.files.table_descriptor(false)?;
                 read_whole(&self.file).map_err(|e| self.failed("read", e))
             }
             Err(e) => Err(self.failed("read", e)),
@@ -737,10 +756,7 @@ impl TableFile for DirTableFile {
         // other write on the mount, so a table another process had just grown kept reading
         // short until the edit gave up with an I/O error (seen under ordinary contention).
         self.files.drop_kept_table();
-        self.file = match self.files.table_access {
-            TableAccess::OpenEachTime => Arc::new(self.files.open_table_file(0)?),
-            TableAccess::KeptOpen { .. } => self.files.kept_table(false)?,
-        };
+        self.file = self.files.table_descriptor(false)?;
         let path = self.files.path(LockFileName::Table);
         let refresh = self.files.size_refresh;
         retry_eio(|| refresh.server_size(&self.file, &path))

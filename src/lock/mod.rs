@@ -147,9 +147,9 @@ const WRITE_RETRY_WINDOW: Duration = Duration::from_millis(250);
 const TURN_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(25));
 /// How long a writer keeps its write lock past its transactions once it sees others waiting,
 /// counted for each waiting line from when we first saw it or from the start of our turn,
-/// whichever is later (see "Kept write locks"): four of our own write transactions, within
-/// these bounds. A turn handed to another host costs that
-/// host a fresh view of the database; a short burst shares that cost among a few commits.
+/// whichever is later (see "Kept write locks"): [`KEEP_TURN_TRANSACTIONS`] of our own write
+/// transactions, within these bounds. A turn handed to another host costs that host a fresh
+/// view of the database; a short burst shares that cost among a few commits.
 const KEEP_TURN_FOR: (Duration, Duration) = (Duration::from_millis(25), Duration::from_millis(250));
 const KEEP_TURN_TRANSACTIONS: u32 = 4;
 
@@ -341,10 +341,6 @@ impl WaitersSeen {
                 });
             }
         }
-    }
-
-    fn any(&self) -> bool {
-        self.0.iter().any(|s| s.wants > Level::None)
     }
 
     /// Whether every wait the table shows is a writer's in the writers' queue, and none has
@@ -643,8 +639,8 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
         WRITE_RETRY_WINDOW.max(self.write_took * 8)
     }
 
-    /// Whether a write lock we kept may serve another transaction although others wait: every
-    /// line we see is younger than our burst ([`KEEP_TURN_FOR`]).
+    /// Whether a write lock we kept may serve another transaction: nobody waits, or only
+    /// queued writers whose lines are younger than our burst ([`KEEP_TURN_FOR`]).
     fn in_a_burst(&self) -> bool {
         let burst =
             (self.write_took * KEEP_TURN_TRANSACTIONS).clamp(KEEP_TURN_FOR.0, KEEP_TURN_FOR.1);
@@ -875,7 +871,7 @@ impl<F: LockFiles, E: Environment> DbLock<F, E> {
             // The end of a write transaction keeps the write lock (see "Kept write locks");
             // the end of a read lets SHARED linger.
             (Level::Shared, Level::None) if self.in_table == Level::Exclusive => {
-                !refused_write && (!self.waiters_seen.any() || self.in_a_burst()) && !line_to_drop
+                !refused_write && self.in_a_burst() && !line_to_drop
             }
             (Level::Shared, Level::None) => {
                 !changed_file && self.owed_since.is_none() && !refused_write && !line_to_drop
